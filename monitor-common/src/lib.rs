@@ -1,0 +1,128 @@
+//! Types shared by routemon's eBPF programs and its userspace loader.
+//!
+//! Everything here is `#[repr(C)]` plain data: the kernel side writes it into BPF
+//! maps and userspace reads it back byte for byte. With the `user` feature the
+//! types implement [`aya::Pod`] so they can be used as map keys and values.
+#![no_std]
+
+/// Name of the per-CPU hash map of [`IfaceCounters`], keyed by ifindex (`u32`).
+pub const IFACE_COUNTERS_MAP: &str = "IFACE_COUNTERS";
+/// Name of the per-CPU array of [`RouteCounters`], indexed by [`RouteId`].
+pub const ROUTE_COUNTERS_MAP: &str = "ROUTE_COUNTERS";
+/// Name of the IPv4 LPM trie: [`RouteKeyV4`] → [`RouteId`].
+pub const ROUTES_V4_MAP: &str = "ROUTES_V4";
+/// Name of the IPv6 LPM trie: [`RouteKeyV6`] → [`RouteId`].
+pub const ROUTES_V6_MAP: &str = "ROUTES_V6";
+
+/// Names of the TC programs in the eBPF object.
+pub mod program {
+    /// Egress classifier for interfaces with an Ethernet header (ENIs, veths).
+    pub const EGRESS: &str = "routemon_tx";
+    /// Ingress classifier for interfaces with an Ethernet header.
+    pub const INGRESS: &str = "routemon_rx";
+    /// Egress classifier for interfaces without a link-layer header (tun, wireguard).
+    pub const EGRESS_L3: &str = "routemon_tx_l3";
+    /// Ingress classifier for interfaces without a link-layer header.
+    pub const INGRESS_L3: &str = "routemon_rx_l3";
+}
+
+/// Index into the route counter array. Userspace hands these out; the kernel only
+/// reads them from the LPM tries.
+pub type RouteId = u32;
+
+/// Number of leading bits of every LPM key that hold the ifindex. A lookup always
+/// matches all of them, so a route is only ever found for the interface it leaves by.
+pub const IFINDEX_PREFIX_BITS: u32 = 32;
+
+/// Default capacity of the route maps when userspace does not size them at load time.
+pub const DEFAULT_MAX_ROUTES: u32 = 16_384;
+/// Default capacity of the interface counter map.
+pub const DEFAULT_MAX_INTERFACES: u32 = 256;
+
+/// Per-interface packet and byte counters. One copy per CPU; userspace sums them.
+///
+/// Byte counts are `skb->len` as the TC hook sees it, which includes the link-layer
+/// header on both egress and ingress (the kernel pushes the MAC header back before
+/// running ingress classifiers), so they compare directly with `ip -s link`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceCounters {
+    /// Packets seen on egress (GSO super-packets count once, as the driver sees them).
+    pub egress_packets: u64,
+    /// Bytes seen on egress.
+    pub egress_bytes: u64,
+    /// Packets seen on ingress.
+    pub ingress_packets: u64,
+    /// Bytes seen on ingress.
+    pub ingress_bytes: u64,
+    /// Egress packets that no route of this interface matched (non-IP frames such as
+    /// ARP, or IP packets sent here by policy routing or a socket bound elsewhere).
+    pub egress_unattributed_packets: u64,
+    /// Bytes of [`Self::egress_unattributed_packets`].
+    pub egress_unattributed_bytes: u64,
+}
+
+impl IfaceCounters {
+    /// Adds another CPU's counters to these.
+    pub fn accumulate(&mut self, other: &Self) {
+        self.egress_packets += other.egress_packets;
+        self.egress_bytes += other.egress_bytes;
+        self.ingress_packets += other.ingress_packets;
+        self.ingress_bytes += other.ingress_bytes;
+        self.egress_unattributed_packets += other.egress_unattributed_packets;
+        self.egress_unattributed_bytes += other.egress_unattributed_bytes;
+    }
+}
+
+/// Egress packet and byte counters of one route. One copy per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RouteCounters {
+    /// Packets attributed to the route.
+    pub packets: u64,
+    /// Bytes attributed to the route.
+    pub bytes: u64,
+}
+
+impl RouteCounters {
+    /// Adds another CPU's counters to these.
+    pub fn accumulate(&mut self, other: &Self) {
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+    }
+}
+
+/// Data part of an IPv4 LPM key: the egress ifindex followed by the address.
+///
+/// The trie's prefix length is `IFINDEX_PREFIX_BITS + route prefix length`, so the
+/// longest match for `(ifindex, destination)` is the most specific route for that
+/// destination that leaves by that interface, and a default route via the
+/// interface (prefix `/0`) matches everything else that leaves by it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RouteKeyV4 {
+    /// Egress interface index, native byte order (all 32 bits are always matched).
+    pub ifindex: u32,
+    /// Destination address in network byte order.
+    pub addr: [u8; 4],
+}
+
+/// Data part of an IPv6 LPM key; see [`RouteKeyV4`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RouteKeyV6 {
+    /// Egress interface index, native byte order.
+    pub ifindex: u32,
+    /// Destination address in network byte order.
+    pub addr: [u8; 16],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all four types are #[repr(C)], contain only integers and byte arrays,
+    // have no padding, and every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::IfaceCounters {}
+    unsafe impl aya::Pod for super::RouteCounters {}
+    unsafe impl aya::Pod for super::RouteKeyV4 {}
+    unsafe impl aya::Pod for super::RouteKeyV6 {}
+}

@@ -1,0 +1,195 @@
+//! routemon's kernel side: TC classifiers that count, per interface and per route,
+//! what leaves and enters the node.
+//!
+//! Every program returns `TC_ACT_UNSPEC` whatever happens: it never drops, redirects
+//! or alters a packet, and with TCX links (and clsact's default) `TC_ACT_UNSPEC`
+//! lets the next program or the stack carry on as if routemon were not there.
+//!
+//! # Route attribution
+//!
+//! Userspace loads, per family, an LPM trie whose keys are
+//! `(egress ifindex, route destination prefix)` with prefix length
+//! `32 + route prefix length`. An egress packet is attributed to the longest match
+//! for `(its egress ifindex, its destination address)`: the most specific route for
+//! that destination that leaves by this interface, or else the default route via this
+//! interface — the "default-route choice" the kernel made when it picked this device.
+//! Limits: the program sees the device, not the FIB lookup, so it cannot tell which
+//! of two routes of the same prefix on the same device was used (userspace keeps the
+//! one of the main table with the lowest metric), and traffic routed here by a
+//! policy-routing table whose prefixes are not in the trie is counted as unattributed.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::TC_ACT_UNSPEC,
+    macros::{classifier, map},
+    maps::{LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
+    programs::TcContext,
+};
+use monitor_common::{
+    DEFAULT_MAX_INTERFACES, DEFAULT_MAX_ROUTES, IFINDEX_PREFIX_BITS, IfaceCounters, RouteCounters,
+    RouteId, RouteKeyV4, RouteKeyV6,
+};
+
+/// Per-interface counters, keyed by ifindex. Userspace inserts an entry for each
+/// interface before it attaches the programs, so the data path only looks up.
+#[map(name = "IFACE_COUNTERS")]
+static IFACE_COUNTERS: PerCpuHashMap<u32, IfaceCounters> =
+    PerCpuHashMap::with_max_entries(DEFAULT_MAX_INTERFACES, 0);
+
+/// Per-route egress counters, indexed by the route id stored in the tries.
+#[map(name = "ROUTE_COUNTERS")]
+static ROUTE_COUNTERS: PerCpuArray<RouteCounters> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_ROUTES, 0);
+
+/// IPv4 routes of monitored interfaces: `(ifindex, prefix)` → route id.
+#[map(name = "ROUTES_V4")]
+static ROUTES_V4: LpmTrie<RouteKeyV4, RouteId> = LpmTrie::with_max_entries(DEFAULT_MAX_ROUTES, 0);
+
+/// IPv6 routes of monitored interfaces: `(ifindex, prefix)` → route id.
+#[map(name = "ROUTES_V6")]
+static ROUTES_V6: LpmTrie<RouteKeyV6, RouteId> = LpmTrie::with_max_entries(DEFAULT_MAX_ROUTES, 0);
+
+const ETH_HLEN: usize = 14;
+const ETH_TYPE_OFFSET: usize = 12;
+const VLAN_HLEN: usize = 4;
+/// Tags skipped before giving up on a frame (802.1ad outer + 802.1Q inner).
+const MAX_VLAN_TAGS: usize = 2;
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+
+const IPV4_DST_OFFSET: usize = 16;
+const IPV6_DST_OFFSET: usize = 24;
+
+/// Egress of interfaces with an Ethernet header.
+#[classifier]
+pub fn routemon_tx(ctx: TcContext) -> i32 {
+    count_egress(&ctx, LinkLayer::Ethernet);
+    TC_ACT_UNSPEC
+}
+
+/// Ingress of interfaces with an Ethernet header.
+#[classifier]
+pub fn routemon_rx(ctx: TcContext) -> i32 {
+    count_ingress(&ctx);
+    TC_ACT_UNSPEC
+}
+
+/// Egress of interfaces that carry bare IP packets (tun, wireguard).
+#[classifier]
+pub fn routemon_tx_l3(ctx: TcContext) -> i32 {
+    count_egress(&ctx, LinkLayer::None);
+    TC_ACT_UNSPEC
+}
+
+/// Ingress of interfaces that carry bare IP packets.
+#[classifier]
+pub fn routemon_rx_l3(ctx: TcContext) -> i32 {
+    count_ingress(&ctx);
+    TC_ACT_UNSPEC
+}
+
+#[derive(Clone, Copy)]
+enum LinkLayer {
+    Ethernet,
+    None,
+}
+
+#[inline(always)]
+fn ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: the kernel hands TC programs a valid __sk_buff context.
+    unsafe { (*ctx.skb.skb).ifindex }
+}
+
+#[inline(always)]
+fn count_ingress(ctx: &TcContext) {
+    let Some(iface) = IFACE_COUNTERS.get_ptr_mut(ifindex(ctx)) else {
+        return;
+    };
+    // SAFETY: per-CPU value, and TC programs run with migration disabled, so no
+    // other program instance writes this copy concurrently.
+    let iface = unsafe { &mut *iface };
+    iface.ingress_packets += 1;
+    iface.ingress_bytes += u64::from(ctx.len());
+}
+
+#[inline(always)]
+fn count_egress(ctx: &TcContext, link_layer: LinkLayer) {
+    let ifindex = ifindex(ctx);
+    let Some(iface) = IFACE_COUNTERS.get_ptr_mut(ifindex) else {
+        return;
+    };
+    // SAFETY: see count_ingress.
+    let iface = unsafe { &mut *iface };
+    let len = u64::from(ctx.len());
+    iface.egress_packets += 1;
+    iface.egress_bytes += len;
+
+    let route =
+        lookup_route(ctx, ifindex, link_layer).and_then(|id| ROUTE_COUNTERS.get_ptr_mut(id));
+    match route {
+        Some(route) => {
+            // SAFETY: per-CPU value, as above.
+            let route = unsafe { &mut *route };
+            route.packets += 1;
+            route.bytes += len;
+        }
+        None => {
+            iface.egress_unattributed_packets += 1;
+            iface.egress_unattributed_bytes += len;
+        }
+    }
+}
+
+/// Finds the route id for the packet's destination among the routes of `ifindex`.
+#[inline(always)]
+fn lookup_route(ctx: &TcContext, ifindex: u32, link_layer: LinkLayer) -> Option<RouteId> {
+    let (ethertype, l3_offset) = match link_layer {
+        LinkLayer::Ethernet => ethertype_and_l3_offset(ctx)?,
+        // skb->protocol holds the ethertype in network byte order in its low 16 bits.
+        LinkLayer::None => (u16::from_be(ctx.skb.protocol() as u16), 0),
+    };
+    match ethertype {
+        ETH_P_IP => {
+            let addr: [u8; 4] = ctx.load(l3_offset + IPV4_DST_OFFSET).ok()?;
+            let key = Key::new(IFINDEX_PREFIX_BITS + 32, RouteKeyV4 { ifindex, addr });
+            ROUTES_V4.get(&key).copied()
+        }
+        ETH_P_IPV6 => {
+            let addr: [u8; 16] = ctx.load(l3_offset + IPV6_DST_OFFSET).ok()?;
+            let key = Key::new(IFINDEX_PREFIX_BITS + 128, RouteKeyV6 { ifindex, addr });
+            ROUTES_V6.get(&key).copied()
+        }
+        _ => None,
+    }
+}
+
+/// Reads the ethertype of an Ethernet frame, skipping up to two in-band VLAN tags
+/// (tags offloaded to `skb->vlan_tci` are not in the packet data at all).
+#[inline(always)]
+fn ethertype_and_l3_offset(ctx: &TcContext) -> Option<(u16, usize)> {
+    let mut type_offset = ETH_TYPE_OFFSET;
+    let mut l3_offset = ETH_HLEN;
+    for _ in 0..=MAX_VLAN_TAGS {
+        let ethertype = u16::from_be_bytes(ctx.load(type_offset).ok()?);
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            return Some((ethertype, l3_offset));
+        }
+        type_offset += VLAN_HLEN;
+        l3_offset += VLAN_HLEN;
+    }
+    None
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

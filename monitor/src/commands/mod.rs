@@ -1,0 +1,77 @@
+//! The subcommands.
+
+pub mod routes;
+pub mod snapshot;
+
+use std::collections::{BTreeSet, HashSet};
+
+use crate::{
+    cli::SelectionArgs,
+    findings::{self, Finding},
+    model::{Family, NetworkModel, dump::Netlink},
+    output::{self, HumanOptions},
+    preference::{self, KernelChoice},
+    report::Report,
+    selection::{self, Primary},
+};
+
+/// The routing state of the node, with everything derived from it: which
+/// interfaces are monitored, the primary, the preferred routes and the findings.
+pub struct Investigation {
+    /// The dumped state.
+    pub model: NetworkModel,
+    /// Monitored ifindexes.
+    pub monitored: BTreeSet<u32>,
+    /// The primary interface.
+    pub primary: Option<Primary>,
+    /// Indexes of preferred routes in `model.routes`.
+    pub preferred: HashSet<usize>,
+    /// Findings.
+    pub findings: Vec<Finding>,
+}
+
+impl Investigation {
+    /// Dumps the state and evaluates it.
+    pub async fn gather(netlink: &Netlink, args: &SelectionArgs) -> anyhow::Result<Self> {
+        let model = netlink.dump().await?;
+        let monitored = selection::select_interfaces(&model, &args.interfaces)?;
+        let primary = selection::primary_interface(&model, args.primary.as_deref())?;
+        let mut kernel = Vec::new();
+        for family in [Family::Ipv4, Family::Ipv6] {
+            if !model.default_routes().any(|r| r.family == family) {
+                continue;
+            }
+            if let Some(probe) = preference::default_probe(&model, family) {
+                if let Some(reply) = netlink.route_get(probe).await? {
+                    kernel.push(KernelChoice::from_reply(&reply));
+                }
+            }
+        }
+        let preferred = preference::preferred_routes(&model, &kernel);
+        let findings = findings::evaluate(&model, &preferred, primary.as_ref());
+        Ok(Self {
+            model,
+            monitored,
+            primary,
+            preferred,
+            findings,
+        })
+    }
+}
+
+/// Prints a report as JSON or tables on stdout.
+pub fn print_report(report: &Report, args: &SelectionArgs) {
+    if args.json {
+        print!("{}", output::to_json(report));
+    } else {
+        print!(
+            "{}",
+            output::render(
+                report,
+                HumanOptions {
+                    all_tables: args.all_tables,
+                },
+            )
+        );
+    }
+}

@@ -1,0 +1,108 @@
+//! `routemon snapshot`: count egress and ingress with eBPF for a while, then report.
+
+use std::time::Instant;
+
+use anyhow::Context as _;
+
+use super::{Investigation, print_report};
+use crate::{
+    attribution::AttributionPlan,
+    cli::SnapshotArgs,
+    ebpf::{AttachedVia, Monitor},
+    model::{Link, dump::Netlink},
+    preflight,
+    report::{Measured, Report, ReportInput, SnapshotInfo},
+    signals::Shutdown,
+};
+
+/// Runs `snapshot`.
+pub async fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
+    let mut shutdown = Shutdown::install().context("installing signal handlers")?;
+    preflight::require_ebpf_privileges("snapshot")?;
+    if !preflight::kernel_has_btf() {
+        tracing::info!(
+            "the kernel exposes no BTF (/sys/kernel/btf/vmlinux); routemon does not need it"
+        );
+    }
+
+    let netlink = Netlink::connect()?;
+    let found = Investigation::gather(&netlink, &args.selection).await?;
+    let plan = AttributionPlan::build(&found.model, &found.monitored);
+    let links: Vec<&Link> = found
+        .monitored
+        .iter()
+        .filter_map(|i| found.model.links.get(i))
+        .collect();
+    anyhow::ensure!(
+        !links.is_empty(),
+        "no interface to monitor: none holds a default route or is named like an uplink \
+         (ens*, enp*, eth*); choose some with --interface"
+    );
+
+    let mut monitor = Monitor::load(&plan, &links)?;
+    for link in &links {
+        if let Err(err) = monitor.attach(link, args.attach) {
+            // Leave nothing behind: undo what was attached before failing.
+            if let Err(detach_err) = monitor.detach(&netlink).await {
+                tracing::error!("cleanup after the failed attach also failed: {detach_err}");
+            }
+            return Err(err.into());
+        }
+    }
+    let via = monitor
+        .attachments()
+        .iter()
+        .map(|a| a.via)
+        .max_by_key(|via| *via == AttachedVia::Clsact)
+        .map_or_else(String::new, |via| via.to_string());
+    let names: Vec<&str> = links.iter().map(|l| l.name.as_str()).collect();
+    eprintln!(
+        "routemon: counting on {} ({via}) for {}; Ctrl-C stops early",
+        names.join(", "),
+        humantime::format_duration(args.duration)
+    );
+
+    let started = Instant::now();
+    let interrupted = tokio::select! {
+        () = tokio::time::sleep(args.duration) => None,
+        signal = shutdown.recv() => Some(signal),
+    };
+    let elapsed = started.elapsed();
+    if let Some(signal) = interrupted {
+        eprintln!(
+            "routemon: {signal} received after {:.1}s; detaching",
+            elapsed.as_secs_f64()
+        );
+    }
+
+    // Read the counters, then detach whatever happened while reading.
+    let counters = monitor
+        .interface_counters()
+        .and_then(|ifaces| Ok((ifaces, monitor.route_counters(plan.route_ids.len())?)));
+    monitor
+        .detach(&netlink)
+        .await
+        .context("detaching routemon's programs")?;
+    let (interfaces, routes) = counters.context("reading the eBPF counters")?;
+
+    let mut report = Report::build(ReportInput {
+        model: &found.model,
+        monitored: &found.monitored,
+        primary: found.primary.as_ref(),
+        preferred: &found.preferred,
+        findings: found.findings.clone(),
+        measured: Some(Measured {
+            interfaces: &interfaces,
+            routes: &routes,
+            plan: &plan,
+        }),
+    });
+    report.snapshot = Some(SnapshotInfo {
+        requested_seconds: args.duration.as_secs_f64(),
+        duration_seconds: (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+        interrupted: interrupted.is_some(),
+        attached_via: via,
+    });
+    print_report(&report, &args.selection);
+    Ok(())
+}

@@ -1,0 +1,238 @@
+//! Attaching TC programs with TCX links or, on older kernels, clsact filters — and
+//! undoing it.
+//!
+//! TCX links (Linux 6.6+) are owned by a file descriptor: the kernel detaches them
+//! when routemon exits, even on SIGKILL. clsact filters outlive the process, so
+//! routemon removes them on every orderly exit, together with the clsact qdisc if it
+//! created it and nothing else uses it.
+
+use std::fmt;
+
+use aya::{
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType,
+        tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions, TcError},
+    },
+    util::KernelVersion,
+};
+use futures::TryStreamExt as _;
+use netlink_packet_route::tc::TcHandle;
+
+use super::EbpfError;
+use crate::model::{Link, dump::Netlink};
+
+/// How to attach the programs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    /// TCX links where the kernel has them (6.6+), clsact filters otherwise.
+    #[default]
+    Auto,
+    /// TCX links only.
+    Tcx,
+    /// clsact qdisc filters only (the pre-6.6 mechanism).
+    Clsact,
+}
+
+/// How one attachment was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachedVia {
+    /// A TCX link.
+    Tcx,
+    /// A filter on the clsact qdisc.
+    Clsact,
+}
+
+impl fmt::Display for AttachedVia {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Tcx => "tcx",
+            Self::Clsact => "clsact",
+        })
+    }
+}
+
+/// Traffic direction of an attachment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Packets leaving the interface.
+    Egress,
+    /// Packets arriving on the interface.
+    Ingress,
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Egress => "egress",
+            Self::Ingress => "ingress",
+        })
+    }
+}
+
+impl From<Direction> for TcAttachType {
+    fn from(direction: Direction) -> Self {
+        match direction {
+            Direction::Egress => Self::Egress,
+            Direction::Ingress => Self::Ingress,
+        }
+    }
+}
+
+/// One program attached to one interface in one direction.
+#[derive(Debug)]
+pub struct Attachment {
+    /// Program name.
+    pub program: &'static str,
+    /// Interface name.
+    pub interface: String,
+    /// Interface index.
+    pub ifindex: u32,
+    /// Direction.
+    pub direction: Direction,
+    /// TCX or clsact.
+    pub via: AttachedVia,
+    /// Whether routemon created the interface's clsact qdisc for this attachment.
+    pub created_clsact: bool,
+    link_id: SchedClassifierLinkId,
+}
+
+/// TCX links arrived in Linux 6.6.
+fn tcx_supported() -> bool {
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+}
+
+/// Attaches `program` to `link` in `direction`.
+pub fn attach(
+    program: &mut SchedClassifier,
+    name: &'static str,
+    link: &Link,
+    direction: Direction,
+    mode: AttachMode,
+) -> Result<Attachment, EbpfError> {
+    let fail = |reason: String| EbpfError::Attach {
+        program: name,
+        interface: link.name.clone(),
+        direction,
+        reason,
+    };
+    let use_tcx = match mode {
+        AttachMode::Tcx => true,
+        AttachMode::Clsact => false,
+        AttachMode::Auto => tcx_supported(),
+    };
+    let (via, created_clsact, link_id) = if use_tcx {
+        let options = TcAttachOptions::TcxOrder(LinkOrder::default());
+        match program.attach_with_options(&link.name, direction.into(), options) {
+            Ok(id) => (AttachedVia::Tcx, false, id),
+            Err(err) if mode == AttachMode::Auto => {
+                tracing::warn!(interface = %link.name, "TCX attach failed ({err}); falling back to clsact");
+                return attach(program, name, link, direction, AttachMode::Clsact);
+            }
+            Err(err) => {
+                return Err(fail(format!(
+                    "{err}. TCX links need Linux 6.6 or later; try --attach clsact"
+                )));
+            }
+        }
+    } else {
+        let created = ensure_clsact(&link.name).map_err(fail)?;
+        let options = TcAttachOptions::Netlink(NlOptions::default());
+        let id = program
+            .attach_with_options(&link.name, direction.into(), options)
+            .map_err(|err| fail(err.to_string()))?;
+        (AttachedVia::Clsact, created, id)
+    };
+    Ok(Attachment {
+        program: name,
+        interface: link.name.clone(),
+        ifindex: link.index,
+        direction,
+        via,
+        created_clsact,
+        link_id,
+    })
+}
+
+/// Adds the clsact qdisc unless it exists. Returns whether it was created.
+fn ensure_clsact(interface: &str) -> Result<bool, String> {
+    match tc::qdisc_add_clsact(interface) {
+        Ok(()) => Ok(true),
+        Err(TcError::NetlinkError(err)) if err.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+        Err(TcError::NetlinkError(err))
+            if matches!(
+                err.raw_os_error(),
+                Some(libc::ENOENT | libc::EOPNOTSUPP | libc::EINVAL)
+            ) =>
+        {
+            Err(format!(
+                "the kernel has no clsact qdisc ({err}); it needs CONFIG_NET_SCH_INGRESS \
+                 (module sch_ingress) or, on Linux 6.6+, TCX links"
+            ))
+        }
+        Err(err) => Err(format!("adding the clsact qdisc failed: {err}")),
+    }
+}
+
+/// Detaches one attachment; removes the clsact qdisc if routemon created it and no
+/// filter is left on it.
+pub async fn detach(
+    program: &mut SchedClassifier,
+    attachment: Attachment,
+    netlink: &Netlink,
+) -> Result<(), EbpfError> {
+    let Attachment {
+        program: name,
+        interface,
+        ifindex,
+        direction,
+        created_clsact,
+        link_id,
+        ..
+    } = attachment;
+    let result = program.detach(link_id).map_err(|err| EbpfError::Attach {
+        program: name,
+        interface: interface.clone(),
+        direction,
+        reason: format!("detach failed: {err}"),
+    });
+    if created_clsact {
+        remove_clsact_if_unused(netlink, ifindex, &interface).await;
+    }
+    result
+}
+
+async fn remove_clsact_if_unused(netlink: &Netlink, ifindex: u32, interface: &str) {
+    let Ok(index) = i32::try_from(ifindex) else {
+        return;
+    };
+    let mut filters = 0usize;
+    for direction in [Direction::Ingress, Direction::Egress] {
+        let mut handle = netlink.handle().traffic_filter(index);
+        let request = match direction {
+            Direction::Ingress => handle.get().ingress(),
+            Direction::Egress => handle.get().egress(),
+        };
+        match request.execute().try_collect::<Vec<_>>().await {
+            Ok(found) => filters += found.len(),
+            // The interface is gone, or the qdisc is: nothing to clean.
+            Err(err) => {
+                tracing::debug!(%interface, "listing tc filters failed: {err}");
+                return;
+            }
+        }
+    }
+    if filters > 0 {
+        tracing::info!(%interface, "leaving the clsact qdisc in place: other filters use it");
+        return;
+    }
+    let mut request = netlink.handle().qdisc().del(index);
+    request.message_mut().header.parent = TcHandle::CLSACT;
+    request.message_mut().header.handle = TcHandle {
+        major: 0xffff,
+        minor: 0,
+    };
+    if let Err(err) = request.execute().await {
+        tracing::warn!(%interface, "could not remove the clsact qdisc routemon added: {err}");
+    }
+}

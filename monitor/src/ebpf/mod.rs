@@ -1,0 +1,203 @@
+//! Loading routemon's eBPF object, filling its maps, attaching its TC programs,
+//! and reading the counters back.
+
+mod attach;
+mod maps;
+
+use std::collections::BTreeMap;
+
+use aya::{Ebpf, EbpfLoader, programs::SchedClassifier};
+use monitor_common::{
+    IFACE_COUNTERS_MAP, IfaceCounters, ROUTE_COUNTERS_MAP, ROUTES_V4_MAP, ROUTES_V6_MAP,
+    RouteCounters, program,
+};
+use thiserror::Error;
+
+pub use attach::{AttachMode, AttachedVia, Attachment, Direction};
+
+use crate::{attribution::AttributionPlan, model::Link};
+
+/// The eBPF object built from `monitor-ebpf` by `build.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/routemon"));
+
+/// Room left in the route maps beyond what the current routes need.
+const ROUTE_HEADROOM: u32 = 1024;
+
+/// Failures of the kernel side.
+#[derive(Debug, Error)]
+pub enum EbpfError {
+    /// The object could not be loaded (maps created, relocations).
+    #[error(
+        "loading routemon's eBPF object failed: {0}. Check that the kernel has BPF enabled \
+         (CONFIG_BPF_SYSCALL) and that routemon runs with CAP_BPF and CAP_NET_ADMIN"
+    )]
+    Object(#[source] aya::EbpfError),
+    /// The verifier or the kernel rejected a program.
+    #[error("the kernel rejected the eBPF program {program}: {source}")]
+    Program {
+        /// Program name.
+        program: &'static str,
+        /// The error, with the verifier log when there is one.
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// Attaching to an interface failed.
+    #[error("attaching {program} to {interface} ({direction}) failed: {reason}")]
+    Attach {
+        /// Program name.
+        program: &'static str,
+        /// Interface name.
+        interface: String,
+        /// Ingress or egress.
+        direction: Direction,
+        /// What went wrong, with a hint.
+        reason: String,
+    },
+    /// Reading or writing a map failed.
+    #[error("eBPF map {map}: {source}")]
+    Map {
+        /// Map name.
+        map: &'static str,
+        /// The error.
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// Anything else, with context.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// routemon's programs loaded in the kernel, with what they are attached to.
+pub struct Monitor {
+    ebpf: Ebpf,
+    attachments: Vec<Attachment>,
+}
+
+impl Monitor {
+    /// Loads the object with maps sized for `plan`, fills the maps, and loads the
+    /// programs. Nothing is attached yet.
+    pub fn load(plan: &AttributionPlan, interfaces: &[&Link]) -> Result<Self, EbpfError> {
+        raise_memlock_limit();
+        let (v4, v6) = plan.entry_counts();
+        let capacity = |n: usize| {
+            u32::try_from(n)
+                .unwrap_or(u32::MAX)
+                .saturating_add(ROUTE_HEADROOM)
+        };
+        let iface_capacity = u32::try_from(interfaces.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(64);
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(ROUTES_V4_MAP, capacity(v4))
+            .map_max_entries(ROUTES_V6_MAP, capacity(v6))
+            .map_max_entries(ROUTE_COUNTERS_MAP, capacity(plan.route_ids.len()))
+            .map_max_entries(IFACE_COUNTERS_MAP, iface_capacity)
+            .load(OBJECT)
+            .map_err(EbpfError::Object)?;
+
+        maps::register_interfaces(&mut ebpf, interfaces.iter().map(|l| l.index))?;
+        maps::load_routes(&mut ebpf, plan)?;
+
+        for name in [
+            program::EGRESS,
+            program::INGRESS,
+            program::EGRESS_L3,
+            program::INGRESS_L3,
+        ] {
+            classifier(&mut ebpf, name)?
+                .load()
+                .map_err(|source| EbpfError::Program {
+                    program: name,
+                    source,
+                })?;
+        }
+        Ok(Self {
+            ebpf,
+            attachments: Vec::new(),
+        })
+    }
+
+    /// Attaches the egress and ingress programs that fit the link's framing.
+    pub fn attach(&mut self, link: &Link, mode: AttachMode) -> Result<(), EbpfError> {
+        let (egress, ingress) = if link.link_layer == crate::model::LinkLayer::None {
+            (program::EGRESS_L3, program::INGRESS_L3)
+        } else {
+            (program::EGRESS, program::INGRESS)
+        };
+        for (name, direction) in [(egress, Direction::Egress), (ingress, Direction::Ingress)] {
+            let attachment = attach::attach(
+                classifier(&mut self.ebpf, name)?,
+                name,
+                link,
+                direction,
+                mode,
+            )?;
+            self.attachments.push(attachment);
+        }
+        Ok(())
+    }
+
+    /// Everything attached so far.
+    pub fn attachments(&self) -> &[Attachment] {
+        &self.attachments
+    }
+
+    /// Counters of every registered interface, summed over CPUs.
+    pub fn interface_counters(&self) -> Result<BTreeMap<u32, IfaceCounters>, EbpfError> {
+        maps::interface_counters(&self.ebpf)
+    }
+
+    /// Counters of every route id, summed over CPUs; index = route id.
+    pub fn route_counters(&self, count: usize) -> Result<Vec<RouteCounters>, EbpfError> {
+        maps::route_counters(&self.ebpf, count)
+    }
+
+    /// Detaches every program, then removes the clsact qdiscs routemon created (if
+    /// nothing else uses them). Attempts every step and reports the first failure.
+    pub async fn detach(mut self, netlink: &crate::model::dump::Netlink) -> Result<(), EbpfError> {
+        let mut first_error = None;
+        for attachment in std::mem::take(&mut self.attachments) {
+            let program = match classifier(&mut self.ebpf, attachment.program) {
+                Ok(program) => program,
+                Err(err) => {
+                    first_error.get_or_insert(err);
+                    continue;
+                }
+            };
+            if let Err(err) = attach::detach(program, attachment, netlink).await {
+                first_error.get_or_insert(err);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, EbpfError> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| EbpfError::Other(format!("program {name} missing from the eBPF object")))?
+        .try_into()
+        .map_err(|source| EbpfError::Program {
+            program: name,
+            source,
+        })
+}
+
+/// Lifts RLIMIT_MEMLOCK for kernels before 5.11, which charge BPF maps to it
+/// (newer kernels use memcg accounting and ignore it).
+fn raise_memlock_limit() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit with a valid, initialised struct.
+    let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+    if ret != 0 {
+        tracing::debug!(
+            "could not lift RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}

@@ -1,0 +1,496 @@
+//! Findings: what is wrong with the node's default routing, how bad it is, and how
+//! to fix it.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::Serialize;
+
+use crate::{
+    model::{Family, NetworkModel, Route, table, table_name},
+    selection::Primary,
+};
+
+/// How urgent a finding is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Worth knowing.
+    Info,
+    /// Likely to cause trouble.
+    Warning,
+    /// Breaks the node now (Cilium refuses to start, egress is ambiguous).
+    Critical,
+}
+
+impl std::fmt::Display for Severity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Info => "info",
+            Self::Warning => "warning",
+            Self::Critical => "critical",
+        })
+    }
+}
+
+/// One default route named in a finding.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RouteRef {
+    /// Output interface.
+    pub dev: String,
+    /// Gateway, if any.
+    pub gateway: Option<String>,
+    /// Metric.
+    pub metric: u32,
+}
+
+/// The kind-specific part of a finding. Serialized flat next to the common fields.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FindingKind {
+    /// Two or more default routes of one table and family share a metric.
+    EqualMetricDefaultRoutes {
+        /// Address family.
+        family: Family,
+        /// Table name (`main`, or the number).
+        table: String,
+        /// The shared metric.
+        metric: u32,
+        /// Interfaces of the tied routes, in the kernel's order.
+        interfaces: Vec<String>,
+        /// Gateways of the tied routes, in the same order.
+        gateways: Vec<Option<String>>,
+        /// Whether the tie is between the best routes (critical) or backups (warning).
+        best: bool,
+    },
+    /// The default route the kernel prefers does not leave by the primary interface.
+    PrimaryNotPreferred {
+        /// Address family.
+        family: Family,
+        /// Table name.
+        table: String,
+        /// The primary interface.
+        primary: String,
+        /// The primary's best default route metric, if it has one.
+        primary_metric: Option<u32>,
+        /// The route the kernel prefers.
+        preferred: RouteRef,
+    },
+}
+
+/// A problem routemon found, with its remediation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// Kind and kind-specific fields.
+    #[serde(flatten)]
+    pub kind: FindingKind,
+    /// Severity.
+    pub severity: Severity,
+    /// What is wrong, in plain language.
+    pub message: String,
+    /// What to do about it.
+    pub remediation: String,
+}
+
+impl Finding {
+    /// The kind's name as it appears in JSON (`equal_metric_default_routes`, …).
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            FindingKind::EqualMetricDefaultRoutes { .. } => "equal_metric_default_routes",
+            FindingKind::PrimaryNotPreferred { .. } => "primary_not_preferred",
+        }
+    }
+}
+
+/// Evaluates every finding on the model. `preferred` holds the indexes of the
+/// routes the kernel prefers (see [`crate::preference`]).
+pub fn evaluate(
+    model: &NetworkModel,
+    preferred: &HashSet<usize>,
+    primary: Option<&Primary>,
+) -> Vec<Finding> {
+    let mut findings = equal_metric_default_routes(model, primary);
+    findings.extend(primary_not_preferred(model, preferred, primary));
+    findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+    findings
+}
+
+/// Default forwarding routes grouped by (family, table), each group sorted the way
+/// the kernel ranks them: metric, then dump order.
+fn default_route_groups(model: &NetworkModel) -> BTreeMap<(Family, u32), Vec<(usize, &Route)>> {
+    let mut groups: BTreeMap<(Family, u32), Vec<(usize, &Route)>> = BTreeMap::new();
+    for (index, route) in model.routes.iter().enumerate() {
+        if route.is_default() && route.forwards() {
+            groups
+                .entry((route.family, route.table))
+                .or_default()
+                .push((index, route));
+        }
+    }
+    for routes in groups.values_mut() {
+        routes.sort_by_key(|(_, r)| (r.metric, r.order));
+    }
+    groups
+}
+
+fn describe(model: &NetworkModel, route: &Route) -> String {
+    let dev = route
+        .ifindexes()
+        .iter()
+        .map(|i| model.link_name(*i))
+        .collect::<Vec<_>>()
+        .join("+");
+    match route.gateway() {
+        Some(gw) => format!("via {gw} dev {dev}"),
+        None => format!("dev {dev}"),
+    }
+}
+
+/// The networkd drop-in that pins the primary's metric (the documented fix).
+pub fn networkd_remediation(primary: &str, family: Family) -> String {
+    let section = match family {
+        Family::Ipv4 => "DHCPv4",
+        Family::Ipv6 => "IPv6AcceptRA",
+    };
+    format!(
+        "Give the primary interface a lower metric than every other uplink so exactly one \
+         default route wins: write /etc/systemd/network/05-{primary}.network containing \
+         \"[Match] Name={primary}\", \"[Network] DHCP=yes\" and \"[{section}] RouteMetric=1000\", \
+         then run `networkctl reload` (or restart systemd-networkd). Let Cilium own the \
+         secondary ENIs by matching them by name in a .network file with \"[Link] Unmanaged=yes\"."
+    )
+}
+
+fn equal_metric_default_routes(model: &NetworkModel, primary: Option<&Primary>) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for ((family, table_id), routes) in default_route_groups(model) {
+        let mut by_metric: BTreeMap<u32, Vec<&Route>> = BTreeMap::new();
+        for (_, route) in &routes {
+            by_metric.entry(route.metric).or_default().push(route);
+        }
+        let best_metric = routes.first().map(|(_, r)| r.metric);
+        for (metric, tied) in by_metric.into_iter().filter(|(_, tied)| tied.len() > 1) {
+            let best = Some(metric) == best_metric;
+            let interfaces: Vec<String> = tied
+                .iter()
+                .map(|r| {
+                    r.ifindexes()
+                        .iter()
+                        .map(|i| model.link_name(*i))
+                        .collect::<Vec<_>>()
+                        .join("+")
+                })
+                .collect();
+            let table = table_name(table_id);
+            let listed = tied
+                .iter()
+                .map(|r| describe(model, r))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut message = if best {
+                format!(
+                    "{} {family} default routes in table {table} share the best metric {metric} ({listed}): \
+                     which uplink carries egress is left to the kernel's route order, and replies may \
+                     leave by a different ENI than requests came in on.",
+                    tied.len()
+                )
+            } else {
+                format!(
+                    "{} backup {family} default routes in table {table} share metric {metric} ({listed}): \
+                     if the preferred route fails, the fallback uplink is ambiguous.",
+                    tied.len()
+                )
+            };
+            if best && table_id == table::MAIN {
+                message.push_str(
+                    " The Cilium agent refuses to start in this state (\"Found multiple default routes \
+                     with the same priority\").",
+                );
+            }
+            let fix_on = primary
+                .map(|p| p.name.clone())
+                .unwrap_or_else(|| interfaces[0].clone());
+            findings.push(Finding {
+                kind: FindingKind::EqualMetricDefaultRoutes {
+                    family,
+                    table,
+                    metric,
+                    interfaces,
+                    gateways: tied
+                        .iter()
+                        .map(|r| r.gateway().map(|g| g.to_string()))
+                        .collect(),
+                    best,
+                },
+                severity: if best {
+                    Severity::Critical
+                } else {
+                    Severity::Warning
+                },
+                message,
+                remediation: networkd_remediation(&fix_on, family),
+            });
+        }
+    }
+    findings
+}
+
+fn primary_not_preferred(
+    model: &NetworkModel,
+    preferred: &HashSet<usize>,
+    primary: Option<&Primary>,
+) -> Vec<Finding> {
+    let Some(primary) = primary else {
+        return Vec::new();
+    };
+    let mut findings = Vec::new();
+    for ((family, table_id), routes) in default_route_groups(model) {
+        if table_id != table::MAIN {
+            continue;
+        }
+        let Some((_, chosen)) = routes.iter().find(|(index, _)| preferred.contains(index)) else {
+            continue;
+        };
+        if chosen.uses_ifindex(primary.ifindex) {
+            continue;
+        }
+        let primary_metric = routes
+            .iter()
+            .find(|(_, r)| r.uses_ifindex(primary.ifindex))
+            .map(|(_, r)| r.metric);
+        let dev = describe(model, chosen);
+        let why = match primary_metric {
+            Some(m) if m == chosen.metric => {
+                format!("ties with it at metric {m} and loses on route order")
+            }
+            Some(m) => format!("has metric {m}"),
+            None => "has no default route".to_owned(),
+        };
+        findings.push(Finding {
+            kind: FindingKind::PrimaryNotPreferred {
+                family,
+                table: table_name(table_id),
+                primary: primary.name.clone(),
+                primary_metric,
+                preferred: RouteRef {
+                    dev: chosen.ifindexes().iter().map(|i| model.link_name(*i)).collect::<Vec<_>>().join("+"),
+                    gateway: chosen.gateway().map(|g| g.to_string()),
+                    metric: chosen.metric,
+                },
+            },
+            severity: Severity::Warning,
+            message: format!(
+                "The kernel sends {family} egress by the default route {dev} (metric {}), not by the \
+                 primary interface {}, which {why}. Traffic sourced from the primary's address leaves \
+                 by another ENI, where the VPC source/destination check drops it.",
+                chosen.metric, primary.name
+            ),
+            remediation: networkd_remediation(&primary.name, family),
+        });
+    }
+    findings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        preference::preferred_routes,
+        selection::PrimarySource,
+        testutil::{default_route, model_with_links, push_routes, route},
+    };
+
+    fn primary(ifindex: u32, name: &str) -> Primary {
+        Primary {
+            ifindex,
+            name: name.to_owned(),
+            source: PrimarySource::LowestIfindex,
+        }
+    }
+
+    fn run(model: &NetworkModel, primary: Option<&Primary>) -> Vec<Finding> {
+        evaluate(model, &preferred_routes(model, &[]), primary)
+    }
+
+    fn eks(metric5: u32, metric6: u32) -> NetworkModel {
+        let mut model = model_with_links(&["lo", "ens5", "ens6"]);
+        push_routes(
+            &mut model,
+            [
+                default_route(2, Some("10.0.1.1"), metric5, table::MAIN),
+                default_route(3, Some("10.0.2.1"), metric6, table::MAIN),
+            ],
+        );
+        model
+    }
+
+    #[test]
+    fn equal_metric_defaults_are_critical() {
+        let model = eks(1024, 1024);
+        let findings = run(&model, Some(&primary(2, "ens5")));
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        let f = &findings[0];
+        assert_eq!(f.severity, Severity::Critical);
+        assert_eq!(f.kind_name(), "equal_metric_default_routes");
+        let FindingKind::EqualMetricDefaultRoutes {
+            family,
+            table,
+            metric,
+            interfaces,
+            gateways,
+            best,
+        } = &f.kind
+        else {
+            panic!("wrong kind");
+        };
+        assert_eq!(
+            (*family, table.as_str(), *metric, *best),
+            (Family::Ipv4, "main", 1024, true)
+        );
+        assert_eq!(interfaces, &["ens5", "ens6"]);
+        assert_eq!(
+            gateways,
+            &[Some("10.0.1.1".to_owned()), Some("10.0.2.1".to_owned())]
+        );
+        assert!(f.message.contains("Cilium"));
+        assert!(f.remediation.contains("05-ens5.network"));
+        assert!(f.remediation.contains("[DHCPv4] RouteMetric=1000"));
+    }
+
+    #[test]
+    fn pinned_primary_clears_every_finding() {
+        let model = eks(1000, 1024);
+        assert!(run(&model, Some(&primary(2, "ens5"))).is_empty());
+    }
+
+    #[test]
+    fn single_default_and_no_default_are_healthy() {
+        let mut one = model_with_links(&["lo", "ens5"]);
+        push_routes(
+            &mut one,
+            [default_route(2, Some("10.0.1.1"), 1024, table::MAIN)],
+        );
+        assert!(run(&one, Some(&primary(2, "ens5"))).is_empty());
+        let none = model_with_links(&["lo", "ens5"]);
+        assert!(run(&none, Some(&primary(2, "ens5"))).is_empty());
+    }
+
+    #[test]
+    fn tie_among_backups_is_a_warning() {
+        let mut model = eks(1000, 1024);
+        model.links.insert(4, model.links[&3].clone());
+        model.links.get_mut(&4).unwrap().index = 4;
+        model.links.get_mut(&4).unwrap().name = "ens7".into();
+        push_routes(
+            &mut model,
+            [default_route(4, Some("10.0.3.1"), 1024, table::MAIN)],
+        );
+        let findings = run(&model, Some(&primary(2, "ens5")));
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        assert_eq!(findings[0].severity, Severity::Warning);
+        assert!(matches!(
+            findings[0].kind,
+            FindingKind::EqualMetricDefaultRoutes {
+                best: false,
+                metric: 1024,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn ipv6_ties_are_found_per_family() {
+        let mut model = eks(1000, 1024);
+        push_routes(
+            &mut model,
+            [
+                route("::/0", 2, Some("fe80::1"), 1024, table::MAIN),
+                route("::/0", 3, Some("fe80::2"), 1024, table::MAIN),
+            ],
+        );
+        let findings = run(&model, Some(&primary(2, "ens5")));
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        assert!(matches!(
+            findings[0].kind,
+            FindingKind::EqualMetricDefaultRoutes {
+                family: Family::Ipv6,
+                ..
+            }
+        ));
+        assert!(
+            findings[0]
+                .remediation
+                .contains("[IPv6AcceptRA] RouteMetric=1000")
+        );
+    }
+
+    #[test]
+    fn ties_in_other_tables_are_reported_without_cilium() {
+        let mut model = model_with_links(&["lo", "ens5", "ens6"]);
+        push_routes(
+            &mut model,
+            [
+                default_route(2, Some("10.0.1.1"), 0, 10_001),
+                default_route(3, Some("10.0.2.1"), 0, 10_001),
+            ],
+        );
+        let findings = run(&model, Some(&primary(2, "ens5")));
+        assert_eq!(findings.len(), 1);
+        assert!(!findings[0].message.contains("Cilium"));
+        assert!(
+            matches!(&findings[0].kind, FindingKind::EqualMetricDefaultRoutes { table, .. } if table == "10001")
+        );
+    }
+
+    #[test]
+    fn secondary_with_better_metric_means_primary_not_preferred() {
+        let model = eks(1024, 100);
+        let findings = run(&model, Some(&primary(2, "ens5")));
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        assert_eq!(findings[0].kind_name(), "primary_not_preferred");
+        let FindingKind::PrimaryNotPreferred {
+            primary,
+            primary_metric,
+            preferred,
+            ..
+        } = &findings[0].kind
+        else {
+            panic!()
+        };
+        assert_eq!((primary.as_str(), *primary_metric), ("ens5", Some(1024)));
+        assert_eq!((preferred.dev.as_str(), preferred.metric), ("ens6", 100));
+    }
+
+    #[test]
+    fn tie_lost_by_the_primary_reports_both() {
+        // ens6's route listed first: the kernel uses it.
+        let mut model = model_with_links(&["lo", "ens5", "ens6"]);
+        push_routes(
+            &mut model,
+            [
+                default_route(3, Some("10.0.2.1"), 1024, table::MAIN),
+                default_route(2, Some("10.0.1.1"), 1024, table::MAIN),
+            ],
+        );
+        let findings = run(&model, Some(&primary(2, "ens5")));
+        let kinds: Vec<_> = findings.iter().map(Finding::kind_name).collect();
+        assert_eq!(
+            kinds,
+            ["equal_metric_default_routes", "primary_not_preferred"]
+        );
+        assert!(findings[1].message.contains("ties with it"));
+    }
+
+    #[test]
+    fn json_shape_is_flat() {
+        let model = eks(1024, 1024);
+        let findings = run(&model, Some(&primary(2, "ens5")));
+        let json = serde_json::to_value(&findings[0]).unwrap();
+        assert_eq!(json["kind"], "equal_metric_default_routes");
+        assert_eq!(json["severity"], "critical");
+        assert_eq!(json["family"], "ipv4");
+        assert_eq!(json["table"], "main");
+        assert_eq!(json["metric"], 1024);
+        assert_eq!(json["interfaces"][1], "ens6");
+        assert!(json["message"].is_string() && json["remediation"].is_string());
+    }
+}

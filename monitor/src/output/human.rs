@@ -1,0 +1,224 @@
+//! The human-readable report.
+
+use std::fmt::Write as _;
+
+use super::TextTable;
+use crate::{
+    findings::Finding,
+    report::{Report, RouteReport},
+};
+
+/// What to show beyond the defaults.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HumanOptions {
+    /// Also list routes of the `local` table (local and broadcast addresses).
+    pub all_tables: bool,
+}
+
+fn opt(value: Option<&String>) -> String {
+    value.cloned().unwrap_or_else(|| "-".to_owned())
+}
+
+fn num(value: Option<u64>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+/// Renders the report as sections of aligned tables.
+pub fn render(report: &Report, options: HumanOptions) -> String {
+    let mut out = String::new();
+    let measured = report.snapshot.is_some();
+    if let Some(snapshot) = &report.snapshot {
+        let _ = writeln!(
+            out,
+            "Counted for {:.1}s{} via {}.\n",
+            snapshot.duration_seconds,
+            if snapshot.interrupted {
+                " (interrupted)"
+            } else {
+                ""
+            },
+            snapshot.attached_via
+        );
+    }
+
+    let primary = report.primary.as_ref().map_or_else(
+        || "none found".to_owned(),
+        |p| format!("{}, chosen by {}", p.name, p.chosen_by.replace('_', " ")),
+    );
+    let _ = writeln!(out, "INTERFACES (primary: {primary})");
+    let mut header = vec!["NAME", ">IFINDEX", "STATE", "PRIMARY", "ADDRESSES"];
+    if measured {
+        header.extend([
+            ">TX PKTS",
+            ">TX BYTES",
+            ">RX PKTS",
+            ">RX BYTES",
+            ">TX UNROUTED",
+        ]);
+    }
+    let mut table = TextTable::new(&header);
+    for iface in &report.interfaces {
+        let mut row = vec![
+            iface.name.clone(),
+            iface.ifindex.to_string(),
+            iface.state.clone(),
+            if iface.primary {
+                "yes".into()
+            } else {
+                String::new()
+            },
+            if iface.addresses.is_empty() {
+                "-".into()
+            } else {
+                iface.addresses.join(",")
+            },
+        ];
+        if measured {
+            row.extend([
+                num(iface.egress_packets),
+                num(iface.egress_bytes),
+                num(iface.ingress_packets),
+                num(iface.ingress_bytes),
+                num(iface.egress_unattributed_packets),
+            ]);
+        }
+        table.row(row);
+    }
+    out.push_str(&table.render(2));
+
+    let (defaults, others): (Vec<&RouteReport>, Vec<&RouteReport>) = report
+        .routes
+        .iter()
+        .partition(|r| r.dst == "0.0.0.0/0" || r.dst == "::/0");
+    out.push_str("\nDEFAULT ROUTES (* = used by the kernel)\n");
+    out.push_str(&route_table(&defaults, measured).render(2));
+
+    let hidden = others.iter().filter(|r| r.table == "local").count();
+    let shown: Vec<&RouteReport> = others
+        .into_iter()
+        .filter(|r| options.all_tables || r.table != "local")
+        .collect();
+    out.push_str("\nOTHER ROUTES OF MONITORED INTERFACES\n");
+    out.push_str(&route_table(&shown, measured).render(2));
+    if hidden > 0 && !options.all_tables {
+        let _ = writeln!(
+            out,
+            "  ({hidden} routes of the local table hidden; --all-tables shows them)"
+        );
+    }
+
+    out.push('\n');
+    render_findings(&mut out, &report.findings);
+    out
+}
+
+fn route_table(routes: &[&RouteReport], measured: bool) -> TextTable {
+    let mut header = vec![
+        " ",
+        "FAMILY",
+        "TABLE",
+        "DESTINATION",
+        "GATEWAY",
+        "DEV",
+        ">METRIC",
+        "PROTO",
+        "TYPE",
+    ];
+    if measured {
+        header.extend([">TX PKTS", ">TX BYTES"]);
+    }
+    let mut table = TextTable::new(&header);
+    for route in routes {
+        let dev = if route.nexthops.is_empty() {
+            opt(route.dev.as_ref())
+        } else {
+            route
+                .nexthops
+                .iter()
+                .map(|nh| opt(nh.dev.as_ref()))
+                .collect::<Vec<_>>()
+                .join("+")
+        };
+        let mut row = vec![
+            if route.preferred {
+                "*".into()
+            } else {
+                String::new()
+            },
+            route.family.to_string(),
+            route.table.clone(),
+            route.dst.clone(),
+            opt(route.gateway.as_ref()),
+            dev,
+            route.metric.to_string(),
+            route.protocol.clone(),
+            route.kind.clone(),
+        ];
+        if measured {
+            row.extend([num(route.egress_packets), num(route.egress_bytes)]);
+        }
+        table.row(row);
+    }
+    table
+}
+
+fn render_findings(out: &mut String, findings: &[Finding]) {
+    if findings.is_empty() {
+        out.push_str("FINDINGS: none. One default route wins per table and family, on the primary interface.\n");
+        return;
+    }
+    let _ = writeln!(out, "FINDINGS ({})", findings.len());
+    for finding in findings {
+        let _ = writeln!(
+            out,
+            "  [{}] {}",
+            finding.severity.to_string().to_uppercase(),
+            finding.kind_name()
+        );
+        let _ = writeln!(out, "{}", wrap(&finding.message, 4, 92));
+        let _ = writeln!(
+            out,
+            "{}",
+            wrap(&format!("Fix: {}", finding.remediation), 4, 92)
+        );
+    }
+}
+
+/// Word-wraps `text` at `width` columns with every line indented by `indent`.
+fn wrap(text: &str, indent: usize, width: usize) -> String {
+    let pad = " ".repeat(indent);
+    let mut lines = Vec::new();
+    let mut line = pad.clone();
+    for word in text.split_whitespace() {
+        if line.len() > indent && line.len() + 1 + word.len() > width {
+            lines.push(std::mem::replace(&mut line, pad.clone()));
+        }
+        if line.len() > indent {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    lines.push(line);
+    lines.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrap_keeps_indent_and_width() {
+        let text = "one two three four five six seven eight nine ten";
+        let wrapped = wrap(text, 2, 16);
+        assert!(
+            wrapped
+                .lines()
+                .all(|l| l.starts_with("  ") && l.len() <= 16),
+            "{wrapped}"
+        );
+        assert_eq!(
+            wrapped.split_whitespace().collect::<Vec<_>>().join(" "),
+            text
+        );
+    }
+}

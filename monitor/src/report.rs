@@ -1,0 +1,283 @@
+//! The report that `routes` and `snapshot` print: the JSON contract and the data
+//! behind the human-readable tables.
+//!
+//! Schema (version 1): see README.md, section "JSON output". Fields are only ever
+//! added; counters are integers and appear only where routemon measured them.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use monitor_common::{IfaceCounters, RouteCounters};
+use serde::Serialize;
+
+use crate::{
+    attribution::AttributionPlan,
+    findings::Finding,
+    model::{Family, NetworkModel, Route, protocol_name, table_name},
+    selection::{Primary, PrimarySource},
+};
+
+/// Version of the JSON schema; bumped only for incompatible changes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The whole report.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// Set by `snapshot`: how long it counted and how.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotInfo>,
+    /// The primary interface and how it was chosen.
+    pub primary: Option<PrimaryReport>,
+    /// Monitored interfaces.
+    pub interfaces: Vec<InterfaceReport>,
+    /// Routes of monitored interfaces and every default route.
+    pub routes: Vec<RouteReport>,
+    /// Findings, most severe first.
+    pub findings: Vec<Finding>,
+}
+
+/// How a snapshot was taken.
+#[derive(Clone, Debug, Serialize)]
+pub struct SnapshotInfo {
+    /// Requested duration in seconds.
+    pub requested_seconds: f64,
+    /// Time actually counted, in seconds.
+    pub duration_seconds: f64,
+    /// Whether SIGINT/SIGTERM ended the count early.
+    pub interrupted: bool,
+    /// `tcx` or `clsact`.
+    pub attached_via: String,
+}
+
+/// The primary interface.
+#[derive(Clone, Debug, Serialize)]
+pub struct PrimaryReport {
+    /// Interface name.
+    pub name: String,
+    /// `flag` (from `--primary`) or `lowest_ifindex`.
+    pub chosen_by: &'static str,
+}
+
+/// One monitored interface.
+#[derive(Clone, Debug, Serialize)]
+pub struct InterfaceReport {
+    /// Name.
+    pub name: String,
+    /// Index.
+    pub ifindex: u32,
+    /// Whether it is the primary interface.
+    pub primary: bool,
+    /// `IFLA_INFO_KIND` (`veth`, …), absent for physical devices.
+    pub kind: Option<String>,
+    /// Operational state.
+    pub state: String,
+    /// Hardware address.
+    pub mac: Option<String>,
+    /// Addresses with prefix length.
+    pub addresses: Vec<String>,
+    /// Egress packets (snapshot only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress_packets: Option<u64>,
+    /// Egress bytes, link-layer header included (snapshot only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress_bytes: Option<u64>,
+    /// Ingress packets (snapshot only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ingress_packets: Option<u64>,
+    /// Ingress bytes (snapshot only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ingress_bytes: Option<u64>,
+    /// Egress packets no route of this interface matched (snapshot only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress_unattributed_packets: Option<u64>,
+    /// Bytes of those packets (snapshot only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress_unattributed_bytes: Option<u64>,
+}
+
+/// One route.
+#[derive(Clone, Debug, Serialize)]
+pub struct RouteReport {
+    /// `ipv4` or `ipv6`.
+    pub family: Family,
+    /// Table name: `main`, `local`, `default` or the number.
+    pub table: String,
+    /// Destination in CIDR form (`0.0.0.0/0` for a default route).
+    pub dst: String,
+    /// Gateway of the first next hop.
+    pub gateway: Option<String>,
+    /// Output interface of the first next hop.
+    pub dev: Option<String>,
+    /// Metric (priority); lower wins.
+    pub metric: u32,
+    /// Who installed it: `dhcp`, `kernel`, `static`, `boot`, `ra`, …
+    pub protocol: String,
+    /// Route type: `unicast`, `local`, `broadcast`, `blackhole`, …
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Preferred source address.
+    pub src: Option<String>,
+    /// Whether the kernel uses this route among those with its table and prefix.
+    pub preferred: bool,
+    /// All next hops, for multipath routes only.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nexthops: Vec<NextHopReport>,
+    /// Egress packets attributed to this route (snapshot only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress_packets: Option<u64>,
+    /// Egress bytes attributed to this route (snapshot only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress_bytes: Option<u64>,
+}
+
+/// A next hop of a multipath route.
+#[derive(Clone, Debug, Serialize)]
+pub struct NextHopReport {
+    /// Gateway.
+    pub gateway: Option<String>,
+    /// Output interface.
+    pub dev: Option<String>,
+}
+
+/// Counters read from the kernel at the end of a snapshot.
+pub struct Measured<'a> {
+    /// Per-interface counters by ifindex.
+    pub interfaces: &'a BTreeMap<u32, IfaceCounters>,
+    /// Per-route counters by route id.
+    pub routes: &'a [RouteCounters],
+    /// Which route each id stands for.
+    pub plan: &'a AttributionPlan,
+}
+
+/// Everything a report is made from.
+pub struct ReportInput<'a> {
+    /// The network state.
+    pub model: &'a NetworkModel,
+    /// Monitored ifindexes.
+    pub monitored: &'a BTreeSet<u32>,
+    /// The primary interface.
+    pub primary: Option<&'a Primary>,
+    /// Indexes of preferred routes.
+    pub preferred: &'a HashSet<usize>,
+    /// Findings.
+    pub findings: Vec<Finding>,
+    /// Counters, for snapshots.
+    pub measured: Option<Measured<'a>>,
+}
+
+impl Report {
+    /// Assembles the report.
+    pub fn build(input: ReportInput<'_>) -> Self {
+        let ReportInput {
+            model,
+            monitored,
+            primary,
+            preferred,
+            findings,
+            measured,
+        } = input;
+        let interfaces = monitored
+            .iter()
+            .filter_map(|ifindex| model.links.get(ifindex))
+            .map(|link| {
+                let counters = measured
+                    .as_ref()
+                    .map(|m| m.interfaces.get(&link.index).copied().unwrap_or_default());
+                InterfaceReport {
+                    name: link.name.clone(),
+                    ifindex: link.index,
+                    primary: primary.is_some_and(|p| p.ifindex == link.index),
+                    kind: link.kind.clone(),
+                    state: link.oper_state.to_string(),
+                    mac: link.mac.clone(),
+                    addresses: model
+                        .addresses_of(link.index)
+                        .map(|a| a.addr.to_string())
+                        .collect(),
+                    egress_packets: counters.map(|c| c.egress_packets),
+                    egress_bytes: counters.map(|c| c.egress_bytes),
+                    ingress_packets: counters.map(|c| c.ingress_packets),
+                    ingress_bytes: counters.map(|c| c.ingress_bytes),
+                    egress_unattributed_packets: counters.map(|c| c.egress_unattributed_packets),
+                    egress_unattributed_bytes: counters.map(|c| c.egress_unattributed_bytes),
+                }
+            })
+            .collect();
+
+        let routes = model
+            .routes
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| {
+                r.ifindexes().iter().any(|i| monitored.contains(i))
+                    || (r.is_default() && r.forwards())
+            })
+            .map(|(index, route)| {
+                let counters = measured.as_ref().and_then(|m| {
+                    if !route.ifindexes().iter().any(|i| monitored.contains(i)) {
+                        return None;
+                    }
+                    Some(
+                        m.plan
+                            .route_id_of(index)
+                            .and_then(|id| m.routes.get(id as usize).copied())
+                            .unwrap_or_default(),
+                    )
+                });
+                route_report(model, route, preferred.contains(&index), counters)
+            })
+            .collect();
+
+        Self {
+            schema_version: SCHEMA_VERSION,
+            snapshot: None,
+            primary: primary.map(|p| PrimaryReport {
+                name: p.name.clone(),
+                chosen_by: match p.source {
+                    PrimarySource::Explicit => "flag",
+                    PrimarySource::LowestIfindex => "lowest_ifindex",
+                },
+            }),
+            interfaces,
+            routes,
+            findings,
+        }
+    }
+}
+
+fn route_report(
+    model: &NetworkModel,
+    route: &Route,
+    preferred: bool,
+    counters: Option<RouteCounters>,
+) -> RouteReport {
+    let first = route.nexthops.first();
+    let nexthops = if route.nexthops.len() > 1 {
+        route
+            .nexthops
+            .iter()
+            .map(|nh| NextHopReport {
+                gateway: nh.gateway.map(|g| g.to_string()),
+                dev: nh.ifindex.map(|i| model.link_name(i)),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    RouteReport {
+        family: route.family,
+        table: table_name(route.table),
+        dst: route.dst.to_string(),
+        gateway: first.and_then(|nh| nh.gateway).map(|g| g.to_string()),
+        dev: first.and_then(|nh| nh.ifindex).map(|i| model.link_name(i)),
+        metric: route.metric,
+        protocol: protocol_name(route.protocol),
+        kind: route.kind.to_string(),
+        src: route.pref_src.map(|s| s.to_string()),
+        preferred,
+        nexthops,
+        egress_packets: counters.map(|c| c.packets),
+        egress_bytes: counters.map(|c| c.bytes),
+    }
+}
