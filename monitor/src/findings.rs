@@ -61,6 +61,9 @@ pub enum FindingKind {
         gateways: Vec<Option<String>>,
         /// Whether the tie is between the best routes (critical) or backups (warning).
         best: bool,
+        /// Whether the kernel merged the tied routes into one multipath (ECMP) route,
+        /// as it does for IPv6 routes added over netlink with the same metric.
+        multipath: bool,
     },
     /// The default route the kernel prefers does not leave by the primary interface.
     PrimaryNotPreferred {
@@ -160,66 +163,101 @@ pub fn networkd_remediation(primary: &str, family: Family) -> String {
     )
 }
 
+/// One way out of a default route: a next hop. A multipath route contributes one
+/// per next hop, since the kernel spreads flows over them.
+struct Exit<'a> {
+    dev: String,
+    gateway: Option<String>,
+    route: &'a Route,
+}
+
+fn exits<'a>(model: &NetworkModel, route: &'a Route) -> Vec<Exit<'a>> {
+    route
+        .nexthops
+        .iter()
+        .map(|nh| Exit {
+            dev: nh
+                .ifindex
+                .map_or_else(|| "-".to_owned(), |i| model.link_name(i)),
+            gateway: nh.gateway.map(|g| g.to_string()),
+            route,
+        })
+        .collect()
+}
+
+fn tie_message(
+    family: Family,
+    table: &str,
+    metric: u32,
+    tied: &[Exit<'_>],
+    best: bool,
+    multipath: bool,
+) -> String {
+    let listed = tied
+        .iter()
+        .map(|e| match &e.gateway {
+            Some(gw) => format!("via {gw} dev {}", e.dev),
+            None => format!("dev {}", e.dev),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let n = tied.len();
+    if !best {
+        return format!(
+            "{n} backup {family} default routes in table {table} share metric {metric} ({listed}): \
+             if the preferred route fails, the fallback uplink is ambiguous."
+        );
+    }
+    let mut message = format!(
+        "{n} {family} default routes in table {table} share the best metric {metric} ({listed})"
+    );
+    if multipath {
+        message.push_str(
+            ": the kernel merged them into one multipath route and spreads flows over the uplinks \
+             by hash, so replies may leave by a different ENI than requests came in on.",
+        );
+    } else {
+        message.push_str(
+            ": the kernel alternates between them, so egress leaves by either uplink and \
+             replies may leave by a different ENI than requests came in on.",
+        );
+        if table == "main" {
+            message.push_str(
+                " The Cilium agent refuses to start in this state (\"Found multiple default \
+                 routes with the same priority\").",
+            );
+        }
+    }
+    message
+}
+
 fn equal_metric_default_routes(model: &NetworkModel, primary: Option<&Primary>) -> Vec<Finding> {
     let mut findings = Vec::new();
     for ((family, table_id), routes) in default_route_groups(model) {
-        let mut by_metric: BTreeMap<u32, Vec<&Route>> = BTreeMap::new();
+        let mut by_metric: BTreeMap<u32, Vec<Exit<'_>>> = BTreeMap::new();
         for (_, route) in &routes {
-            by_metric.entry(route.metric).or_default().push(route);
+            by_metric
+                .entry(route.metric)
+                .or_default()
+                .extend(exits(model, route));
         }
         let best_metric = routes.first().map(|(_, r)| r.metric);
         for (metric, tied) in by_metric.into_iter().filter(|(_, tied)| tied.len() > 1) {
             let best = Some(metric) == best_metric;
-            let interfaces: Vec<String> = tied
-                .iter()
-                .map(|r| {
-                    r.ifindexes()
-                        .iter()
-                        .map(|i| model.link_name(*i))
-                        .collect::<Vec<_>>()
-                        .join("+")
-                })
-                .collect();
+            let multipath = tied.iter().any(|e| e.route.nexthops.len() > 1);
             let table = table_name(table_id);
-            let listed = tied
-                .iter()
-                .map(|r| describe(model, r))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let mut message = if best {
-                format!(
-                    "{} {family} default routes in table {table} share the best metric {metric} ({listed}): \
-                     which uplink carries egress is left to the kernel's route order, and replies may \
-                     leave by a different ENI than requests came in on.",
-                    tied.len()
-                )
-            } else {
-                format!(
-                    "{} backup {family} default routes in table {table} share metric {metric} ({listed}): \
-                     if the preferred route fails, the fallback uplink is ambiguous.",
-                    tied.len()
-                )
-            };
-            if best && table_id == table::MAIN {
-                message.push_str(
-                    " The Cilium agent refuses to start in this state (\"Found multiple default routes \
-                     with the same priority\").",
-                );
-            }
-            let fix_on = primary
-                .map(|p| p.name.clone())
-                .unwrap_or_else(|| interfaces[0].clone());
+            let message = tie_message(family, &table, metric, &tied, best, multipath);
+            let interfaces: Vec<String> = tied.iter().map(|e| e.dev.clone()).collect();
+            let fix_on = primary.map_or_else(|| interfaces[0].clone(), |p| p.name.clone());
             findings.push(Finding {
                 kind: FindingKind::EqualMetricDefaultRoutes {
                     family,
                     table,
                     metric,
+                    gateways: tied.iter().map(|e| e.gateway.clone()).collect(),
                     interfaces,
-                    gateways: tied
-                        .iter()
-                        .map(|r| r.gateway().map(|g| g.to_string()))
-                        .collect(),
                     best,
+                    multipath,
                 },
                 severity: if best {
                     Severity::Critical
@@ -247,10 +285,15 @@ fn primary_not_preferred(
         if table_id != table::MAIN {
             continue;
         }
-        let Some((_, chosen)) = routes.iter().find(|(index, _)| preferred.contains(index)) else {
+        let used: Vec<&Route> = routes
+            .iter()
+            .filter(|(index, _)| preferred.contains(index))
+            .map(|(_, route)| *route)
+            .collect();
+        let Some(chosen) = used.first() else {
             continue;
         };
-        if chosen.uses_ifindex(primary.ifindex) {
+        if used.iter().any(|r| r.uses_ifindex(primary.ifindex)) {
             continue;
         }
         let primary_metric = routes
@@ -259,9 +302,6 @@ fn primary_not_preferred(
             .map(|(_, r)| r.metric);
         let dev = describe(model, chosen);
         let why = match primary_metric {
-            Some(m) if m == chosen.metric => {
-                format!("ties with it at metric {m} and loses on route order")
-            }
             Some(m) => format!("has metric {m}"),
             None => "has no default route".to_owned(),
         };
@@ -308,7 +348,7 @@ mod tests {
     }
 
     fn run(model: &NetworkModel, primary: Option<&Primary>) -> Vec<Finding> {
-        evaluate(model, &preferred_routes(model, &[]), primary)
+        evaluate(model, &preferred_routes(model), primary)
     }
 
     fn eks(metric5: u32, metric6: u32) -> NetworkModel {
@@ -338,13 +378,14 @@ mod tests {
             interfaces,
             gateways,
             best,
+            multipath,
         } = &f.kind
         else {
             panic!("wrong kind");
         };
         assert_eq!(
-            (*family, table.as_str(), *metric, *best),
-            (Family::Ipv4, "main", 1024, true)
+            (*family, table.as_str(), *metric, *best, *multipath),
+            (Family::Ipv4, "main", 1024, true, false)
         );
         assert_eq!(interfaces, &["ens5", "ens6"]);
         assert_eq!(
@@ -424,6 +465,31 @@ mod tests {
     }
 
     #[test]
+    fn multipath_default_over_two_uplinks_is_a_tie() {
+        let mut model = model_with_links(&["lo", "ens5", "ens6"]);
+        let mut ecmp = route("::/0", 2, Some("fd00:1::1"), 1024, table::MAIN);
+        ecmp.nexthops.push(crate::model::NextHop {
+            gateway: Some("fd00:2::1".parse().unwrap()),
+            ifindex: Some(3),
+        });
+        push_routes(&mut model, [ecmp]);
+        let findings = run(&model, Some(&primary(2, "ens5")));
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        let FindingKind::EqualMetricDefaultRoutes {
+            interfaces,
+            multipath,
+            ..
+        } = &findings[0].kind
+        else {
+            panic!()
+        };
+        assert_eq!(interfaces, &["ens5", "ens6"]);
+        assert!(*multipath);
+        assert_eq!(findings[0].severity, Severity::Critical);
+        assert!(findings[0].message.contains("multipath"));
+    }
+
+    #[test]
     fn ties_in_other_tables_are_reported_without_cilium() {
         let mut model = model_with_links(&["lo", "ens5", "ens6"]);
         push_routes(
@@ -461,8 +527,8 @@ mod tests {
     }
 
     #[test]
-    fn tie_lost_by_the_primary_reports_both() {
-        // ens6's route listed first: the kernel uses it.
+    fn a_tie_that_includes_the_primary_is_only_the_tie() {
+        // Whatever the order, a tie is one finding: the kernel alternates between them.
         let mut model = model_with_links(&["lo", "ens5", "ens6"]);
         push_routes(
             &mut model,
@@ -473,11 +539,7 @@ mod tests {
         );
         let findings = run(&model, Some(&primary(2, "ens5")));
         let kinds: Vec<_> = findings.iter().map(Finding::kind_name).collect();
-        assert_eq!(
-            kinds,
-            ["equal_metric_default_routes", "primary_not_preferred"]
-        );
-        assert!(findings[1].message.contains("ties with it"));
+        assert_eq!(kinds, ["equal_metric_default_routes"]);
     }
 
     #[test]

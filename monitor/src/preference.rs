@@ -1,72 +1,18 @@
-//! Which route the kernel prefers among routes to the same destination.
+//! Which routes the kernel uses among routes to the same destination.
 //!
 //! Among routes with the same table and prefix the kernel uses the lowest metric.
-//! Among equal metrics the IPv4 FIB takes the first route it lists (a route added
-//! later without `append` is listed first), while IPv6 may rotate among equal-metric
-//! routers. The static rule here captures the first two; where the kernel can be
-//! asked, [`kernel_default_choice`] records the route it actually picks for a
-//! destination outside every more specific route, and that answer wins.
+//! When several share the lowest metric there is no single winner: for IPv4 default
+//! routes `fib_select_default()` alternates between the gateways from one lookup to
+//! the next (observed here: unconnected UDP sends split across both uplinks), and
+//! IPv6 either merges them into one multipath route or rotates among routers. Every
+//! route at the lowest metric is therefore marked preferred, and a tie is what the
+//! `equal_metric_default_routes` finding reports.
 
-use std::{
-    collections::{HashMap, HashSet},
-    net::IpAddr,
-};
+use std::collections::{HashMap, HashSet};
 
 use ipnet::IpNet;
 
 use crate::model::{Family, NetworkModel, Route};
-
-/// Addresses used to ask the kernel for its default-route choice: well-known public
-/// resolvers, used only as FIB lookup keys (`ip route get`); nothing is sent.
-const PROBES_V4: [&str; 4] = ["1.1.1.1", "8.8.8.8", "9.9.9.9", "208.67.222.222"];
-const PROBES_V6: [&str; 3] = [
-    "2606:4700:4700::1111",
-    "2001:4860:4860::8888",
-    "2620:fe::fe",
-];
-
-/// A probe address of `family` that no non-default forwarding route covers, so
-/// the kernel's answer for it is a default route. `None` if all are covered.
-pub fn default_probe(model: &NetworkModel, family: Family) -> Option<IpAddr> {
-    let candidates: &[&str] = match family {
-        Family::Ipv4 => &PROBES_V4,
-        Family::Ipv6 => &PROBES_V6,
-    };
-    candidates
-        .iter()
-        .map(|s| s.parse::<IpAddr>().expect("valid literal"))
-        .find(|probe| {
-            !model
-                .routes
-                .iter()
-                .any(|r| !r.is_default() && r.family == family && r.dst.contains(probe))
-        })
-}
-
-/// The kernel's answer for a default probe: the table, device and gateway it chose.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KernelChoice {
-    /// Family of the probe.
-    pub family: Family,
-    /// Table of the chosen route.
-    pub table: u32,
-    /// Output interface.
-    pub ifindex: Option<u32>,
-    /// Gateway.
-    pub gateway: Option<IpAddr>,
-}
-
-impl KernelChoice {
-    /// Builds a choice from the kernel's `RTM_GETROUTE` reply.
-    pub fn from_reply(reply: &Route) -> Self {
-        Self {
-            family: reply.family,
-            table: reply.table,
-            ifindex: reply.nexthops.first().and_then(|nh| nh.ifindex),
-            gateway: reply.gateway(),
-        }
-    }
-}
 
 /// Whether routes to this prefix are scoped to their device, so that one per device
 /// is used rather than one overall: IPv6 link-local (`fe80::/10`) and multicast
@@ -93,39 +39,24 @@ fn group_key(route: &Route) -> GroupKey {
     (route.family, route.table, prefix, device)
 }
 
-/// Indexes (into `model.routes`) of the preferred route of every group of routes
-/// with the same family, table and prefix (and device, for device-scoped prefixes).
-pub fn preferred_routes(model: &NetworkModel, kernel: &[KernelChoice]) -> HashSet<usize> {
-    let mut best: HashMap<GroupKey, usize> = HashMap::new();
-    for (index, route) in model.routes.iter().enumerate() {
-        let key = group_key(route);
-        best.entry(key)
-            .and_modify(|current| {
-                let cur = &model.routes[*current];
-                if (route.metric, route.order) < (cur.metric, cur.order) {
-                    *current = index;
-                }
-            })
-            .or_insert(index);
+/// Indexes (into `model.routes`) of the routes the kernel uses: in every group of
+/// routes with the same family, table and prefix (and device, for device-scoped
+/// prefixes), those with the group's lowest metric.
+pub fn preferred_routes(model: &NetworkModel) -> HashSet<usize> {
+    let mut lowest: HashMap<GroupKey, u32> = HashMap::new();
+    for route in &model.routes {
+        lowest
+            .entry(group_key(route))
+            .and_modify(|m| *m = (*m).min(route.metric))
+            .or_insert(route.metric);
     }
-    for choice in kernel {
-        let key = (
-            choice.family,
-            choice.table,
-            choice.family.default_prefix(),
-            None,
-        );
-        let matching = model.routes.iter().enumerate().find(|(_, r)| {
-            group_key(r) == key
-                && r.nexthops
-                    .iter()
-                    .any(|nh| nh.ifindex == choice.ifindex && nh.gateway == choice.gateway)
-        });
-        if let Some((index, _)) = matching {
-            best.insert(key, index);
-        }
-    }
-    best.into_values().collect()
+    model
+        .routes
+        .iter()
+        .enumerate()
+        .filter(|(_, route)| lowest[&group_key(route)] == route.metric)
+        .map(|(index, _)| index)
+        .collect()
 }
 
 #[cfg(test)]
@@ -152,7 +83,7 @@ mod tests {
     #[test]
     fn lowest_metric_wins() {
         let model = two_defaults(1024, 1000);
-        let preferred = preferred_routes(&model, &[]);
+        let preferred = preferred_routes(&model);
         assert!(preferred.contains(&1));
         assert!(!preferred.contains(&0));
         assert!(
@@ -162,18 +93,10 @@ mod tests {
     }
 
     #[test]
-    fn tie_goes_to_the_first_listed_unless_the_kernel_says_otherwise() {
+    fn a_tie_has_no_single_winner() {
         let model = two_defaults(1024, 1024);
-        let preferred = preferred_routes(&model, &[]);
-        assert!(preferred.contains(&0) && !preferred.contains(&1));
-        let kernel = KernelChoice {
-            family: Family::Ipv4,
-            table: table::MAIN,
-            ifindex: Some(3),
-            gateway: Some("10.0.2.1".parse().unwrap()),
-        };
-        let preferred = preferred_routes(&model, &[kernel]);
-        assert!(preferred.contains(&1) && !preferred.contains(&0));
+        let preferred = preferred_routes(&model);
+        assert!(preferred.contains(&0) && preferred.contains(&1));
     }
 
     #[test]
@@ -190,24 +113,12 @@ mod tests {
                 route("10.0.0.0/24", 3, None, 0, table::MAIN),
             ],
         );
-        let preferred = preferred_routes(&model, &[]);
+        let preferred = preferred_routes(&model);
         assert!((0..4).all(|i| preferred.contains(&i)), "{preferred:?}");
-        // The same IPv4 subnet on two devices does compete: the first listed wins.
+        // The same IPv4 subnet on two devices does compete.
+        let mut model = model;
+        model.routes[5].metric = 100;
+        let preferred = preferred_routes(&model);
         assert!(preferred.contains(&4) && !preferred.contains(&5));
-    }
-
-    #[test]
-    fn probe_avoids_more_specific_routes() {
-        let mut model = two_defaults(1024, 1024);
-        assert_eq!(
-            default_probe(&model, Family::Ipv4),
-            Some("1.1.1.1".parse().unwrap())
-        );
-        push_routes(&mut model, [route("1.0.0.0/8", 2, None, 0, table::MAIN)]);
-        assert_eq!(
-            default_probe(&model, Family::Ipv4),
-            Some("8.8.8.8".parse().unwrap())
-        );
-        assert!(default_probe(&model, Family::Ipv6).is_some());
     }
 }

@@ -8,9 +8,9 @@ use std::collections::{BTreeSet, HashSet};
 use crate::{
     cli::SelectionArgs,
     findings::{self, Finding},
-    model::{Family, NetworkModel, dump::Netlink},
+    model::{NetworkModel, dump::Netlink},
     output::{self, HumanOptions},
-    preference::{self, KernelChoice},
+    preference,
     report::Report,
     selection::{self, Primary},
 };
@@ -36,18 +36,7 @@ impl Investigation {
         let model = netlink.dump().await?;
         let monitored = selection::select_interfaces(&model, &args.interfaces)?;
         let primary = selection::primary_interface(&model, args.primary.as_deref())?;
-        let mut kernel = Vec::new();
-        for family in [Family::Ipv4, Family::Ipv6] {
-            if !model.default_routes().any(|r| r.family == family) {
-                continue;
-            }
-            if let Some(probe) = preference::default_probe(&model, family) {
-                if let Some(reply) = netlink.route_get(probe).await? {
-                    kernel.push(KernelChoice::from_reply(&reply));
-                }
-            }
-        }
-        let preferred = preference::preferred_routes(&model, &kernel);
+        let preferred = preference::preferred_routes(&model);
         let findings = findings::evaluate(&model, &preferred, primary.as_ref());
         Ok(Self {
             model,

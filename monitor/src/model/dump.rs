@@ -1,13 +1,11 @@
 //! Fetches the model from the kernel with rtnetlink dumps.
 
-use std::net::IpAddr;
-
 use futures::TryStreamExt as _;
 use netlink_packet_route::{AddressFamily, route::RouteMessage};
-use rtnetlink::{Handle, IpVersion, RouteMessageBuilder, new_connection};
+use rtnetlink::{Handle, IpVersion, new_connection};
 use thiserror::Error;
 
-use super::{NetworkModel, Route, convert};
+use super::{NetworkModel, convert};
 
 /// Failure to read the network state from the kernel.
 #[derive(Debug, Error)]
@@ -83,31 +81,6 @@ impl Netlink {
             }
         }
         Ok(model)
-    }
-
-    /// Asks the kernel which route it would use for traffic to `dst` from this host
-    /// (`ip route get`). A FIB lookup only: no packet is sent. `None` when the kernel
-    /// has no route.
-    pub async fn route_get(&self, dst: IpAddr) -> Result<Option<Route>, DumpError> {
-        let request = match dst {
-            IpAddr::V4(v4) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
-                .destination_prefix(v4, 32)
-                .build(),
-            IpAddr::V6(v6) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
-                .destination_prefix(v6, 128)
-                .build(),
-        };
-        let mut replies = self.handle.route().get(request).execute();
-        match replies.try_next().await {
-            Ok(Some(msg)) => Ok(convert::route(&msg, 0)),
-            Ok(None) => Ok(None),
-            // ENETUNREACH, EHOSTUNREACH and friends: the kernel has no route.
-            Err(rtnetlink::Error::NetlinkError(_)) => Ok(None),
-            Err(source) => Err(DumpError::Dump {
-                what: "route lookup",
-                source,
-            }),
-        }
     }
 }
 

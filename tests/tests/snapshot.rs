@@ -1,0 +1,166 @@
+//! `routemon snapshot` counts, checked against the kernel's own interface counters
+//! and against the traffic the test sent.
+
+use std::time::Duration;
+
+use routemon_testbed::{
+    INTERNET_V4, INTERNET_V6, Testbed, UplinkSpec,
+    cmd::require_root,
+    kernel::{self, LinkStats},
+    routemon::Running,
+    traffic::{UdpBurst, send_udp},
+};
+use serde_json::Value;
+
+fn burst(
+    dst: impl Into<std::net::IpAddr>,
+    device: Option<&str>,
+    count: usize,
+    payload: usize,
+) -> UdpBurst {
+    UdpBurst {
+        dst: dst.into(),
+        device: device.map(str::to_owned),
+        count,
+        payload,
+    }
+}
+
+fn route<'a>(report: &'a Value, dst: &str, dev: &str) -> &'a Value {
+    report["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["dst"] == dst && r["dev"] == dev && r["table"] == "main")
+        .unwrap_or_else(|| panic!("no route {dst} dev {dev} in {report:#}"))
+}
+
+fn interface<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == name)
+        .unwrap_or_else(|| panic!("no interface {name}"))
+}
+
+#[test]
+fn counts_match_ip_link_and_the_traffic_sent_per_route() {
+    require_root();
+    let mut ens6 = UplinkSpec::new("ens6", 1024);
+    ens6.metric6 = Some(1100); // separate IPv6 routes, so each can be checked
+    let bed = Testbed::new(&[UplinkSpec::new("ens5", 1024), ens6], true).unwrap();
+    let uplinks = ["ens5", "ens6"];
+    kernel::wait_quiet(&bed.node, &uplinks, 1500).unwrap();
+    let before: Vec<LinkStats> = uplinks
+        .iter()
+        .map(|d| kernel::link_stats(&bed.node, d).unwrap())
+        .collect();
+
+    let running = Running::start(&bed.node, &["snapshot", "--duration", "3s", "--json"]).unwrap();
+    // While it runs, its programs are loaded and linked to both uplinks.
+    assert_eq!(
+        kernel::routemon_tcx_links().unwrap(),
+        4,
+        "egress+ingress on two uplinks"
+    );
+
+    let via_ens5 = burst(INTERNET_V4, Some("ens5"), 100, 200);
+    let via_ens6 = burst(INTERNET_V4, Some("ens6"), 37, 1000);
+    let unbound = burst(INTERNET_V4, None, 23, 64);
+    let subnet_ens5 = burst(bed.uplink("ens5").gw4, Some("ens5"), 5, 80);
+    let v6_ens5 = burst(INTERNET_V6, Some("ens5"), 11, 300);
+    let v6_ens6 = burst(INTERNET_V6, Some("ens6"), 13, 120);
+    for b in [
+        &via_ens5,
+        &via_ens6,
+        &unbound,
+        &subnet_ens5,
+        &v6_ens5,
+        &v6_ens6,
+    ] {
+        send_udp(&bed.node, b).unwrap();
+    }
+    let report = running
+        .wait(Duration::from_secs(30))
+        .unwrap()
+        .success()
+        .json();
+    let after: Vec<LinkStats> = uplinks
+        .iter()
+        .map(|d| kernel::link_stats(&bed.node, d).unwrap())
+        .collect();
+
+    assert_eq!(report["snapshot"]["attached_via"], "tcx");
+    assert_eq!(report["snapshot"]["interrupted"], false);
+
+    // 1. Per interface: exactly what the kernel's own counters say.
+    for (i, name) in uplinks.iter().enumerate() {
+        let delta = after[i].since(before[i]);
+        let iface = interface(&report, name);
+        assert_eq!(
+            iface["egress_packets"], delta.tx_packets,
+            "{name} tx packets: {iface:#}"
+        );
+        assert_eq!(iface["egress_bytes"], delta.tx_bytes, "{name} tx bytes");
+        assert_eq!(
+            iface["ingress_packets"], delta.rx_packets,
+            "{name} rx packets"
+        );
+        assert_eq!(iface["ingress_bytes"], delta.rx_bytes, "{name} rx bytes");
+        assert_eq!(
+            iface["egress_unattributed_packets"], 0,
+            "every egress packet has a route"
+        );
+    }
+
+    // 2. Per route: the bytes of the bursts that took it, computed from sizes.
+    let expect = [
+        ("10.0.1.0/24", "ens5", subnet_ens5.wire_bytes()),
+        ("10.0.2.0/24", "ens6", 0),
+        ("::/0", "ens5", v6_ens5.wire_bytes()),
+        ("::/0", "ens6", v6_ens6.wire_bytes()),
+    ];
+    for (dst, dev, bytes) in expect {
+        assert_eq!(
+            route(&report, dst, dev)["egress_bytes"],
+            bytes,
+            "route {dst} dev {dev}"
+        );
+    }
+
+    // 3. The two IPv4 defaults tie at metric 1024, so the kernel may send the
+    // unbound datagrams by either (it alternates): each default route carries its
+    // bound burst plus whole unbound datagrams, and together all of them.
+    let default_bytes = |dev: &str| {
+        route(&report, "0.0.0.0/0", dev)["egress_bytes"]
+            .as_u64()
+            .unwrap()
+    };
+    let extra5 = default_bytes("ens5") - via_ens5.wire_bytes();
+    let extra6 = default_bytes("ens6") - via_ens6.wire_bytes();
+    let unit = unbound.wire_bytes() / unbound.count as u64;
+    assert_eq!(
+        extra5 + extra6,
+        unbound.wire_bytes(),
+        "unbound traffic attributed to the defaults"
+    );
+    assert_eq!(extra5 % unit, 0, "whole datagrams only");
+    for dev in ["ens5", "ens6"] {
+        assert_eq!(
+            route(&report, "0.0.0.0/0", dev)["preferred"],
+            true,
+            "a tie has no single winner"
+        );
+    }
+
+    // 4. Each interface's egress bytes are exactly the traffic sent through it.
+    let sent_ens5 =
+        via_ens5.wire_bytes() + extra5 + subnet_ens5.wire_bytes() + v6_ens5.wire_bytes();
+    assert_eq!(after[0].since(before[0]).tx_bytes, sent_ens5);
+
+    assert!(
+        kernel::routemon_programs().unwrap().is_empty(),
+        "programs unloaded after exit"
+    );
+}
