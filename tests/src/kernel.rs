@@ -124,3 +124,17 @@ pub fn ifindex(ns: &NetNs, dev: &str) -> Result<u64> {
     let json: Value = serde_json::from_str(&ns.ip(&["-j", "link", "show", "dev", dev])?)?;
     json[0]["ifindex"].as_u64().context("no ifindex")
 }
+
+/// Waits up to `timeout` for every routemon program to be unloaded and returns
+/// those still loaded. The kernel frees a program asynchronously (after an RCU
+/// grace period) once its last reference is gone, so "gone" needs a short wait.
+pub fn routemon_programs_after(timeout: std::time::Duration) -> Result<Vec<String>> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = routemon_programs()?;
+        if left.is_empty() || std::time::Instant::now() > deadline {
+            return Ok(left);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

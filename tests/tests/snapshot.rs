@@ -45,7 +45,16 @@ fn interface<'a>(report: &'a Value, name: &str) -> &'a Value {
 }
 
 #[test]
-fn counts_match_ip_link_and_the_traffic_sent_per_route() {
+fn counts_match_ip_link_and_the_traffic_sent_per_route_with_tcx() {
+    check_counts("tcx");
+}
+
+#[test]
+fn counts_match_ip_link_and_the_traffic_sent_per_route_with_clsact() {
+    check_counts("clsact");
+}
+
+fn check_counts(attach: &str) {
     require_root();
     let mut ens6 = UplinkSpec::new("ens6", 1024);
     ens6.metric6 = Some(1100); // separate IPv6 routes, so each can be checked
@@ -57,13 +66,22 @@ fn counts_match_ip_link_and_the_traffic_sent_per_route() {
         .map(|d| kernel::link_stats(&bed.node, d).unwrap())
         .collect();
 
-    let running = Running::start(&bed.node, &["snapshot", "--duration", "3s", "--json"]).unwrap();
-    // While it runs, its programs are loaded and linked to both uplinks.
-    assert_eq!(
-        kernel::routemon_tcx_links().unwrap(),
-        4,
-        "egress+ingress on two uplinks"
-    );
+    let args = ["snapshot", "--duration", "3s", "--json", "--attach", attach];
+    let running = Running::start(&bed.node, &args).unwrap();
+    // While it runs, its programs are loaded and attached to both uplinks.
+    if attach == "tcx" {
+        assert_eq!(
+            kernel::routemon_tcx_links().unwrap(),
+            4,
+            "egress+ingress on two uplinks"
+        );
+    } else {
+        let filters = kernel::tc_filters(&bed.node, "ens6").unwrap();
+        assert!(
+            filters.contains("routemon_tx") && filters.contains("routemon_rx"),
+            "{filters}"
+        );
+    }
 
     let via_ens5 = burst(INTERNET_V4, Some("ens5"), 100, 200);
     let via_ens6 = burst(INTERNET_V4, Some("ens6"), 37, 1000);
@@ -91,7 +109,7 @@ fn counts_match_ip_link_and_the_traffic_sent_per_route() {
         .map(|d| kernel::link_stats(&bed.node, d).unwrap())
         .collect();
 
-    assert_eq!(report["snapshot"]["attached_via"], "tcx");
+    assert_eq!(report["snapshot"]["attached_via"], attach);
     assert_eq!(report["snapshot"]["interrupted"], false);
 
     // 1. Per interface: exactly what the kernel's own counters say.
@@ -159,8 +177,6 @@ fn counts_match_ip_link_and_the_traffic_sent_per_route() {
         via_ens5.wire_bytes() + extra5 + subnet_ens5.wire_bytes() + v6_ens5.wire_bytes();
     assert_eq!(after[0].since(before[0]).tx_bytes, sent_ens5);
 
-    assert!(
-        kernel::routemon_programs().unwrap().is_empty(),
-        "programs unloaded after exit"
-    );
+    let left = kernel::routemon_programs_after(Duration::from_secs(5)).unwrap();
+    assert!(left.is_empty(), "programs unloaded after exit: {left:?}");
 }

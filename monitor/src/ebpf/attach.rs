@@ -174,35 +174,21 @@ fn ensure_clsact(interface: &str) -> Result<bool, String> {
     }
 }
 
-/// Detaches one attachment; removes the clsact qdisc if routemon created it and no
-/// filter is left on it.
-pub async fn detach(
-    program: &mut SchedClassifier,
-    attachment: Attachment,
-    netlink: &Netlink,
-) -> Result<(), EbpfError> {
-    let Attachment {
-        program: name,
-        interface,
-        ifindex,
-        direction,
-        created_clsact,
-        link_id,
-        ..
-    } = attachment;
-    let result = program.detach(link_id).map_err(|err| EbpfError::Attach {
-        program: name,
-        interface: interface.clone(),
-        direction,
-        reason: format!("detach failed: {err}"),
-    });
-    if created_clsact {
-        remove_clsact_if_unused(netlink, ifindex, &interface).await;
-    }
-    result
+/// Detaches one attachment.
+pub fn detach(program: &mut SchedClassifier, attachment: Attachment) -> Result<(), EbpfError> {
+    program
+        .detach(attachment.link_id)
+        .map_err(|err| EbpfError::Attach {
+            program: attachment.program,
+            interface: attachment.interface,
+            direction: attachment.direction,
+            reason: format!("detach failed: {err}"),
+        })
 }
 
-async fn remove_clsact_if_unused(netlink: &Netlink, ifindex: u32, interface: &str) {
+/// Removes the clsact qdisc of `ifindex` (one routemon created) unless a filter of
+/// someone else's is still on it.
+pub async fn remove_clsact_if_unused(netlink: &Netlink, ifindex: u32, interface: &str) {
     let Ok(index) = i32::try_from(ifindex) else {
         return;
     };

@@ -156,17 +156,19 @@ impl Monitor {
     /// nothing else uses them). Attempts every step and reports the first failure.
     pub async fn detach(mut self, netlink: &crate::model::dump::Netlink) -> Result<(), EbpfError> {
         let mut first_error = None;
+        let mut created_clsact = Vec::new();
         for attachment in std::mem::take(&mut self.attachments) {
-            let program = match classifier(&mut self.ebpf, attachment.program) {
-                Ok(program) => program,
-                Err(err) => {
-                    first_error.get_or_insert(err);
-                    continue;
-                }
-            };
-            if let Err(err) = attach::detach(program, attachment, netlink).await {
+            if attachment.created_clsact {
+                created_clsact.push((attachment.ifindex, attachment.interface.clone()));
+            }
+            let result = classifier(&mut self.ebpf, attachment.program)
+                .and_then(|program| attach::detach(program, attachment));
+            if let Err(err) = result {
                 first_error.get_or_insert(err);
             }
+        }
+        for (ifindex, interface) in created_clsact {
+            attach::remove_clsact_if_unused(netlink, ifindex, &interface).await;
         }
         first_error.map_or(Ok(()), Err)
     }

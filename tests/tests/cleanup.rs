@@ -1,0 +1,172 @@
+//! Nothing of routemon stays attached after it exits, however it exits.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use routemon_testbed::{
+    Testbed, UplinkSpec,
+    cmd::require_root,
+    kernel,
+    routemon::{Running, run},
+};
+
+fn testbed() -> Testbed {
+    Testbed::new(
+        &[UplinkSpec::new("ens5", 1024), UplinkSpec::new("ens6", 1024)],
+        false,
+    )
+    .unwrap()
+}
+
+fn assert_nothing_attached(bed: &Testbed) {
+    let left = kernel::routemon_programs_after(Duration::from_secs(5)).unwrap();
+    assert!(left.is_empty(), "routemon programs still loaded: {left:?}");
+    assert_eq!(kernel::routemon_tcx_links().unwrap(), 0, "TCX links left");
+    for dev in ["ens5", "ens6"] {
+        let filters = kernel::tc_filters(&bed.node, dev).unwrap();
+        assert!(
+            filters.trim().is_empty(),
+            "tc filters left on {dev}: {filters}"
+        );
+        assert!(
+            !kernel::has_clsact(&bed.node, dev).unwrap(),
+            "clsact qdisc left on {dev}"
+        );
+    }
+}
+
+#[test]
+fn snapshot_that_runs_to_the_end_detaches() {
+    require_root();
+    let bed = testbed();
+    let running = Running::start(&bed.node, &["snapshot", "--duration", "1s", "--json"]).unwrap();
+    assert_eq!(kernel::routemon_tcx_links().unwrap(), 4);
+    let report = running
+        .wait(Duration::from_secs(20))
+        .unwrap()
+        .success()
+        .json();
+    assert_eq!(report["snapshot"]["interrupted"], false);
+    assert_nothing_attached(&bed);
+}
+
+#[test]
+fn sigterm_and_sigint_end_the_count_early_detach_and_still_report() {
+    require_root();
+    let bed = testbed();
+    for signal in [Signal::SIGTERM, Signal::SIGINT] {
+        let running =
+            Running::start(&bed.node, &["snapshot", "--duration", "10m", "--json"]).unwrap();
+        assert_eq!(kernel::routemon_tcx_links().unwrap(), 4);
+        let started = std::time::Instant::now();
+        running.signal(signal).unwrap();
+        let finished = running.wait(Duration::from_secs(10)).unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{signal} must end it promptly"
+        );
+        let finished = finished.success();
+        assert!(
+            finished.stderr.contains(&format!("{signal} received")),
+            "{}",
+            finished.stderr
+        );
+        let report = finished.json();
+        assert_eq!(report["snapshot"]["interrupted"], true);
+        assert!(report["snapshot"]["duration_seconds"].as_f64().unwrap() < 60.0);
+        assert!(
+            report["interfaces"][0]["egress_packets"].is_u64(),
+            "partial counts are reported"
+        );
+        assert_nothing_attached(&bed);
+    }
+}
+
+#[test]
+fn sigkill_leaves_nothing_because_tcx_links_die_with_the_process() {
+    require_root();
+    let bed = testbed();
+    let running = Running::start(&bed.node, &["snapshot", "--duration", "10m"]).unwrap();
+    assert_eq!(kernel::routemon_tcx_links().unwrap(), 4);
+    running.signal(Signal::SIGKILL).unwrap();
+    let finished = running.wait(Duration::from_secs(10)).unwrap();
+    assert!(!finished.status.success());
+    // The kernel releases links and programs once the last file descriptor closes.
+    assert_nothing_attached(&bed);
+}
+
+#[test]
+fn clsact_mode_removes_its_filters_and_the_qdisc_it_created() {
+    require_root();
+    let bed = testbed();
+    let running = Running::start(
+        &bed.node,
+        &[
+            "snapshot",
+            "--duration",
+            "10m",
+            "--attach",
+            "clsact",
+            "--json",
+        ],
+    )
+    .unwrap();
+    for dev in ["ens5", "ens6"] {
+        let filters = kernel::tc_filters(&bed.node, dev).unwrap();
+        assert!(
+            filters.contains("routemon_tx") && filters.contains("routemon_rx"),
+            "{filters}"
+        );
+        assert!(kernel::has_clsact(&bed.node, dev).unwrap());
+    }
+    assert_eq!(
+        kernel::routemon_tcx_links().unwrap(),
+        0,
+        "clsact mode makes no TCX links"
+    );
+    running.signal(Signal::SIGTERM).unwrap();
+    let report = running
+        .wait(Duration::from_secs(10))
+        .unwrap()
+        .success()
+        .json();
+    assert_eq!(report["snapshot"]["attached_via"], "clsact");
+    assert_nothing_attached(&bed);
+}
+
+#[test]
+fn clsact_mode_keeps_a_qdisc_that_was_there_before() {
+    require_root();
+    let bed = testbed();
+    bed.node
+        .exec("tc", &["qdisc", "add", "dev", "ens5", "clsact"])
+        .unwrap();
+    let out = run(
+        Some(&bed.node),
+        &["snapshot", "--duration", "300ms", "--attach", "clsact"],
+    )
+    .unwrap()
+    .success();
+    assert!(out.stdout.contains("via clsact"), "{}", out.stdout);
+    assert!(
+        kernel::has_clsact(&bed.node, "ens5").unwrap(),
+        "the operator's qdisc stays"
+    );
+    assert!(
+        !kernel::has_clsact(&bed.node, "ens6").unwrap(),
+        "routemon's own qdisc goes"
+    );
+    for dev in ["ens5", "ens6"] {
+        assert!(
+            kernel::tc_filters(&bed.node, dev)
+                .unwrap()
+                .trim()
+                .is_empty()
+        );
+    }
+    assert!(
+        kernel::routemon_programs_after(Duration::from_secs(5))
+            .unwrap()
+            .is_empty()
+    );
+}
