@@ -1,0 +1,162 @@
+//! Bad input gets a clear message and a non-zero exit, and changes nothing.
+
+use std::{os::unix::fs::PermissionsExt as _, path::PathBuf};
+
+use routemon_testbed::{
+    Testbed, UplinkSpec,
+    cmd::require_root,
+    kernel,
+    routemon::{Finished, binary, run},
+};
+
+fn testbed() -> Testbed {
+    Testbed::new(
+        &[UplinkSpec::new("ens5", 1024), UplinkSpec::new("ens6", 1024)],
+        false,
+    )
+    .unwrap()
+}
+
+fn assert_fails(out: &Finished, code: i32, needle: &str) {
+    assert_eq!(out.status.code(), Some(code), "stderr: {}", out.stderr);
+    assert!(
+        out.stderr.contains(needle),
+        "expected {needle:?} in stderr:\n{}",
+        out.stderr
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "nothing on stdout on error: {}",
+        out.stdout
+    );
+}
+
+#[test]
+fn bad_values_are_usage_errors() {
+    require_root();
+    let bed = testbed();
+    let ns = Some(&bed.node);
+    let cases: &[(&[&str], &str)] = &[
+        (&["snapshot", "--duration", "abc"], "invalid duration 'abc'"),
+        (&["snapshot", "--duration", "10"], "invalid duration '10'"),
+        (&["snapshot", "--duration", "0s"], "greater than zero"),
+        (&["snapshot", "--duration", "2d"], "at most 24h"),
+        (&["snapshot", "--attach", "xdp"], "invalid value 'xdp'"),
+        (
+            &["routes", "--interface", "ens[5"],
+            "invalid interface pattern 'ens[5'",
+        ),
+        (
+            &["routes", "--interface", "nosuch0"],
+            "unknown interface: no interface matches 'nosuch0'",
+        ),
+        (
+            &["snapshot", "-d", "1s", "-i", "ens9"],
+            "unknown interface: no interface matches 'ens9'",
+        ),
+        (
+            &["routes", "--primary", "ens9"],
+            "unknown primary interface 'ens9'",
+        ),
+        (&["frobnicate"], "unrecognized subcommand"),
+    ];
+    for (args, needle) in cases {
+        let out = run(ns, args).unwrap();
+        assert_fails(&out, 2, needle);
+    }
+    // The unknown-interface message lists what exists.
+    let out = run(ns, &["routes", "-i", "nosuch0"]).unwrap();
+    assert!(
+        out.stderr.contains("interfaces here: lo, ens5, ens6"),
+        "{}",
+        out.stderr
+    );
+    assert!(kernel::routemon_programs().unwrap().is_empty());
+}
+
+#[test]
+fn help_explains_every_subcommand() {
+    for args in [
+        &["--help"][..],
+        &["routes", "--help"],
+        &["snapshot", "--help"],
+    ] {
+        let out = run(None, args).unwrap().success();
+        assert!(out.stdout.contains("Usage: routemon"), "{}", out.stdout);
+    }
+    let out = run(None, &["snapshot", "--help"]).unwrap();
+    for flag in [
+        "--duration",
+        "--interface",
+        "--primary",
+        "--json",
+        "--attach",
+    ] {
+        assert!(out.stdout.contains(flag), "snapshot --help lacks {flag}");
+    }
+    let out = run(None, &[]).unwrap();
+    assert_eq!(out.status.code(), Some(2), "no subcommand is a usage error");
+}
+
+/// A copy of the binary that an unprivileged user can execute (the build tree may
+/// live under a directory only root can enter).
+fn world_executable_copy() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("routemon-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.join("routemon");
+    std::fs::copy(binary(), &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    copy
+}
+
+fn run_as_nobody(bed: &Testbed, bin: &std::path::Path, args: &[&str]) -> Finished {
+    let mut full = vec![
+        "netns",
+        "exec",
+        bed.node.name(),
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+    ];
+    let bin = bin.to_str().unwrap();
+    full.push(bin);
+    full.extend_from_slice(args);
+    let output = std::process::Command::new("ip")
+        .args(&full)
+        .output()
+        .unwrap();
+    Finished {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn without_privileges_snapshot_refuses_and_routes_still_works() {
+    require_root();
+    let bed = testbed();
+    let bin = world_executable_copy();
+    let out = run_as_nobody(&bed, &bin, &["snapshot", "--duration", "1s"]);
+    assert_fails(&out, 77, "needs CAP_BPF and CAP_NET_ADMIN");
+    assert!(
+        out.stderr.contains("sudo routemon snapshot"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        kernel::routemon_programs().unwrap().is_empty(),
+        "nothing was loaded"
+    );
+
+    // Reading routes over netlink needs no privilege.
+    let out = run_as_nobody(&bed, &bin, &["routes", "--json"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(report["findings"][0]["kind"], "equal_metric_default_routes");
+    let _ = std::fs::remove_dir_all(bin.parent().unwrap());
+}
