@@ -113,7 +113,7 @@ pub fn evaluate(
 ) -> Vec<Finding> {
     let mut findings = equal_metric_default_routes(model, primary);
     findings.extend(primary_not_preferred(model, preferred, primary));
-    findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+    findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     findings
 }
 

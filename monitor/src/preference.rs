@@ -116,7 +116,6 @@ mod tests {
         let preferred = preferred_routes(&model);
         assert!((0..4).all(|i| preferred.contains(&i)), "{preferred:?}");
         // The same IPv4 subnet on two devices does compete.
-        let mut model = model;
         model.routes[5].metric = 100;
         let preferred = preferred_routes(&model);
         assert!(preferred.contains(&4) && !preferred.contains(&5));

@@ -119,14 +119,16 @@ impl Testbed {
             bed.router
                 .ip(&["addr", "add", &format!("{INTERNET_V6}/128"), "dev", "lo"])?;
         }
-        for (i, spec) in uplinks.iter().enumerate() {
-            let n = u8::try_from(i + 1).context("at most 254 uplinks")?;
-            bed.add_uplink(n, spec)?;
+        for spec in uplinks {
+            bed.add_uplink(spec)?;
         }
         Ok(bed)
     }
 
-    fn add_uplink(&mut self, n: u8, spec: &UplinkSpec) -> Result<()> {
+    /// Attaches one more uplink (as Cilium attaches a secondary ENI): veth pair,
+    /// addresses, neighbours and, if the spec has metrics, default routes.
+    pub fn add_uplink(&mut self, spec: &UplinkSpec) -> Result<()> {
+        let n = u8::try_from(self.uplinks.len() + 1).context("at most 254 uplinks")?;
         let router_side = format!("gw{n}");
         let uplink = Uplink {
             name: spec.name.clone(),

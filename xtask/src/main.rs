@@ -1,1 +1,127 @@
-fn main() {}
+//! `cargo xtask`: everything needed to go from a fresh clone to a running routemon.
+
+mod demo;
+mod setup;
+mod util;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Developer tasks for routemon.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Make this machine ready (idempotent): nightly rust-src, bpf-linker built
+    /// against rustc's own LLVM, and the Debian packages the tests use.
+    Setup,
+    /// Build everything in release mode (the eBPF object is embedded in routemon).
+    Build,
+    /// Build routemon and run it as root: `cargo xtask run -- routes`.
+    Run {
+        /// Arguments for routemon.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up if needed, build, then run the unit tests and the integration tests
+    /// (real eBPF in the kernel, real namespaces; needs root).
+    Test {
+        /// Only run tests whose name contains this.
+        filter: Option<String>,
+    },
+    /// Check formatting and clippy (warnings are errors).
+    Lint,
+    /// Show routemon on a simulated EKS node with two ENIs, in network namespaces
+    /// that are removed afterwards (needs root; under a minute).
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result: Result<()> = match cli.task {
+        Task::Setup => setup::run(),
+        Task::Build => build(),
+        Task::Run { args } => run(&args),
+        Task::Test { filter } => test(filter.as_deref()),
+        Task::Lint => lint(),
+        Task::Demo => setup::run()
+            .and_then(|()| build())
+            .and_then(|()| demo::run()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `cargo build --release` of the default members (routemon with its eBPF object,
+/// the testbed, xtask).
+fn build() -> Result<()> {
+    // --quiet: aya-build relays every line of the nested eBPF build as a warning.
+    println!("xtask: building routemon and its eBPF programs (release)");
+    util::cargo(&["build", "--release", "--quiet"], &[])
+}
+
+fn run(args: &[String]) -> Result<()> {
+    build()?;
+    let bin = util::workspace_root().join("target/release/routemon");
+    util::exec_as_root(&bin, args)
+}
+
+fn test(filter: Option<&str>) -> Result<()> {
+    setup::run()?;
+    util::require_root("the integration tests create network namespaces and load eBPF programs")?;
+    build()?;
+    let filter: Vec<&str> = filter.into_iter().collect();
+    let mut unit = vec![
+        "test",
+        "--release",
+        "-p",
+        "routemon",
+        "-p",
+        "monitor-common",
+        "-p",
+        "xtask",
+        "--",
+    ];
+    unit.extend(&filter);
+    util::cargo(&unit, &[])?;
+    let bin = util::workspace_root().join("target/release/routemon");
+    let bin = bin.to_string_lossy().into_owned();
+    // One test at a time: each checks that no routemon program is left system-wide.
+    let mut integration = vec![
+        "test",
+        "--release",
+        "-p",
+        "routemon-testbed",
+        "--",
+        "--test-threads=1",
+    ];
+    integration.extend(&filter);
+    util::cargo(&integration, &[("ROUTEMON_BIN", bin.as_str())])
+}
+
+fn lint() -> Result<()> {
+    util::cargo(&["fmt", "--all", "--check"], &[])?;
+    util::cargo(
+        &[
+            "clippy",
+            "--release",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )
+}

@@ -1,0 +1,190 @@
+//! `cargo xtask setup`: everything a new machine needs, each step skipped when it
+//! is already done.
+//!
+//! 1. A nightly toolchain with `rust-src` (aya-build compiles the eBPF crate with
+//!    `-Z build-std=core` for `bpfel-unknown-none`).
+//! 2. `bpf-linker`, built against the libLLVM that ships inside that nightly's
+//!    sysroot, so no system LLVM is needed and the LLVM major always matches the
+//!    bitcode rustc emits. The version is derived at run time.
+//! 3. The Debian packages the tests and the demo call.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::util::{is_root, output, run as run_cmd};
+
+/// The toolchain aya-build uses for the eBPF crate.
+const NIGHTLY: &str = "nightly";
+/// bpf-linker release line known to work with aya 0.14 and LLVM 20–22.
+const BPF_LINKER_VERSION: &str = "~0.13";
+
+/// Debian packages used by the tests and the demo, with the command each provides.
+const PACKAGES: &[(&str, &str)] = &[
+    ("iproute2", "ip, tc: namespaces, veths, routes, qdiscs"),
+    ("bpftool", "bpftool: checks that nothing stays attached"),
+    ("procps", "sysctl: per-namespace settings"),
+    ("util-linux", "setpriv: running routemon unprivileged"),
+];
+
+/// Runs every step.
+pub fn run() -> Result<()> {
+    nightly_with_rust_src()?;
+    bpf_linker()?;
+    debian_packages()?;
+    println!("setup: ready");
+    Ok(())
+}
+
+fn nightly_with_rust_src() -> Result<()> {
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))
+        .context("rustup is required (https://rustup.rs)")?;
+    if !toolchains.lines().any(|l| l.starts_with(NIGHTLY)) {
+        println!("setup: installing the {NIGHTLY} toolchain");
+        run_cmd(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            NIGHTLY,
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))?;
+    }
+    let components = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        NIGHTLY,
+        "--installed",
+    ]))?;
+    if components.lines().any(|l| l.trim() == "rust-src") {
+        println!("setup: {NIGHTLY} with rust-src: ok");
+    } else {
+        println!("setup: adding rust-src to {NIGHTLY}");
+        run_cmd(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            NIGHTLY,
+        ]))?;
+    }
+    Ok(())
+}
+
+/// The nightly sysroot's libLLVM: (file name, LLVM major version, sysroot lib dir).
+fn nightly_llvm() -> Result<(String, String, PathBuf)> {
+    let sysroot =
+        output(Command::new("rustc").args([&format!("+{NIGHTLY}"), "--print", "sysroot"]))?;
+    let lib_dir = Path::new(&sysroot).join("lib");
+    let lib = fs::read_dir(&lib_dir)
+        .with_context(|| format!("reading {}", lib_dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|name| name.starts_with("libLLVM.so."))
+        .with_context(|| format!("no libLLVM.so.* in {}", lib_dir.display()))?;
+    let verbose = output(Command::new("rustc").args([&format!("+{NIGHTLY}"), "-vV"]))?;
+    let major = verbose
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("rustc -vV reports no LLVM version")?
+        .to_owned();
+    Ok((lib, major, lib_dir))
+}
+
+fn home() -> Result<PathBuf> {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .context("HOME is not set")
+}
+
+fn bpf_linker() -> Result<()> {
+    let (lib, major, lib_dir) = nightly_llvm()?;
+    // One prefix per libLLVM build: a new nightly gets a new bpf-linker.
+    let prefix = home()?.join(".local/lib/routemon-bpf-linker").join(&lib);
+    let stamp = prefix.join("installed");
+    let works = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if works && stamp.exists() {
+        println!("setup: bpf-linker for {lib}: ok");
+        return Ok(());
+    }
+    println!("setup: building bpf-linker against {lib} (LLVM {major}); about a minute");
+    let prefix_lib = prefix.join("lib");
+    fs::create_dir_all(&prefix_lib)?;
+    for name in ["libLLVM.so", lib.as_str()] {
+        let link = prefix_lib.join(name);
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(lib_dir.join(&lib), &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    run_cmd(
+        Command::new(cargo)
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+                "--force",
+                "--no-default-features",
+                "--features",
+            ])
+            .arg(format!("llvm-{major}"))
+            .env("LLVM_PREFIX", &prefix),
+    )?;
+    fs::write(&stamp, format!("{lib}\n"))?;
+    let version = output(Command::new("bpf-linker").arg("--version"))
+        .context("bpf-linker was installed but does not run; is ~/.cargo/bin on PATH?")?;
+    println!("setup: {version} installed");
+    Ok(())
+}
+
+fn package_installed(name: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${db:Status-Status}", name])
+        .output()
+        .is_ok_and(|o| o.status.success() && o.stdout == b"installed")
+}
+
+fn debian_packages() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .map(|(name, _)| *name)
+        .filter(|name| !package_installed(name))
+        .collect();
+    if missing.is_empty() {
+        println!("setup: Debian packages: ok");
+        return Ok(());
+    }
+    if !is_root() {
+        let why: Vec<String> = PACKAGES
+            .iter()
+            .filter(|(n, _)| missing.contains(n))
+            .map(|(n, what)| format!("  {n}: {what}"))
+            .collect();
+        bail!(
+            "missing Debian packages:\n{}\ninstall them with: sudo apt-get install -y {}",
+            why.join("\n"),
+            missing.join(" ")
+        );
+    }
+    println!("setup: installing {}", missing.join(" "));
+    run_cmd(Command::new("apt-get").args(["update", "-qq"]))?;
+    run_cmd(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    Ok(())
+}

@@ -1,0 +1,76 @@
+//! Small helpers: running commands, finding the workspace, root checks.
+
+use std::{
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// The workspace root (the parent of `xtask/`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_path_buf()
+}
+
+/// Runs a command to completion, failing if it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its trimmed stdout.
+pub fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Runs `cargo <args>` in the workspace root with extra environment variables.
+pub fn cargo(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut cmd = Command::new(cargo);
+    cmd.args(args).current_dir(workspace_root());
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    run(&mut cmd)
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Fails with a helpful message unless running as root.
+pub fn require_root(why: &str) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "{why}: run as root, e.g. `sudo -E env \"PATH=$PATH\" cargo xtask …` (keeps rustup's cargo on PATH)"
+        );
+    }
+    Ok(())
+}
+
+/// Replaces this process with `bin args…`, through sudo when not root.
+pub fn exec_as_root(bin: &Path, args: &[String]) -> Result<()> {
+    let err = if is_root() {
+        Command::new(bin).args(args).exec()
+    } else {
+        Command::new("sudo").arg(bin).args(args).exec()
+    };
+    Err(err).with_context(|| format!("executing {}", bin.display()))
+}
