@@ -138,3 +138,26 @@ pub fn routemon_programs_after(timeout: std::time::Duration) -> Result<Vec<Strin
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// Entries of `bpftool net show` inside `ns` (tc filters and XDP programs) whose
+/// program is routemon's. Debian's bpftool 7.1 does not list TCX links here; see
+/// [`routemon_tcx_links`] for those.
+pub fn bpftool_net_routemon(ns: &NetNs) -> Result<usize> {
+    let json: Value = serde_json::from_str(&ns.exec("bpftool", &["-j", "net", "show"])?)?;
+    let mut count = 0;
+    for section in json.as_array().into_iter().flatten() {
+        for (_, entries) in section.as_object().into_iter().flatten() {
+            count += entries
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| {
+                    e["name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with("routemon"))
+                })
+                .count();
+        }
+    }
+    Ok(count)
+}

@@ -125,6 +125,18 @@ impl Testbed {
         Ok(bed)
     }
 
+    /// The EKS shape: uplinks `ens5` and `ens6` with IPv4 default routes of the given
+    /// metrics (IPv6 off).
+    pub fn ens5_ens6(metric5: u32, metric6: u32) -> Result<Self> {
+        Self::new(
+            &[
+                UplinkSpec::new("ens5", metric5),
+                UplinkSpec::new("ens6", metric6),
+            ],
+            false,
+        )
+    }
+
     /// Attaches one more uplink (as Cilium attaches a secondary ENI): veth pair,
     /// addresses, neighbours and, if the spec has metrics, default routes.
     pub fn add_uplink(&mut self, spec: &UplinkSpec) -> Result<()> {
@@ -194,53 +206,11 @@ impl Testbed {
         // Permanent neighbours: no ARP or ND on the wire while tests count packets.
         let router_mac = link_mac(router, &router_side)?;
         let node_mac = link_mac(node, &spec.name)?;
-        node.ip(&[
-            "neigh",
-            "replace",
-            &uplink.gw4.to_string(),
-            "lladdr",
-            &router_mac,
-            "dev",
-            &spec.name,
-            "nud",
-            "permanent",
-        ])?;
-        router.ip(&[
-            "neigh",
-            "replace",
-            &uplink.addr4.to_string(),
-            "lladdr",
-            &node_mac,
-            "dev",
-            &router_side,
-            "nud",
-            "permanent",
-        ])?;
+        permanent_neighbour(node, uplink.gw4.into(), &router_mac, &spec.name)?;
+        permanent_neighbour(router, uplink.addr4.into(), &node_mac, &router_side)?;
         if self.ipv6 {
-            node.ip(&[
-                "-6",
-                "neigh",
-                "replace",
-                &uplink.gw6.to_string(),
-                "lladdr",
-                &router_mac,
-                "dev",
-                &spec.name,
-                "nud",
-                "permanent",
-            ])?;
-            router.ip(&[
-                "-6",
-                "neigh",
-                "replace",
-                &uplink.addr6.to_string(),
-                "lladdr",
-                &node_mac,
-                "dev",
-                &router_side,
-                "nud",
-                "permanent",
-            ])?;
+            permanent_neighbour(node, uplink.gw6.into(), &router_mac, &spec.name)?;
+            permanent_neighbour(router, uplink.addr6.into(), &node_mac, &router_side)?;
         }
 
         if let Some(metric) = spec.metric {
@@ -301,6 +271,22 @@ impl Testbed {
             .find(|u| u.name == name)
             .unwrap_or_else(|| panic!("no uplink {name}"))
     }
+}
+
+fn permanent_neighbour(ns: &NetNs, addr: IpAddr, mac: &str, dev: &str) -> Result<()> {
+    let addr = addr.to_string();
+    ns.ip(&[
+        "neigh",
+        "replace",
+        &addr,
+        "lladdr",
+        mac,
+        "dev",
+        dev,
+        "nud",
+        "permanent",
+    ])
+    .map(drop)
 }
 
 fn link_mac(ns: &NetNs, dev: &str) -> Result<String> {

@@ -11,17 +11,18 @@ use routemon_testbed::{
 };
 
 fn testbed() -> Testbed {
-    Testbed::new(
-        &[UplinkSpec::new("ens5", 1024), UplinkSpec::new("ens6", 1024)],
-        false,
-    )
-    .unwrap()
+    Testbed::ens5_ens6(1024, 1024).unwrap()
 }
 
 fn assert_nothing_attached(bed: &Testbed) {
     let left = kernel::routemon_programs_after(Duration::from_secs(5)).unwrap();
     assert!(left.is_empty(), "routemon programs still loaded: {left:?}");
     assert_eq!(kernel::routemon_tcx_links().unwrap(), 0, "TCX links left");
+    assert_eq!(
+        kernel::bpftool_net_routemon(&bed.node).unwrap(),
+        0,
+        "bpftool net show lists routemon"
+    );
     for dev in ["ens5", "ens6"] {
         let filters = kernel::tc_filters(&bed.node, dev).unwrap();
         assert!(

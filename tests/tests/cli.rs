@@ -10,11 +10,7 @@ use routemon_testbed::{
 };
 
 fn testbed() -> Testbed {
-    Testbed::new(
-        &[UplinkSpec::new("ens5", 1024), UplinkSpec::new("ens6", 1024)],
-        false,
-    )
-    .unwrap()
+    Testbed::ens5_ens6(1024, 1024).unwrap()
 }
 
 fn assert_fails(out: &Finished, code: i32, needle: &str) {

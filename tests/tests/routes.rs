@@ -24,11 +24,7 @@ fn default_routes<'a>(report: &'a Value, family: &str) -> Vec<&'a Value> {
 #[test]
 fn equal_metric_defaults_are_critical_until_one_metric_is_raised() {
     require_root();
-    let bed = Testbed::new(
-        &[UplinkSpec::new("ens5", 1024), UplinkSpec::new("ens6", 1024)],
-        false,
-    )
-    .unwrap();
+    let bed = Testbed::ens5_ens6(1024, 1024).unwrap();
 
     let report = routes_json(&bed.node, &[]);
     let names: Vec<&str> = report["interfaces"]
@@ -81,11 +77,7 @@ fn equal_metric_defaults_are_critical_until_one_metric_is_raised() {
 #[test]
 fn secondary_with_the_best_metric_is_primary_not_preferred() {
     require_root();
-    let bed = Testbed::new(
-        &[UplinkSpec::new("ens5", 1024), UplinkSpec::new("ens6", 512)],
-        false,
-    )
-    .unwrap();
+    let bed = Testbed::ens5_ens6(1024, 512).unwrap();
     let report = routes_json(&bed.node, &[]);
     let findings = findings_of_kind(&report, "primary_not_preferred");
     assert_eq!(findings.len(), 1, "{report:#}");
@@ -182,11 +174,7 @@ fn other_naming_schemes_and_explicit_patterns() {
 #[test]
 fn human_output_has_aligned_sections() {
     require_root();
-    let bed = Testbed::new(
-        &[UplinkSpec::new("ens5", 1024), UplinkSpec::new("ens6", 1024)],
-        false,
-    )
-    .unwrap();
+    let bed = Testbed::ens5_ens6(1024, 1024).unwrap();
     let out = routemon_testbed::routemon::run(Some(&bed.node), &["routes"])
         .unwrap()
         .success();

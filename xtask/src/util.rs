@@ -1,9 +1,10 @@
 //! Small helpers: running commands, finding the workspace, root checks.
 
 use std::{
+    io::{BufRead as _, BufReader},
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -49,6 +50,42 @@ pub fn cargo(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
     run(&mut cmd)
 }
 
+/// Runs `cargo test …` like [`cargo`], echoing its output, and returns the
+/// (passed, failed) totals of its `test result:` lines. Fails if cargo fails.
+pub fn cargo_test(args: &[&str], env: &[(&str, &str)]) -> Result<(u64, u64)> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut cmd = Command::new(cargo);
+    cmd.args(args)
+        .current_dir(workspace_root())
+        .stdout(Stdio::piped());
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    let mut child = cmd.spawn().with_context(|| format!("running {cmd:?}"))?;
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    let (mut passed, mut failed) = (0, 0);
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(summary) = line.strip_prefix("test result: ") {
+            passed += count_before(summary, " passed");
+            failed += count_before(summary, " failed");
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok((passed, failed))
+}
+
+/// The number right before `label` in `text` ("ok. 5 passed; 0 failed; …").
+fn count_before(text: &str, label: &str) -> u64 {
+    text.find(label)
+        .and_then(|end| text[..end].rsplit([' ', '.']).next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Whether this process runs as root.
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -73,4 +110,18 @@ pub fn exec_as_root(bin: &Path, args: &[String]) -> Result<()> {
         Command::new("sudo").arg(bin).args(args).exec()
     };
     Err(err).with_context(|| format!("executing {}", bin.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count_before;
+
+    #[test]
+    fn parses_cargo_test_summaries() {
+        let line =
+            "ok. 42 passed; 3 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s";
+        assert_eq!(count_before(line, " passed"), 42);
+        assert_eq!(count_before(line, " failed"), 3);
+        assert_eq!(count_before("FAILED. 0 passed; 1 failed;", " failed"), 1);
+    }
 }

@@ -75,14 +75,12 @@ pub async fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
         );
     }
 
-    // Read the counters, then detach whatever happened while reading.
+    // Read the counters, then detach whatever happened while reading; a failed
+    // detach is reported after the counts, which are not thrown away.
     let counters = monitor
         .interface_counters()
         .and_then(|ifaces| Ok((ifaces, monitor.route_counters(plan.route_ids.len())?)));
-    monitor
-        .detach(&netlink)
-        .await
-        .context("detaching routemon's programs")?;
+    let detached = monitor.detach(&netlink).await;
     let (interfaces, routes) = counters.context("reading the eBPF counters")?;
 
     let mut report = Report::build(ReportInput {
@@ -104,5 +102,6 @@ pub async fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
         attached_via: via,
     });
     print_report(&report, &args.selection);
+    detached.context("detaching routemon's programs")?;
     Ok(())
 }

@@ -186,6 +186,15 @@ pub fn detach(program: &mut SchedClassifier, attachment: Attachment) -> Result<(
         })
 }
 
+/// Whether an interface with this index and name still exists in this namespace.
+pub fn interface_exists(ifindex: u32, name: &str) -> bool {
+    let Ok(name) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
+    unsafe { libc::if_nametoindex(name.as_ptr()) == ifindex }
+}
+
 /// Removes the clsact qdisc of `ifindex` (one routemon created) unless a filter of
 /// someone else's is still on it.
 pub async fn remove_clsact_if_unused(netlink: &Netlink, ifindex: u32, interface: &str) {

@@ -57,35 +57,45 @@ pub fn register_interfaces(
     Ok(())
 }
 
-/// Writes the plan's entries into the per-family LPM tries.
-pub fn load_routes(ebpf: &mut Ebpf, plan: &AttributionPlan) -> Result<(), EbpfError> {
-    let mut v4: LpmTrie<&mut MapData, RouteKeyV4, RouteId> =
-        LpmTrie::try_from(map_mut(ebpf, ROUTES_V4_MAP)?).map_err(map_error(ROUTES_V4_MAP))?;
-    for entry in &plan.entries {
-        if let IpNet::V4(net) = entry.prefix {
-            let key = RouteKeyV4 {
-                ifindex: entry.ifindex,
-                addr: net.network().octets(),
-            };
-            let prefix_len = IFINDEX_PREFIX_BITS + u32::from(net.prefix_len());
-            v4.insert(&Key::new(prefix_len, key), entry.route_id, 0)
-                .map_err(map_error(ROUTES_V4_MAP))?;
-        }
-    }
-    let mut v6: LpmTrie<&mut MapData, RouteKeyV6, RouteId> =
-        LpmTrie::try_from(map_mut(ebpf, ROUTES_V6_MAP)?).map_err(map_error(ROUTES_V6_MAP))?;
-    for entry in &plan.entries {
-        if let IpNet::V6(net) = entry.prefix {
-            let key = RouteKeyV6 {
-                ifindex: entry.ifindex,
-                addr: net.network().octets(),
-            };
-            let prefix_len = IFINDEX_PREFIX_BITS + u32::from(net.prefix_len());
-            v6.insert(&Key::new(prefix_len, key), entry.route_id, 0)
-                .map_err(map_error(ROUTES_V6_MAP))?;
-        }
+fn fill_trie<K: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    entries: impl Iterator<Item = (u32, K, RouteId)>,
+) -> Result<(), EbpfError> {
+    let mut trie: LpmTrie<&mut MapData, K, RouteId> =
+        LpmTrie::try_from(map_mut(ebpf, name)?).map_err(map_error(name))?;
+    for (prefix_len, key, route_id) in entries {
+        trie.insert(&Key::new(prefix_len, key), route_id, 0)
+            .map_err(map_error(name))?;
     }
     Ok(())
+}
+
+/// Writes the plan's entries into the per-family LPM tries.
+pub fn load_routes(ebpf: &mut Ebpf, plan: &AttributionPlan) -> Result<(), EbpfError> {
+    let bits = |prefix_len: u8| IFINDEX_PREFIX_BITS + u32::from(prefix_len);
+    let v4 = plan.entries.iter().filter_map(|e| match e.prefix {
+        IpNet::V4(net) => {
+            let key = RouteKeyV4 {
+                ifindex: e.ifindex,
+                addr: net.network().octets(),
+            };
+            Some((bits(net.prefix_len()), key, e.route_id))
+        }
+        IpNet::V6(_) => None,
+    });
+    fill_trie(ebpf, ROUTES_V4_MAP, v4)?;
+    let v6 = plan.entries.iter().filter_map(|e| match e.prefix {
+        IpNet::V6(net) => {
+            let key = RouteKeyV6 {
+                ifindex: e.ifindex,
+                addr: net.network().octets(),
+            };
+            Some((bits(net.prefix_len()), key, e.route_id))
+        }
+        IpNet::V4(_) => None,
+    });
+    fill_trie(ebpf, ROUTES_V6_MAP, v6)
 }
 
 /// Reads every interface's counters, summed over CPUs.

@@ -161,10 +161,18 @@ impl Monitor {
             if attachment.created_clsact {
                 created_clsact.push((attachment.ifindex, attachment.interface.clone()));
             }
+            let (ifindex, interface) = (attachment.ifindex, attachment.interface.clone());
             let result = classifier(&mut self.ebpf, attachment.program)
                 .and_then(|program| attach::detach(program, attachment));
-            if let Err(err) = result {
-                first_error.get_or_insert(err);
+            match result {
+                Ok(()) => {}
+                // An interface deleted while attached takes its filters and links with it.
+                Err(err) if !attach::interface_exists(ifindex, &interface) => {
+                    tracing::debug!(%interface, "interface is gone; nothing to detach ({err})");
+                }
+                Err(err) => {
+                    first_error.get_or_insert(err);
+                }
             }
         }
         for (ifindex, interface) in created_clsact {
