@@ -90,25 +90,23 @@ fn test(filter: Option<&str>) -> Result<()> {
         "routemon",
         "-p",
         "monitor-common",
-        "-p",
-        "xtask",
-        "--",
     ];
+    unit.extend(["-p", "xtask", "--"]);
     unit.extend(&filter);
-    util::cargo(&unit, &[])?;
+    let (unit_passed, unit_failed) = util::cargo_test(&unit, &[])?;
     let bin = util::workspace_root().join("target/release/routemon");
     let bin = bin.to_string_lossy().into_owned();
     // One test at a time: each checks that no routemon program is left system-wide.
-    let mut integration = vec![
-        "test",
-        "--release",
-        "-p",
-        "routemon-testbed",
-        "--",
-        "--test-threads=1",
-    ];
+    let mut integration = vec!["test", "--release", "-p", "routemon-testbed", "--"];
+    integration.push("--test-threads=1");
     integration.extend(&filter);
-    util::cargo(&integration, &[("ROUTEMON_BIN", bin.as_str())])
+    let (passed, failed) = util::cargo_test(&integration, &[("ROUTEMON_BIN", bin.as_str())])?;
+    println!(
+        "\nunit and integration tests:\n{} passed, {} failed",
+        unit_passed + passed,
+        unit_failed + failed
+    );
+    Ok(())
 }
 
 fn lint() -> Result<()> {
