@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::{
     attribution::AttributionPlan,
     findings::Finding,
-    model::{Family, NetworkModel, Route, protocol_name, table_name},
+    model::{Family, NetworkModel, Route, protocol_name, scope_name, table_name},
     selection::{Primary, PrimarySource},
 };
 
@@ -33,6 +33,8 @@ pub struct Report {
     pub interfaces: Vec<InterfaceReport>,
     /// Routes of monitored interfaces and every default route.
     pub routes: Vec<RouteReport>,
+    /// Policy routing rules of both families, in priority order.
+    pub rules: Vec<RuleReport>,
     /// Findings, most severe first.
     pub findings: Vec<Finding>,
 }
@@ -116,6 +118,8 @@ pub struct RouteReport {
     /// Route type: `unicast`, `local`, `broadcast`, `blackhole`, …
     #[serde(rename = "type")]
     pub kind: String,
+    /// Scope: `global`, `link`, `host`, …
+    pub scope: String,
     /// Preferred source address.
     pub src: Option<String>,
     /// Whether the kernel uses this route among those with its table and prefix.
@@ -129,6 +133,29 @@ pub struct RouteReport {
     /// Egress bytes attributed to this route (snapshot only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub egress_bytes: Option<u64>,
+}
+
+/// A policy routing rule (`ip rule`).
+#[derive(Clone, Debug, Serialize)]
+pub struct RuleReport {
+    /// `ipv4` or `ipv6`.
+    pub family: Family,
+    /// Priority; lower is evaluated first.
+    pub priority: u32,
+    /// `from` selector in CIDR form.
+    pub src: Option<String>,
+    /// `to` selector in CIDR form.
+    pub dst: Option<String>,
+    /// `iif` selector.
+    pub iif: Option<String>,
+    /// `oif` selector.
+    pub oif: Option<String>,
+    /// `fwmark` selector.
+    pub fwmark: Option<u32>,
+    /// `lookup`, `goto`, `blackhole`, …
+    pub action: String,
+    /// Table looked up (`main`, `local`, or the number).
+    pub table: String,
 }
 
 /// A next hop of a multipath route.
@@ -229,6 +256,23 @@ impl Report {
             })
             .collect();
 
+        let mut rules: Vec<RuleReport> = model
+            .rules
+            .iter()
+            .map(|rule| RuleReport {
+                family: rule.family,
+                priority: rule.priority,
+                src: rule.src.map(|n| n.to_string()),
+                dst: rule.dst.map(|n| n.to_string()),
+                iif: rule.iif.clone(),
+                oif: rule.oif.clone(),
+                fwmark: rule.fwmark,
+                action: rule.action.clone(),
+                table: table_name(rule.table),
+            })
+            .collect();
+        rules.sort_by_key(|r| (r.family, r.priority));
+
         Self {
             schema_version: SCHEMA_VERSION,
             snapshot: None,
@@ -241,6 +285,7 @@ impl Report {
             }),
             interfaces,
             routes,
+            rules,
             findings,
         }
     }
@@ -274,6 +319,7 @@ fn route_report(
         metric: route.metric,
         protocol: protocol_name(route.protocol),
         kind: route.kind.to_string(),
+        scope: scope_name(route.scope),
         src: route.pref_src.map(|s| s.to_string()),
         preferred,
         nexthops,

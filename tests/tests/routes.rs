@@ -203,3 +203,40 @@ fn human_output_has_aligned_sections() {
         out.stdout
     );
 }
+
+#[test]
+fn policy_rules_are_reported() {
+    require_root();
+    let bed = Testbed::ens5_ens6(1000, 1024).unwrap();
+    bed.node
+        .ip(&[
+            "rule",
+            "add",
+            "from",
+            "10.0.2.10",
+            "lookup",
+            "10002",
+            "prio",
+            "100",
+        ])
+        .unwrap();
+    let report = routes_json(&bed.node, &[]);
+    let rules = report["rules"].as_array().unwrap();
+    let rule = rules
+        .iter()
+        .find(|r| r["priority"] == 100)
+        .unwrap_or_else(|| panic!("{rules:#?}"));
+    assert_eq!(rule["family"], "ipv4");
+    assert_eq!(rule["src"], "10.0.2.10/32");
+    assert_eq!(rule["table"], "10002");
+    assert_eq!(rule["action"], "lookup");
+    assert!(
+        rules
+            .iter()
+            .any(|r| r["priority"] == 32766 && r["table"] == "main")
+    );
+    let out = routemon_testbed::routemon::run(Some(&bed.node), &["routes"])
+        .unwrap()
+        .success();
+    assert!(out.stdout.contains("from 10.0.2.10/32"), "{}", out.stdout);
+}

@@ -13,7 +13,7 @@ use std::{collections::BTreeMap, fmt, net::IpAddr};
 use ipnet::IpNet;
 use serde::Serialize;
 
-pub use names::{protocol_name, table_name};
+pub use names::{protocol_name, scope_name, table_name};
 
 /// Routing table ids with a name in `/etc/iproute2/rt_tables`.
 pub mod table {

@@ -43,6 +43,18 @@ pub fn protocol_name(protocol: u8) -> String {
     name.to_owned()
 }
 
+/// The name of a route scope (`RT_SCOPE_*`), or its number.
+pub fn scope_name(scope: u8) -> String {
+    match scope {
+        0 => "global".to_owned(),
+        200 => "site".to_owned(),
+        253 => "link".to_owned(),
+        254 => "host".to_owned(),
+        255 => "nowhere".to_owned(),
+        other => other.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,5 +67,7 @@ mod tests {
         assert_eq!(protocol_name(16), "dhcp");
         assert_eq!(protocol_name(2), "kernel");
         assert_eq!(protocol_name(200), "200");
+        assert_eq!(scope_name(253), "link");
+        assert_eq!(scope_name(0), "global");
     }
 }

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use super::TextTable;
 use crate::{
     findings::Finding,
-    report::{Report, RouteReport},
+    report::{Report, RouteReport, RuleReport},
 };
 
 /// What to show beyond the defaults.
@@ -107,9 +107,67 @@ pub fn render(report: &Report, options: HumanOptions) -> String {
         );
     }
 
+    render_rules(&mut out, &report.rules);
+
     out.push('\n');
     render_findings(&mut out, &report.findings);
     out
+}
+
+/// Whether a rule is one the kernel installs in every namespace (`0: lookup local`,
+/// `32766: lookup main`, `32767: lookup default`).
+fn is_stock_rule(rule: &RuleReport) -> bool {
+    let selectors = rule.src.is_some()
+        || rule.dst.is_some()
+        || rule.iif.is_some()
+        || rule.oif.is_some()
+        || rule.fwmark.is_some();
+    !selectors
+        && rule.action == "lookup"
+        && matches!(
+            (rule.priority, rule.table.as_str()),
+            (0, "local") | (32766, "main") | (32767, "default")
+        )
+}
+
+/// Lists policy rules other than the stock ones; they change which table, and so
+/// which default route, traffic uses.
+fn render_rules(out: &mut String, rules: &[RuleReport]) {
+    let custom: Vec<&RuleReport> = rules.iter().filter(|r| !is_stock_rule(r)).collect();
+    if custom.is_empty() {
+        return;
+    }
+    out.push_str("\nPOLICY RULES (besides the stock local/main/default lookups)\n");
+    let mut table = TextTable::new(&["FAMILY", ">PRIORITY", "SELECTOR", "ACTION", "TABLE"]);
+    for rule in custom {
+        let mut selector = Vec::new();
+        let parts = [
+            ("from", &rule.src),
+            ("to", &rule.dst),
+            ("iif", &rule.iif),
+            ("oif", &rule.oif),
+        ];
+        for (word, value) in parts {
+            if let Some(value) = value {
+                selector.push(format!("{word} {value}"));
+            }
+        }
+        if let Some(mark) = rule.fwmark {
+            selector.push(format!("fwmark {mark:#x}"));
+        }
+        table.row(vec![
+            rule.family.to_string(),
+            rule.priority.to_string(),
+            if selector.is_empty() {
+                "all".to_owned()
+            } else {
+                selector.join(" ")
+            },
+            rule.action.clone(),
+            rule.table.clone(),
+        ]);
+    }
+    out.push_str(&table.render(2));
 }
 
 fn route_table(routes: &[&RouteReport], measured: bool) -> TextTable {
