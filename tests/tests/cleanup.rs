@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use routemon_testbed::{
-    Testbed, UplinkSpec,
+    Testbed,
     cmd::require_root,
     kernel,
     routemon::{Running, run},

@@ -3,7 +3,7 @@
 use std::{os::unix::fs::PermissionsExt as _, path::PathBuf};
 
 use routemon_testbed::{
-    Testbed, UplinkSpec,
+    Testbed,
     cmd::require_root,
     kernel,
     routemon::{Finished, binary, run},
