@@ -223,45 +223,33 @@ impl Testbed {
         Ok(())
     }
 
+    /// Runs `ip route <verb> default via <gateway> dev <dev> metric <metric> <extra…>`
+    /// in the node, in the gateway's family.
+    fn default_route(
+        &self,
+        verb: &str,
+        dev: &str,
+        gateway: &str,
+        metric: u32,
+        extra: &[&str],
+    ) -> Result<()> {
+        let family = if gateway.contains(':') { "-6" } else { "-4" };
+        let metric = metric.to_string();
+        let mut args = vec![family, "route", verb, "default", "via", gateway, "dev", dev];
+        args.extend(["metric", metric.as_str()]);
+        args.extend_from_slice(extra);
+        self.node.ip(&args).map(drop)
+    }
+
     /// Appends a default route via `gateway` on `dev` with `metric`, marked as
     /// installed by DHCP like networkd's.
     pub fn set_default(&self, dev: &str, gateway: &str, metric: u32) -> Result<()> {
-        let family = if gateway.contains(':') { "-6" } else { "-4" };
-        self.node
-            .ip(&[
-                family,
-                "route",
-                "append",
-                "default",
-                "via",
-                gateway,
-                "dev",
-                dev,
-                "metric",
-                &metric.to_string(),
-                "proto",
-                "dhcp",
-            ])
-            .map(drop)
+        self.default_route("append", dev, gateway, metric, &["proto", "dhcp"])
     }
 
     /// Deletes the default route via `gateway` on `dev` with `metric`.
     pub fn delete_default(&self, dev: &str, gateway: &str, metric: u32) -> Result<()> {
-        let family = if gateway.contains(':') { "-6" } else { "-4" };
-        self.node
-            .ip(&[
-                family,
-                "route",
-                "del",
-                "default",
-                "via",
-                gateway,
-                "dev",
-                dev,
-                "metric",
-                &metric.to_string(),
-            ])
-            .map(drop)
+        self.default_route("del", dev, gateway, metric, &[])
     }
 
     /// The uplink named `name`.

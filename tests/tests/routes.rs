@@ -21,18 +21,22 @@ fn default_routes<'a>(report: &'a Value, family: &str) -> Vec<&'a Value> {
         .collect()
 }
 
+fn interface_names(report: &Value) -> Vec<&str> {
+    report["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect()
+}
+
 #[test]
 fn equal_metric_defaults_are_critical_until_one_metric_is_raised() {
     require_root();
     let bed = Testbed::ens5_ens6(1024, 1024).unwrap();
 
     let report = routes_json(&bed.node, &[]);
-    let names: Vec<&str> = report["interfaces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["name"].as_str().unwrap())
-        .collect();
+    let names = interface_names(&report);
     assert_eq!(names, ["ens5", "ens6"], "lo is never monitored");
     assert_eq!(report["primary"]["name"], "ens5");
     let defaults = default_routes(&report, "ipv4");
@@ -145,12 +149,7 @@ fn other_naming_schemes_and_explicit_patterns() {
     );
 
     let report = routes_json(&bed.node, &["--interface", "enp*s0"]);
-    let names: Vec<&str> = report["interfaces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["name"].as_str().unwrap())
-        .collect();
+    let names = interface_names(&report);
     assert_eq!(names, ["enp39s0", "enp40s0"]);
     // Every route of a monitored interface is listed, and the default route of the
     // unmonitored eth1 too (defaults are always shown).
