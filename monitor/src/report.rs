@@ -72,7 +72,7 @@ pub struct InterfaceReport {
     pub primary: bool,
     /// `IFLA_INFO_KIND` (`veth`, …), absent for physical devices.
     pub kind: Option<String>,
-    /// Operational state.
+    /// Operational state; `gone` when the interface was deleted during a snapshot.
     pub state: String,
     /// Hardware address.
     pub mac: Option<String>,

@@ -180,3 +180,36 @@ fn check_counts(attach: &str) {
     let left = kernel::routemon_programs_after(Duration::from_secs(5)).unwrap();
     assert!(left.is_empty(), "programs unloaded after exit: {left:?}");
 }
+
+#[test]
+fn an_interface_deleted_mid_snapshot_is_reported_gone_with_its_counts() {
+    require_root();
+    let bed = Testbed::ens5_ens6(1000, 1024).unwrap();
+    kernel::wait_quiet(&bed.node, &["ens5", "ens6"], 500).unwrap();
+    let at_start = kernel::link_stats(&bed.node, "ens6").unwrap();
+    let running = Running::start(&bed.node, &["snapshot", "--duration", "2s", "--json"]).unwrap();
+    let to_ens6 = burst(INTERNET_V4, Some("ens6"), 50, 100);
+    send_udp(&bed.node, &to_ens6).unwrap();
+    // Let the router's ICMP replies arrive before taking the last reading.
+    std::thread::sleep(Duration::from_millis(300));
+    let before_delete = kernel::link_stats(&bed.node, "ens6").unwrap().since(at_start);
+    bed.node.ip(&["link", "del", "ens6"]).unwrap();
+    send_udp(&bed.node, &burst(INTERNET_V4, Some("ens5"), 20, 100)).unwrap();
+
+    let report = running
+        .wait(Duration::from_secs(30))
+        .unwrap()
+        .success()
+        .json();
+    let ens6 = interface(&report, "ens6");
+    assert_eq!(ens6["state"], "gone");
+    assert_eq!(
+        ens6["egress_packets"], 50,
+        "counts up to the deletion are kept"
+    );
+    assert_eq!(ens6["ingress_packets"], before_delete.rx_packets);
+    assert_eq!(interface(&report, "ens5")["egress_packets"], 20);
+    assert_eq!(interface(&report, "ens5")["state"], "up");
+    let left = kernel::routemon_programs_after(Duration::from_secs(5)).unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -82,6 +82,7 @@ pub async fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
         .and_then(|ifaces| Ok((ifaces, monitor.route_counters(plan.route_ids.len())?)));
     let detached = monitor.detach(&netlink).await;
     let (interfaces, routes) = counters.context("reading the eBPF counters")?;
+    let gone = vanished_interfaces(&netlink, &found).await;
 
     let mut report = Report::build(ReportInput {
         model: &found.model,
@@ -95,6 +96,13 @@ pub async fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
             plan: &plan,
         }),
     });
+    for iface in report
+        .interfaces
+        .iter_mut()
+        .filter(|i| gone.contains(&i.ifindex))
+    {
+        iface.state = "gone".to_owned();
+    }
     report.snapshot = Some(SnapshotInfo {
         requested_seconds: args.duration.as_secs_f64(),
         duration_seconds: (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
@@ -104,4 +112,25 @@ pub async fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
     print_report(&report, &args.selection);
     detached.context("detaching routemon's programs")?;
     Ok(())
+}
+
+/// Monitored interfaces that no longer exist (deleted, or their index reused by
+/// another device) after the count. Their counts up to the deletion are kept.
+async fn vanished_interfaces(netlink: &Netlink, found: &Investigation) -> Vec<u32> {
+    let now = match netlink.links().await {
+        Ok(links) => links,
+        Err(err) => {
+            tracing::warn!("could not re-read the interfaces after counting: {err}");
+            return Vec::new();
+        }
+    };
+    found
+        .monitored
+        .iter()
+        .filter(|ifindex| {
+            let before = found.model.links.get(ifindex).map(|l| &l.name);
+            now.get(ifindex).map(|l| &l.name) != before
+        })
+        .copied()
+        .collect()
 }

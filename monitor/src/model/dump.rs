@@ -1,11 +1,13 @@
 //! Fetches the model from the kernel with rtnetlink dumps.
 
+use std::collections::BTreeMap;
+
 use futures::TryStreamExt as _;
 use netlink_packet_route::{AddressFamily, route::RouteMessage};
 use rtnetlink::{Handle, IpVersion, new_connection};
 use thiserror::Error;
 
-use super::{NetworkModel, convert};
+use super::{Link, NetworkModel, convert};
 
 /// Failure to read the network state from the kernel.
 #[derive(Debug, Error)]
@@ -44,16 +46,24 @@ impl Netlink {
         &self.handle
     }
 
-    /// Dumps links, addresses, routes of every table and policy rules.
-    pub async fn dump(&self) -> Result<NetworkModel, DumpError> {
-        let mut model = NetworkModel::default();
-
-        let mut links = self.handle.link().get().execute();
-        while let Some(msg) = next(&mut links, "links").await? {
+    /// Dumps the links only.
+    pub async fn links(&self) -> Result<BTreeMap<u32, Link>, DumpError> {
+        let mut links = BTreeMap::new();
+        let mut stream = self.handle.link().get().execute();
+        while let Some(msg) = next(&mut stream, "links").await? {
             if let Some(link) = convert::link(&msg) {
-                model.links.insert(link.index, link);
+                links.insert(link.index, link);
             }
         }
+        Ok(links)
+    }
+
+    /// Dumps links, addresses, routes of every table and policy rules.
+    pub async fn dump(&self) -> Result<NetworkModel, DumpError> {
+        let mut model = NetworkModel {
+            links: self.links().await?,
+            ..NetworkModel::default()
+        };
 
         let mut addresses = self.handle.address().get().execute();
         while let Some(msg) = next(&mut addresses, "addresses").await? {
