@@ -10,9 +10,11 @@ use crate::{ebpf::AttachMode, selection::InterfacePattern};
 /// multi-ENI Linux nodes (EKS on Amazon Linux 2023 with Cilium, and friends).
 #[derive(Debug, Parser)]
 #[command(name = "routemon", version, propagate_version = true)]
-#[command(after_long_help = "Examples:\n  routemon routes                      # the routing state and findings\n  \
+#[command(
+    after_long_help = "Examples:\n  routemon routes                      # the routing state and findings\n  \
 routemon routes --json | jq .findings\n  sudo routemon snapshot -d 30s        # where egress goes, per interface and route\n  \
-sudo routemon snapshot -i 'ens*' --primary ens5 --json")]
+sudo routemon snapshot -i 'ens*' --primary ens5 --json"
+)]
 #[command(
     long_about = "routemon shows which default route and which interface a node's egress really \
 uses, and finds the routing states that break multi-ENI nodes — above all two default routes \

@@ -192,7 +192,9 @@ fn an_interface_deleted_mid_snapshot_is_reported_gone_with_its_counts() {
     send_udp(&bed.node, &to_ens6).unwrap();
     // Let the router's ICMP replies arrive before taking the last reading.
     std::thread::sleep(Duration::from_millis(300));
-    let before_delete = kernel::link_stats(&bed.node, "ens6").unwrap().since(at_start);
+    let before_delete = kernel::link_stats(&bed.node, "ens6")
+        .unwrap()
+        .since(at_start);
     bed.node.ip(&["link", "del", "ens6"]).unwrap();
     send_udp(&bed.node, &burst(INTERNET_V4, Some("ens5"), 20, 100)).unwrap();
 
