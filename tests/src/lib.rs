@@ -7,6 +7,8 @@
 //! Needs root.
 
 pub mod cmd;
+pub mod daemon;
+pub mod eks;
 pub mod kernel;
 pub mod netns;
 pub mod routemon;

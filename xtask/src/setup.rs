@@ -28,7 +28,26 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip, tc: namespaces, veths, routes, qdiscs"),
     ("bpftool", "bpftool: checks that nothing stays attached"),
     ("procps", "sysctl: per-namespace settings"),
-    ("util-linux", "setpriv: running routemon unprivileged"),
+    (
+        "util-linux",
+        "setpriv, unshare: unprivileged runs, networkd's mount namespace",
+    ),
+    (
+        "systemd",
+        "systemd-networkd: the node's real network manager in the EKS testbed",
+    ),
+    (
+        "dnsmasq-base",
+        "dnsmasq: the VPC's DHCP servers in the EKS testbed",
+    ),
+    (
+        "nftables",
+        "nft: the VPC's source/destination check in the EKS testbed",
+    ),
+    (
+        "python3",
+        "python3 -m http.server: the testbed's internet host",
+    ),
 ];
 
 /// Runs every step.

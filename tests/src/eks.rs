@@ -1,0 +1,331 @@
+//! A faithful model of an EKS node on Amazon Linux 2023, in network namespaces:
+//!
+//! - `vpc`: the VPC router. One subnet per ENI (`10.0.N.0/24`, router `10.0.N.1`),
+//!   a real dnsmasq DHCP server per subnet that leases the ENI's address
+//!   (`10.0.N.10`), the "internet" host `198.51.100.10` with an HTTP server, and
+//!   nftables rules modelling the EC2 source/destination check: a packet that
+//!   arrives from an ENI with a source address that is not that ENI's is counted
+//!   (named counter `spoof_<vpc side>`) and dropped.
+//! - `node`: the EKS node, running the real systemd-networkd with an AL2023-like
+//!   `80-ec2.network` (`Name=<pattern>`, `DHCP=ipv4`), so DHCP installs the default
+//!   routes with metric 1024.
+//!
+//! ENIs are hot-attached after boot, as Cilium does. Everything started here is
+//! stopped and removed on drop (daemons first, then the scratch directory and the
+//! namespaces), also while a failing test unwinds.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+
+use crate::{INTERNET_V4, cmd::run, daemon::Daemon, netns::NetNs};
+
+/// systemd-networkd's binary on Debian and Amazon Linux.
+pub const NETWORKD: &str = "/lib/systemd/systemd-networkd";
+
+/// One attached ENI.
+#[derive(Clone, Debug)]
+pub struct Eni {
+    /// Interface name inside the node.
+    pub name: String,
+    /// Its peer in the VPC router.
+    pub vpc_side: String,
+    /// The address DHCP leases to it.
+    pub addr: Ipv4Addr,
+    /// Its subnet's router.
+    pub gateway: Ipv4Addr,
+}
+
+/// A scratch directory removed on drop.
+#[derive(Debug)]
+struct ScratchDir(PathBuf);
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The VPC router and the node; see the module documentation.
+#[derive(Debug)]
+pub struct EksNode {
+    /// Attached ENIs, in attach order (the first is the primary).
+    pub enis: Vec<Eni>,
+    servers: Vec<Daemon>,
+    dhcp: Vec<Daemon>,
+    networkd: Option<Daemon>,
+    dir: ScratchDir,
+    /// The node namespace.
+    pub node: NetNs,
+    /// The VPC router namespace.
+    pub vpc: NetNs,
+}
+
+impl EksNode {
+    /// Boots a node whose networkd manages interfaces matching `pattern` (e.g.
+    /// `ens*`), with the primary ENI `primary` attached, and waits for its DHCP
+    /// default route.
+    pub fn boot(pattern: &str, primary: &str) -> Result<Self> {
+        crate::netns::cleanup_stale();
+        let vpc = NetNs::new("v")?;
+        let node = NetNs::new("n")?;
+        let dir = std::env::temp_dir().join(format!("{}-{}", node.name(), "eks"));
+        std::fs::create_dir_all(dir.join("network"))?;
+        let mut eks = Self {
+            enis: Vec::new(),
+            servers: Vec::new(),
+            dhcp: Vec::new(),
+            networkd: None,
+            dir: ScratchDir(dir),
+            node,
+            vpc,
+        };
+        eks.setup_vpc()?;
+        eks.write_network_file(
+            "80-ec2.network",
+            &format!("[Match]\nName={pattern}\n\n[Network]\nDHCP=ipv4\n"),
+        )?;
+        eks.start_networkd()?;
+        eks.attach_eni(primary)?;
+        Ok(eks)
+    }
+
+    fn scratch(&self) -> &Path {
+        &self.dir.0
+    }
+
+    fn setup_vpc(&mut self) -> Result<()> {
+        self.vpc.sysctl(&["net.ipv4.ip_forward=1"])?;
+        self.vpc
+            .ip(&["addr", "add", &format!("{INTERNET_V4}/32"), "dev", "lo"])?;
+        let ruleset = "table inet vpc {\n\
+             chain srccheck {\n\
+               type filter hook prerouting priority -300; policy accept;\n\
+             }\n\
+           }\n";
+        let rules = self.scratch().join("vpc.nft");
+        std::fs::write(&rules, ruleset)?;
+        self.vpc
+            .exec("nft", &["-f", rules.to_str().context("path")?])?;
+        let root = self.scratch().join("www");
+        std::fs::create_dir_all(&root)?;
+        std::fs::write(root.join("index.html"), "hello from the internet\n")?;
+        let server = Daemon::spawn(
+            "http server",
+            "ip",
+            &[
+                "netns",
+                "exec",
+                self.vpc.name(),
+                "python3",
+                "-m",
+                "http.server",
+                "80",
+                "--bind",
+                &INTERNET_V4.to_string(),
+                "--directory",
+                root.to_str().context("path")?,
+            ],
+            None,
+        )?;
+        self.servers.push(server);
+        Ok(())
+    }
+
+    /// Writes a file into the node's `/etc/systemd/network` (takes effect at the
+    /// next networkd start or restart).
+    pub fn write_network_file(&self, name: &str, content: &str) -> Result<()> {
+        std::fs::write(self.scratch().join("network").join(name), content)
+            .with_context(|| format!("writing {name}"))
+    }
+
+    fn start_networkd(&mut self) -> Result<()> {
+        let network = self.scratch().join("network");
+        // A private mount namespace gives networkd its own /etc/systemd/network and
+        // /run/systemd; a read-only /sys makes it skip waiting for udev.
+        let script = format!(
+            "mount --bind {} /etc/systemd/network && \
+             mount -t tmpfs tmpfs /run/systemd && \
+             mkdir -p /run/systemd/netif && \
+             chown systemd-network:systemd-network /run/systemd/netif && \
+             mount -o remount,ro /sys && \
+             exec {NETWORKD}",
+            network.display()
+        );
+        let log = self.scratch().join("networkd.log");
+        let daemon = Daemon::spawn(
+            "systemd-networkd",
+            "ip",
+            &[
+                "netns",
+                "exec",
+                self.node.name(),
+                "unshare",
+                "-m",
+                "--propagation",
+                "private",
+                "bash",
+                "-c",
+                &script,
+            ],
+            Some(&log),
+        )?;
+        self.networkd = Some(daemon);
+        Ok(())
+    }
+
+    /// Restarts networkd, as `systemctl restart systemd-networkd` does.
+    pub fn restart_networkd(&mut self) -> Result<()> {
+        if let Some(mut networkd) = self.networkd.take() {
+            networkd.stop();
+        }
+        self.start_networkd()
+    }
+
+    /// Attaches an ENI named `name` (hot plug): a veth to the VPC router, a new
+    /// subnet with its DHCP server and source check, then waits until networkd has
+    /// installed its DHCP default route.
+    pub fn attach_eni(&mut self, name: &str) -> Result<Eni> {
+        let n = u8::try_from(self.enis.len() + 1).context("at most 254 ENIs")?;
+        let eni = Eni {
+            name: name.to_owned(),
+            vpc_side: format!("gw{n}"),
+            addr: Ipv4Addr::new(10, 0, n, 10),
+            gateway: Ipv4Addr::new(10, 0, n, 1),
+        };
+        let vpc = &self.vpc;
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                name,
+                "netns",
+                self.node.name(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &eni.vpc_side,
+                "netns",
+                vpc.name(),
+            ],
+        )?;
+        vpc.ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", eni.gateway),
+            "dev",
+            &eni.vpc_side,
+        ])?;
+        vpc.ip(&["link", "set", &eni.vpc_side, "up"])?;
+        self.add_source_check(&eni)?;
+        let addr = eni.addr.to_string();
+        let leases = self.scratch().join(format!("leases{n}"));
+        let log = self.scratch().join(format!("dnsmasq{n}.log"));
+        let dnsmasq = Daemon::spawn(
+            "dnsmasq",
+            "ip",
+            &[
+                "netns",
+                "exec",
+                vpc.name(),
+                "dnsmasq",
+                "--keep-in-foreground",
+                "--port=0",
+                "--bind-interfaces",
+                &format!("--interface={}", eni.vpc_side),
+                &format!("--dhcp-range={addr},{addr},255.255.255.0,1h"),
+                &format!("--dhcp-option=3,{}", eni.gateway),
+                "--conf-file=/dev/null",
+                &format!("--dhcp-leasefile={}", leases.display()),
+                "--log-dhcp",
+                &format!("--log-facility={}", log.display()),
+                &format!(
+                    "--pid-file={}",
+                    self.scratch().join(format!("dnsmasq{n}.pid")).display()
+                ),
+            ],
+            None,
+        )?;
+        self.dhcp.push(dnsmasq);
+        self.enis.push(eni.clone());
+        self.wait_for_default(&eni, Duration::from_secs(30))?;
+        Ok(eni)
+    }
+
+    fn add_source_check(&self, eni: &Eni) -> Result<()> {
+        let counter = format!("spoof_{}", eni.vpc_side);
+        self.vpc
+            .exec("nft", &["add", "counter", "inet", "vpc", &counter])?;
+        // DHCP DISCOVER/REQUEST come from 0.0.0.0 before the lease.
+        let rule = format!(
+            "add rule inet vpc srccheck iifname \"{}\" ip saddr != {{ 0.0.0.0, {} }} counter name \"{counter}\" drop",
+            eni.vpc_side, eni.addr
+        );
+        let rule_args: Vec<&str> = rule.split(' ').collect();
+        self.vpc.exec("nft", &rule_args).map(drop)
+    }
+
+    /// Packets and bytes the VPC's source check dropped on arrival from `eni`.
+    pub fn spoofed(&self, eni: &Eni) -> Result<(u64, u64)> {
+        let json: Value = serde_json::from_str(&self.vpc.exec(
+            "nft",
+            &[
+                "-j",
+                "list",
+                "counter",
+                "inet",
+                "vpc",
+                &format!("spoof_{}", eni.vpc_side),
+            ],
+        )?)?;
+        let counter = json["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find_map(|item| item.get("counter"))
+            .context("no counter in nft output")?;
+        Ok((
+            counter["packets"].as_u64().context("packets")?,
+            counter["bytes"].as_u64().context("bytes")?,
+        ))
+    }
+
+    /// Waits until the node has a DHCP default route via `eni`.
+    pub fn wait_for_default(&self, eni: &Eni, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let routes: Value =
+                serde_json::from_str(&self.node.ip(&["-j", "-4", "route", "show", "default"])?)?;
+            let found = routes.as_array().into_iter().flatten().any(|r| {
+                r["dev"] == eni.name.as_str() && r["gateway"] == eni.gateway.to_string().as_str()
+            });
+            if found {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(self.scratch().join("networkd.log"))
+                    .unwrap_or_default();
+                bail!(
+                    "no DHCP default route via {} after {timeout:?}; networkd log:\n{log}",
+                    eni.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The ENI named `name`.
+    pub fn eni(&self, name: &str) -> &Eni {
+        self.enis
+            .iter()
+            .find(|e| e.name == name)
+            .unwrap_or_else(|| panic!("no ENI {name}"))
+    }
+}

@@ -1,0 +1,130 @@
+//! The EKS failure reproduced with real systemd-networkd and dnsmasq: hot-attached
+//! ENIs get DHCP default routes with the same metric, and routemon reports it.
+
+use routemon_testbed::{cmd::require_root, eks::EksNode, routemon::routes_json};
+use serde_json::Value;
+
+/// (interface, metric) of the main table's IPv4 default routes, sorted by name (the
+/// kernel's listing order is not part of what is tested).
+fn dhcp_defaults(report: &Value) -> Vec<(String, u64)> {
+    let mut defaults: Vec<(String, u64)> = report["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["dst"] == "0.0.0.0/0" && r["table"] == "main")
+        .map(|r| {
+            assert_eq!(r["protocol"], "dhcp", "{r:#}");
+            (
+                r["dev"].as_str().unwrap().to_owned(),
+                r["metric"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn ties(report: &Value) -> Vec<&Value> {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "equal_metric_default_routes")
+        .collect()
+}
+
+/// Boots with the primary only (healthy), hot-attaches the others, and checks the
+/// critical finding names every ENI.
+fn hot_attach(pattern: &str, names: &[&str]) {
+    require_root();
+    let mut eks = EksNode::boot(pattern, names[0]).unwrap();
+    let report = routes_json(&eks.node, &[]);
+    assert_eq!(dhcp_defaults(&report), [(names[0].to_owned(), 1024)]);
+    assert!(
+        report["findings"].as_array().unwrap().is_empty(),
+        "{report:#}"
+    );
+
+    for name in &names[1..] {
+        eks.attach_eni(name).unwrap();
+    }
+    let report = routes_json(&eks.node, &[]);
+    let defaults = dhcp_defaults(&report);
+    let mut expected: Vec<(String, u64)> = names.iter().map(|n| ((*n).to_owned(), 1024)).collect();
+    expected.sort();
+    assert_eq!(defaults, expected, "networkd gave every ENI metric 1024");
+    let ties = ties(&report);
+    assert_eq!(ties.len(), 1, "{report:#}");
+    assert_eq!(ties[0]["severity"], "critical");
+    let mut tied: Vec<&str> = ties[0]["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_str().unwrap())
+        .collect();
+    tied.sort_unstable();
+    let mut all = names.to_vec();
+    all.sort_unstable();
+    assert_eq!(tied, all);
+    assert_eq!(report["primary"]["name"], names[0]);
+    let remediation = ties[0]["remediation"].as_str().unwrap();
+    assert!(
+        remediation.contains(&format!("05-{}.network", names[0])),
+        "{remediation}"
+    );
+}
+
+#[test]
+fn hot_attached_ens6_ties_with_ens5() {
+    hot_attach("ens*", &["ens5", "ens6"]);
+}
+
+#[test]
+fn hot_attached_enp_naming() {
+    hot_attach("enp*", &["enp39s0", "enp40s0"]);
+}
+
+#[test]
+fn hot_attached_eth_naming() {
+    hot_attach("eth*", &["eth0", "eth1"]);
+}
+
+#[test]
+fn three_enis_all_tie() {
+    hot_attach("ens*", &["ens5", "ens6", "ens7"]);
+}
+
+#[test]
+fn the_documented_networkd_fix_clears_the_finding() {
+    require_root();
+    let mut eks = EksNode::boot("ens*", "ens5").unwrap();
+    eks.attach_eni("ens6").unwrap();
+    assert_eq!(ties(&routes_json(&eks.node, &[])).len(), 1);
+
+    eks.write_network_file(
+        "05-ens5.network",
+        "[Match]\nName=ens5\n\n[Network]\nDHCP=yes\n\n[DHCPv4]\nRouteMetric=1000\n",
+    )
+    .unwrap();
+    eks.restart_networkd().unwrap();
+    // networkd re-acquires the lease and replaces the primary's route.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let report = loop {
+        let report = routes_json(&eks.node, &[]);
+        let defaults = dhcp_defaults(&report);
+        if defaults.contains(&("ens5".to_owned(), 1000)) && defaults.len() == 2 {
+            break report;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no metric 1000 route: {defaults:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(
+        dhcp_defaults(&report),
+        [("ens5".to_owned(), 1000), ("ens6".to_owned(), 1024)]
+    );
+    assert!(
+        report["findings"].as_array().unwrap().is_empty(),
+        "{report:#}"
+    );
+}
