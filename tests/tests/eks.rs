@@ -19,7 +19,9 @@ fn dhcp_defaults(report: &Value) -> Vec<(String, u64)> {
                 r["metric"].as_u64().unwrap(),
             )
         })
-        .collect()
+        .collect();
+    defaults.sort();
+    defaults
 }
 
 fn ties(report: &Value) -> Vec<&Value> {
