@@ -7,12 +7,24 @@
 
 /// Name of the per-CPU hash map of [`IfaceCounters`], keyed by ifindex (`u32`).
 pub const IFACE_COUNTERS_MAP: &str = "IFACE_COUNTERS";
-/// Name of the per-CPU array of [`RouteCounters`], indexed by [`RouteId`].
+/// Name of the per-CPU array of [`PacketCounters`], indexed by [`RouteId`].
 pub const ROUTE_COUNTERS_MAP: &str = "ROUTE_COUNTERS";
 /// Name of the IPv4 LPM trie: [`RouteKeyV4`] → [`RouteId`].
 pub const ROUTES_V4_MAP: &str = "ROUTES_V4";
 /// Name of the IPv6 LPM trie: [`RouteKeyV6`] → [`RouteId`].
 pub const ROUTES_V6_MAP: &str = "ROUTES_V6";
+
+/// Name of the IPv4 address-owner hash: address (`[u8; 4]`) → ifindex.
+pub const SOURCE_OWNERS_V4_MAP: &str = "SOURCE_OWNERS_V4";
+/// Name of the IPv6 address-owner hash: address (`[u8; 16]`) → ifindex.
+pub const SOURCE_OWNERS_V6_MAP: &str = "SOURCE_OWNERS_V6";
+/// Name of the per-CPU hash of cross-ENI egress: [`CrossEniKey`] → [`PacketCounters`].
+pub const CROSS_ENI_MAP: &str = "CROSS_ENI";
+
+/// Default capacity of the address-owner maps (addresses of monitored interfaces).
+pub const DEFAULT_MAX_OWNED_ADDRESSES: u32 = 4096;
+/// Capacity of the cross-ENI map: (egress, owner) pairs.
+pub const MAX_CROSS_ENI_PAIRS: u32 = 1024;
 
 /// Names of the TC programs in the eBPF object.
 pub mod program {
@@ -74,17 +86,17 @@ impl IfaceCounters {
     }
 }
 
-/// Egress packet and byte counters of one route. One copy per CPU.
+/// Packet and byte counters (of a route, or of a cross-ENI pair). One copy per CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RouteCounters {
-    /// Packets attributed to the route.
+pub struct PacketCounters {
+    /// Packets counted.
     pub packets: u64,
-    /// Bytes attributed to the route.
+    /// Bytes counted (link-layer header included).
     pub bytes: u64,
 }
 
-impl RouteCounters {
+impl PacketCounters {
     /// Adds another CPU's counters to these.
     pub fn accumulate(&mut self, other: &Self) {
         self.packets += other.packets;
@@ -117,12 +129,24 @@ pub struct RouteKeyV6 {
     pub addr: [u8; 16],
 }
 
+/// Key of cross-ENI egress counters: a packet left by `egress_ifindex` with a source
+/// address that belongs to `source_ifindex`, another monitored interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CrossEniKey {
+    /// The interface the packet left by.
+    pub egress_ifindex: u32,
+    /// The interface that owns the packet's source address.
+    pub source_ifindex: u32,
+}
+
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all four types are #[repr(C)], contain only integers and byte arrays,
+    // SAFETY: all these types are #[repr(C)], contain only integers and byte arrays,
     // have no padding, and every bit pattern is a valid value.
     unsafe impl aya::Pod for super::IfaceCounters {}
-    unsafe impl aya::Pod for super::RouteCounters {}
+    unsafe impl aya::Pod for super::PacketCounters {}
     unsafe impl aya::Pod for super::RouteKeyV4 {}
     unsafe impl aya::Pod for super::RouteKeyV6 {}
+    unsafe impl aya::Pod for super::CrossEniKey {}
 }

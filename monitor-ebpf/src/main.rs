@@ -23,12 +23,13 @@
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
     macros::{classifier, map},
-    maps::{LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
+    maps::{HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
     programs::TcContext,
 };
 use monitor_common::{
-    DEFAULT_MAX_INTERFACES, DEFAULT_MAX_ROUTES, IFINDEX_PREFIX_BITS, IfaceCounters, RouteCounters,
-    RouteId, RouteKeyV4, RouteKeyV6,
+    CrossEniKey, DEFAULT_MAX_INTERFACES, DEFAULT_MAX_OWNED_ADDRESSES, DEFAULT_MAX_ROUTES,
+    IFINDEX_PREFIX_BITS, IfaceCounters, MAX_CROSS_ENI_PAIRS, PacketCounters, RouteId, RouteKeyV4,
+    RouteKeyV6,
 };
 
 /// Per-interface counters, keyed by ifindex. Userspace inserts an entry for each
@@ -39,7 +40,7 @@ static IFACE_COUNTERS: PerCpuHashMap<u32, IfaceCounters> =
 
 /// Per-route egress counters, indexed by the route id stored in the tries.
 #[map(name = "ROUTE_COUNTERS")]
-static ROUTE_COUNTERS: PerCpuArray<RouteCounters> =
+static ROUTE_COUNTERS: PerCpuArray<PacketCounters> =
     PerCpuArray::with_max_entries(DEFAULT_MAX_ROUTES, 0);
 
 /// IPv4 routes of monitored interfaces: `(ifindex, prefix)` → route id.
@@ -49,6 +50,21 @@ static ROUTES_V4: LpmTrie<RouteKeyV4, RouteId> = LpmTrie::with_max_entries(DEFAU
 /// IPv6 routes of monitored interfaces: `(ifindex, prefix)` → route id.
 #[map(name = "ROUTES_V6")]
 static ROUTES_V6: LpmTrie<RouteKeyV6, RouteId> = LpmTrie::with_max_entries(DEFAULT_MAX_ROUTES, 0);
+
+/// IPv4 addresses of monitored interfaces → the ifindex that owns each.
+#[map(name = "SOURCE_OWNERS_V4")]
+static SOURCE_OWNERS_V4: HashMap<[u8; 4], u32> =
+    HashMap::with_max_entries(DEFAULT_MAX_OWNED_ADDRESSES, 0);
+
+/// IPv6 addresses of monitored interfaces → the ifindex that owns each.
+#[map(name = "SOURCE_OWNERS_V6")]
+static SOURCE_OWNERS_V6: HashMap<[u8; 16], u32> =
+    HashMap::with_max_entries(DEFAULT_MAX_OWNED_ADDRESSES, 0);
+
+/// Egress whose source address belongs to another monitored interface.
+#[map(name = "CROSS_ENI")]
+static CROSS_ENI: PerCpuHashMap<CrossEniKey, PacketCounters> =
+    PerCpuHashMap::with_max_entries(MAX_CROSS_ENI_PAIRS, 0);
 
 const ETH_HLEN: usize = 14;
 const ETH_TYPE_OFFSET: usize = 12;
@@ -61,8 +77,10 @@ const ETH_P_IPV6: u16 = 0x86DD;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88A8;
 
-const IPV4_DST_OFFSET: usize = 16;
-const IPV6_DST_OFFSET: usize = 24;
+/// Fixed IPv4 header; source at 12..16, destination at 16..20.
+const IPV4_HLEN: usize = 20;
+/// Fixed IPv6 header; source at 8..24, destination at 24..40.
+const IPV6_HLEN: usize = 40;
 
 /// Egress of interfaces with an Ethernet header.
 #[classifier]
@@ -128,9 +146,26 @@ fn count_egress(ctx: &TcContext, link_layer: LinkLayer) {
     iface.egress_packets += 1;
     iface.egress_bytes += len;
 
-    let route =
-        lookup_route(ctx, ifindex, link_layer).and_then(|id| ROUTE_COUNTERS.get_ptr_mut(id));
-    match route {
+    let route = match read_addresses(ctx, link_layer) {
+        Some(Addresses::V4 { src, dst }) => {
+            if let Some(owner) = SOURCE_OWNERS_V4.get_ptr(src) {
+                // SAFETY: a valid pointer into the hash map's value.
+                count_cross_eni(ifindex, unsafe { *owner }, len);
+            }
+            let key = Key::new(IFINDEX_PREFIX_BITS + 32, RouteKeyV4 { ifindex, addr: dst });
+            ROUTES_V4.get(&key).copied()
+        }
+        Some(Addresses::V6 { src, dst }) => {
+            if let Some(owner) = SOURCE_OWNERS_V6.get_ptr(src) {
+                // SAFETY: as above.
+                count_cross_eni(ifindex, unsafe { *owner }, len);
+            }
+            let key = Key::new(IFINDEX_PREFIX_BITS + 128, RouteKeyV6 { ifindex, addr: dst });
+            ROUTES_V6.get(&key).copied()
+        }
+        None => None,
+    };
+    match route.and_then(|id| ROUTE_COUNTERS.get_ptr_mut(id)) {
         Some(route) => {
             // SAFETY: per-CPU value, as above.
             let route = unsafe { &mut *route };
@@ -144,9 +179,45 @@ fn count_egress(ctx: &TcContext, link_layer: LinkLayer) {
     }
 }
 
-/// Finds the route id for the packet's destination among the routes of `ifindex`.
+/// Counts a packet that leaves by `egress` with a source address owned by `owner`,
+/// when those differ: the VPC's source/destination check drops such packets.
 #[inline(always)]
-fn lookup_route(ctx: &TcContext, ifindex: u32, link_layer: LinkLayer) -> Option<RouteId> {
+fn count_cross_eni(egress: u32, owner: u32, len: u64) {
+    if owner == egress {
+        return;
+    }
+    let key = CrossEniKey {
+        egress_ifindex: egress,
+        source_ifindex: owner,
+    };
+    match CROSS_ENI.get_ptr_mut(&key) {
+        Some(counters) => {
+            // SAFETY: per-CPU value, as in count_ingress.
+            let counters = unsafe { &mut *counters };
+            counters.packets += 1;
+            counters.bytes += len;
+        }
+        None => {
+            // First packet of this pair on this CPU; the other CPUs' copies start at
+            // zero. A full map loses the count, which userspace sizes against.
+            let first = PacketCounters {
+                packets: 1,
+                bytes: len,
+            };
+            let _ = CROSS_ENI.insert(&key, &first, 0);
+        }
+    }
+}
+
+/// Source and destination addresses of an IP packet.
+enum Addresses {
+    V4 { src: [u8; 4], dst: [u8; 4] },
+    V6 { src: [u8; 16], dst: [u8; 16] },
+}
+
+/// Reads the addresses of the packet's IP header, if it has one.
+#[inline(always)]
+fn read_addresses(ctx: &TcContext, link_layer: LinkLayer) -> Option<Addresses> {
     let (ethertype, l3_offset) = match link_layer {
         LinkLayer::Ethernet => ethertype_and_l3_offset(ctx)?,
         // skb->protocol holds the ethertype in network byte order in its low 16 bits.
@@ -154,14 +225,19 @@ fn lookup_route(ctx: &TcContext, ifindex: u32, link_layer: LinkLayer) -> Option<
     };
     match ethertype {
         ETH_P_IP => {
-            let addr: [u8; 4] = ctx.load(l3_offset + IPV4_DST_OFFSET).ok()?;
-            let key = Key::new(IFINDEX_PREFIX_BITS + 32, RouteKeyV4 { ifindex, addr });
-            ROUTES_V4.get(&key).copied()
+            let header: [u8; IPV4_HLEN] = ctx.load(l3_offset).ok()?;
+            Some(Addresses::V4 {
+                src: [header[12], header[13], header[14], header[15]],
+                dst: [header[16], header[17], header[18], header[19]],
+            })
         }
         ETH_P_IPV6 => {
-            let addr: [u8; 16] = ctx.load(l3_offset + IPV6_DST_OFFSET).ok()?;
-            let key = Key::new(IFINDEX_PREFIX_BITS + 128, RouteKeyV6 { ifindex, addr });
-            ROUTES_V6.get(&key).copied()
+            let header: [u8; IPV6_HLEN] = ctx.load(l3_offset).ok()?;
+            let mut src = [0u8; 16];
+            let mut dst = [0u8; 16];
+            src.copy_from_slice(&header[8..24]);
+            dst.copy_from_slice(&header[24..40]);
+            Some(Addresses::V6 { src, dst })
         }
         _ => None,
     }

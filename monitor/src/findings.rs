@@ -3,6 +3,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use monitor_common::{CrossEniKey, PacketCounters};
+
 use serde::Serialize;
 
 use crate::{
@@ -65,6 +67,19 @@ pub enum FindingKind {
         /// as it does for IPv6 routes added over netlink with the same metric.
         multipath: bool,
     },
+    /// Packets left by one interface with a source address of another.
+    CrossEniEgress {
+        /// The interface the packets left by.
+        egress_interface: String,
+        /// The interface that owns their source address.
+        source_interface: String,
+        /// Addresses of the source interface (any of them may be the source).
+        source_addresses: Vec<String>,
+        /// Packets counted.
+        packets: u64,
+        /// Bytes counted, link-layer header included.
+        bytes: u64,
+    },
     /// The default route the kernel prefers does not leave by the primary interface.
     PrimaryNotPreferred {
         /// Address family.
@@ -100,6 +115,7 @@ impl Finding {
         match self.kind {
             FindingKind::EqualMetricDefaultRoutes { .. } => "equal_metric_default_routes",
             FindingKind::PrimaryNotPreferred { .. } => "primary_not_preferred",
+            FindingKind::CrossEniEgress { .. } => "cross_eni_egress",
         }
     }
 }
@@ -330,6 +346,55 @@ fn primary_not_preferred(
     findings
 }
 
+/// Findings for egress measured leaving by one interface with another interface's
+/// source address: the EC2 source/destination check drops these packets.
+pub fn cross_eni_egress(
+    model: &NetworkModel,
+    counters: &BTreeMap<CrossEniKey, PacketCounters>,
+    primary: Option<&Primary>,
+) -> Vec<Finding> {
+    counters
+        .iter()
+        .filter(|(key, c)| c.packets > 0 && key.egress_ifindex != key.source_ifindex)
+        .map(|(key, c)| {
+            let egress = model.link_name(key.egress_ifindex);
+            let source = model.link_name(key.source_ifindex);
+            let addresses: Vec<String> = model
+                .addresses_of(key.source_ifindex)
+                .map(|a| a.addr.addr().to_string())
+                .collect();
+            let pin = primary.map_or_else(|| egress.clone(), |p| p.name.clone());
+            Finding {
+                kind: FindingKind::CrossEniEgress {
+                    egress_interface: egress.clone(),
+                    source_interface: source.clone(),
+                    source_addresses: addresses.clone(),
+                    packets: c.packets,
+                    bytes: c.bytes,
+                },
+                severity: Severity::Critical,
+                message: format!(
+                    "{} packets ({} bytes) left by {egress} with a source address of {source} ({}). \
+                     The VPC only accepts traffic from an ENI with that ENI's own addresses \
+                     (source/destination check), so these packets are dropped: connections from \
+                     {source}'s address that the routing table sends out of {egress} fail or hang.",
+                    c.packets,
+                    c.bytes,
+                    addresses.join(", ")
+                ),
+                remediation: format!(
+                    "Send each ENI's traffic out of that ENI: add a source-based policy rule per \
+                     secondary ENI (`ip rule add from <{source} address> lookup <table>` with \
+                     `default via <{source} gateway> dev {source}` in that table, as \
+                     amazon-ec2-net-utils does); pin the primary's metric so unsourced traffic \
+                     uses {pin} (05-{pin}.network with [DHCPv4] RouteMetric=1000); or, if Cilium \
+                     owns {source}, mark it `[Link] Unmanaged=yes` in networkd by its name."
+                ),
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -540,6 +605,58 @@ mod tests {
         let findings = run(&model, Some(&primary(2, "ens5")));
         let kinds: Vec<_> = findings.iter().map(Finding::kind_name).collect();
         assert_eq!(kinds, ["equal_metric_default_routes"]);
+    }
+
+    #[test]
+    fn cross_eni_counters_become_critical_findings() {
+        let mut model = eks(1024, 1024);
+        model.addresses.push(crate::model::Address {
+            ifindex: 3,
+            addr: "10.0.2.10/24".parse().unwrap(),
+        });
+        let counters = BTreeMap::from([
+            (
+                CrossEniKey {
+                    egress_ifindex: 2,
+                    source_ifindex: 3,
+                },
+                PacketCounters {
+                    packets: 7,
+                    bytes: 700,
+                },
+            ),
+            // A pair with nothing counted, and one that is not cross-ENI at all.
+            (
+                CrossEniKey {
+                    egress_ifindex: 3,
+                    source_ifindex: 2,
+                },
+                PacketCounters::default(),
+            ),
+            (
+                CrossEniKey {
+                    egress_ifindex: 3,
+                    source_ifindex: 3,
+                },
+                PacketCounters {
+                    packets: 9,
+                    bytes: 900,
+                },
+            ),
+        ]);
+        let findings = cross_eni_egress(&model, &counters, Some(&primary(2, "ens5")));
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        let json = serde_json::to_value(&findings[0]).unwrap();
+        assert_eq!(json["kind"], "cross_eni_egress");
+        assert_eq!(json["severity"], "critical");
+        assert_eq!(json["egress_interface"], "ens5");
+        assert_eq!(json["source_interface"], "ens6");
+        assert_eq!(json["source_addresses"][0], "10.0.2.10");
+        assert_eq!(
+            (json["packets"].as_u64(), json["bytes"].as_u64()),
+            (Some(7), Some(700))
+        );
+        assert!(findings[0].remediation.contains("ip rule add from"));
     }
 
     #[test]

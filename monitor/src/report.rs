@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use monitor_common::{IfaceCounters, RouteCounters};
+use monitor_common::{IfaceCounters, PacketCounters};
 use serde::Serialize;
 
 use crate::{
@@ -172,7 +172,7 @@ pub struct Measured<'a> {
     /// Per-interface counters by ifindex.
     pub interfaces: &'a BTreeMap<u32, IfaceCounters>,
     /// Per-route counters by route id.
-    pub routes: &'a [RouteCounters],
+    pub routes: &'a [PacketCounters],
     /// Which route each id stands for.
     pub plan: &'a AttributionPlan,
 }
@@ -295,7 +295,7 @@ fn route_report(
     model: &NetworkModel,
     route: &Route,
     preferred: bool,
-    counters: Option<RouteCounters>,
+    counters: Option<PacketCounters>,
 ) -> RouteReport {
     let first = route.nexthops.first();
     let nexthops = if route.nexthops.len() > 1 {

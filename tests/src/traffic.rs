@@ -26,6 +26,8 @@ pub struct UdpBurst {
     pub dst: IpAddr,
     /// Interface to bind to (SO_BINDTODEVICE), or `None` to let routing choose.
     pub device: Option<String>,
+    /// Source address to bind to, or `None` to let routing choose.
+    pub src: Option<IpAddr>,
     /// Number of datagrams.
     pub count: usize,
     /// Payload bytes per datagram.
@@ -53,6 +55,13 @@ pub fn send_udp(ns: &NetNs, burst: &UdpBurst) -> Result<()> {
             socket
                 .bind_device(Some(device.as_bytes()))
                 .with_context(|| format!("SO_BINDTODEVICE {device}"))?;
+        }
+        if let Some(src) = burst.src {
+            // Binding a source address another interface owns is what a pod's SNAT or
+            // an application bound to a secondary IP does.
+            socket
+                .bind(&SocketAddr::new(src, 0).into())
+                .with_context(|| format!("bind {src}"))?;
         }
         let socket: UdpSocket = socket.into();
         let payload = vec![0x5a_u8; burst.payload];

@@ -130,3 +130,82 @@ fn the_documented_networkd_fix_clears_the_finding() {
         "{report:#}"
     );
 }
+
+fn finding<'a>(report: &'a Value, kind: &str, egress: &str, source: &str) -> Option<&'a Value> {
+    report["findings"].as_array().unwrap().iter().find(|f| {
+        f["kind"] == kind && f["egress_interface"] == egress && f["source_interface"] == source
+    })
+}
+
+#[test]
+fn cross_eni_egress_matches_the_vpc_source_check_drops() {
+    use std::time::Duration;
+
+    use routemon_testbed::{
+        INTERNET_V4,
+        routemon::Running,
+        traffic::{UdpBurst, send_udp},
+    };
+
+    require_root();
+    let mut eks = EksNode::boot("ens*", "ens5").unwrap();
+    eks.attach_eni("ens6").unwrap();
+    let (ens5, ens6) = (eks.eni("ens5").clone(), eks.eni("ens6").clone());
+    let dropped_before = (eks.spoofed(&ens5).unwrap(), eks.spoofed(&ens6).unwrap());
+
+    let running = Running::start(&eks.node, &["snapshot", "--duration", "3s", "--json"]).unwrap();
+    let burst = |device: Option<&str>, src: std::net::Ipv4Addr, count| UdpBurst {
+        dst: INTERNET_V4.into(),
+        device: device.map(str::to_owned),
+        src: Some(src.into()),
+        count,
+        payload: 200,
+    };
+    // Forced: ens6's address out of ens5, and ens5's out of ens6.
+    send_udp(&eks.node, &burst(Some("ens5"), ens6.addr, 40)).unwrap();
+    send_udp(&eks.node, &burst(Some("ens6"), ens5.addr, 15)).unwrap();
+    // Natural: sourced from ens6 but routed by the tied default routes, which the
+    // kernel alternates between: some leave by ens5.
+    send_udp(&eks.node, &burst(None, ens6.addr, 30)).unwrap();
+    // Legitimate: each address out of its own ENI is never cross-ENI.
+    send_udp(&eks.node, &burst(Some("ens5"), ens5.addr, 25)).unwrap();
+    send_udp(&eks.node, &burst(Some("ens6"), ens6.addr, 25)).unwrap();
+    let report = running
+        .wait(Duration::from_secs(30))
+        .unwrap()
+        .success()
+        .json();
+
+    let dropped_on = |eni, before: (u64, u64)| {
+        let (packets, bytes) = eks.spoofed(eni).unwrap();
+        (packets - before.0, bytes - before.1)
+    };
+    let vpc_ens5 = dropped_on(&ens5, dropped_before.0);
+    let vpc_ens6 = dropped_on(&ens6, dropped_before.1);
+    let cross = |egress, source| {
+        finding(&report, "cross_eni_egress", egress, source).map_or((0, 0), |f| {
+            (f["packets"].as_u64().unwrap(), f["bytes"].as_u64().unwrap())
+        })
+    };
+    let (packets, bytes) = cross("ens5", "ens6");
+    assert!(packets >= 40, "the forced burst at least: {report:#}");
+    assert_eq!(
+        packets, vpc_ens5.0,
+        "routemon's (ens5, ens6) count = the VPC's drops on ens5"
+    );
+    // nft counts IP bytes; routemon counts the 14-byte Ethernet header as well.
+    assert_eq!(bytes - 14 * packets, vpc_ens5.1);
+    let (packets, bytes) = cross("ens6", "ens5");
+    assert_eq!(packets, 15);
+    assert_eq!(
+        packets, vpc_ens6.0,
+        "routemon's (ens6, ens5) count = the VPC's drops on ens6"
+    );
+    assert_eq!(bytes - 14 * packets, vpc_ens6.1);
+    let f = finding(&report, "cross_eni_egress", "ens5", "ens6").unwrap();
+    assert_eq!(f["severity"], "critical");
+    assert_eq!(f["source_addresses"][0], ens6.addr.to_string());
+    // No finding ever pairs an interface with itself.
+    assert!(finding(&report, "cross_eni_egress", "ens5", "ens5").is_none());
+    assert!(finding(&report, "cross_eni_egress", "ens6", "ens6").is_none());
+}

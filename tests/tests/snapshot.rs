@@ -21,6 +21,7 @@ fn burst(
     UdpBurst {
         dst: dst.into(),
         device: device.map(str::to_owned),
+        src: None,
         count,
         payload,
     }

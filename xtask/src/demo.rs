@@ -59,6 +59,7 @@ fn snapshot_under_traffic(bed: &Testbed, seconds: u32) -> Result<()> {
     let burst = UdpBurst {
         dst: INTERNET_V4.into(),
         device: None,
+        src: None,
         count: 10,
         payload: 512,
     };

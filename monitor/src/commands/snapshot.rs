@@ -39,7 +39,14 @@ pub async fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
          (ens*, enp*, eth*); choose some with --interface"
     );
 
-    let mut monitor = Monitor::load(&plan, &links)?;
+    let source_owners: Vec<(std::net::IpAddr, u32)> = found
+        .model
+        .addresses
+        .iter()
+        .filter(|a| found.monitored.contains(&a.ifindex))
+        .map(|a| (a.addr.addr(), a.ifindex))
+        .collect();
+    let mut monitor = Monitor::load(&plan, &links, &source_owners)?;
     for link in &links {
         if let Err(err) = monitor.attach(link, args.attach) {
             // Leave nothing behind: undo what was attached before failing.
@@ -77,11 +84,19 @@ pub async fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
 
     // Read the counters, then detach whatever happened while reading; a failed
     // detach is reported after the counts, which are not thrown away.
-    let counters = monitor
-        .interface_counters()
-        .and_then(|ifaces| Ok((ifaces, monitor.route_counters(plan.route_ids.len())?)));
+    let counters = monitor.interface_counters().and_then(|ifaces| {
+        let routes = monitor.route_counters(plan.route_ids.len())?;
+        Ok((ifaces, routes, monitor.cross_eni_counters()?))
+    });
     let detached = monitor.detach(&netlink).await;
-    let (interfaces, routes) = counters.context("reading the eBPF counters")?;
+    let (interfaces, routes, cross_eni) = counters.context("reading the eBPF counters")?;
+    let mut findings = found.findings.clone();
+    findings.extend(crate::findings::cross_eni_egress(
+        &found.model,
+        &cross_eni,
+        found.primary.as_ref(),
+    ));
+    findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     let gone = vanished_interfaces(&netlink, &found).await;
 
     let mut report = Report::build(ReportInput {
@@ -89,7 +104,7 @@ pub async fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
         monitored: &found.monitored,
         primary: found.primary.as_ref(),
         preferred: &found.preferred,
-        findings: found.findings.clone(),
+        findings,
         measured: Some(Measured {
             interfaces: &interfaces,
             routes: &routes,

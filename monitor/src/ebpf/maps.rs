@@ -4,13 +4,14 @@ use std::collections::BTreeMap;
 
 use aya::{
     Ebpf,
-    maps::{LpmTrie, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
+    maps::{HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
     util::nr_cpus,
 };
 use ipnet::IpNet;
 use monitor_common::{
-    IFACE_COUNTERS_MAP, IFINDEX_PREFIX_BITS, IfaceCounters, ROUTE_COUNTERS_MAP, ROUTES_V4_MAP,
-    ROUTES_V6_MAP, RouteCounters, RouteId, RouteKeyV4, RouteKeyV6,
+    CROSS_ENI_MAP, CrossEniKey, IFACE_COUNTERS_MAP, IFINDEX_PREFIX_BITS, IfaceCounters,
+    PacketCounters, ROUTE_COUNTERS_MAP, ROUTES_V4_MAP, ROUTES_V6_MAP, RouteId, RouteKeyV4,
+    RouteKeyV6, SOURCE_OWNERS_V4_MAP, SOURCE_OWNERS_V6_MAP,
 };
 
 use super::EbpfError;
@@ -98,6 +99,47 @@ pub fn load_routes(ebpf: &mut Ebpf, plan: &AttributionPlan) -> Result<(), EbpfEr
     fill_trie(ebpf, ROUTES_V6_MAP, v6)
 }
 
+/// Records which interface owns each address, for the cross-ENI check.
+pub fn register_source_owners(
+    ebpf: &mut Ebpf,
+    owners: &[(std::net::IpAddr, u32)],
+) -> Result<(), EbpfError> {
+    use std::net::IpAddr;
+    let mut v4: HashMap<&mut MapData, [u8; 4], u32> =
+        HashMap::try_from(map_mut(ebpf, SOURCE_OWNERS_V4_MAP)?)
+            .map_err(map_error(SOURCE_OWNERS_V4_MAP))?;
+    for (addr, ifindex) in owners {
+        if let IpAddr::V4(addr) = addr {
+            v4.insert(addr.octets(), ifindex, 0)
+                .map_err(map_error(SOURCE_OWNERS_V4_MAP))?;
+        }
+    }
+    let mut v6: HashMap<&mut MapData, [u8; 16], u32> =
+        HashMap::try_from(map_mut(ebpf, SOURCE_OWNERS_V6_MAP)?)
+            .map_err(map_error(SOURCE_OWNERS_V6_MAP))?;
+    for (addr, ifindex) in owners {
+        if let IpAddr::V6(addr) = addr {
+            v6.insert(addr.octets(), ifindex, 0)
+                .map_err(map_error(SOURCE_OWNERS_V6_MAP))?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads the cross-ENI counters, summed over CPUs.
+pub fn cross_eni_counters(ebpf: &Ebpf) -> Result<BTreeMap<CrossEniKey, PacketCounters>, EbpfError> {
+    let counters: PerCpuHashMap<&MapData, CrossEniKey, PacketCounters> =
+        PerCpuHashMap::try_from(map(ebpf, CROSS_ENI_MAP)?).map_err(map_error(CROSS_ENI_MAP))?;
+    let mut out = BTreeMap::new();
+    for item in counters.iter() {
+        let (key, per_cpu) = item.map_err(map_error(CROSS_ENI_MAP))?;
+        let mut total = PacketCounters::default();
+        per_cpu.iter().for_each(|c| total.accumulate(c));
+        out.insert(key, total);
+    }
+    Ok(out)
+}
+
 /// Reads every interface's counters, summed over CPUs.
 pub fn interface_counters(ebpf: &Ebpf) -> Result<BTreeMap<u32, IfaceCounters>, EbpfError> {
     let counters: PerCpuHashMap<&MapData, u32, IfaceCounters> =
@@ -114,8 +156,8 @@ pub fn interface_counters(ebpf: &Ebpf) -> Result<BTreeMap<u32, IfaceCounters>, E
 }
 
 /// Reads the counters of route ids `0..count`, summed over CPUs.
-pub fn route_counters(ebpf: &Ebpf, count: usize) -> Result<Vec<RouteCounters>, EbpfError> {
-    let counters: PerCpuArray<&MapData, RouteCounters> =
+pub fn route_counters(ebpf: &Ebpf, count: usize) -> Result<Vec<PacketCounters>, EbpfError> {
+    let counters: PerCpuArray<&MapData, PacketCounters> =
         PerCpuArray::try_from(map(ebpf, ROUTE_COUNTERS_MAP)?)
             .map_err(map_error(ROUTE_COUNTERS_MAP))?;
     counters
@@ -123,7 +165,7 @@ pub fn route_counters(ebpf: &Ebpf, count: usize) -> Result<Vec<RouteCounters>, E
         .take(count)
         .map(|per_cpu| {
             let per_cpu = per_cpu.map_err(map_error(ROUTE_COUNTERS_MAP))?;
-            let mut total = RouteCounters::default();
+            let mut total = PacketCounters::default();
             per_cpu.iter().for_each(|c| total.accumulate(c));
             Ok(total)
         })

@@ -4,12 +4,12 @@
 mod attach;
 mod maps;
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use aya::{Ebpf, EbpfLoader, programs::SchedClassifier};
 use monitor_common::{
-    IFACE_COUNTERS_MAP, IfaceCounters, ROUTE_COUNTERS_MAP, ROUTES_V4_MAP, ROUTES_V6_MAP,
-    RouteCounters, program,
+    CrossEniKey, IFACE_COUNTERS_MAP, IfaceCounters, PacketCounters, ROUTE_COUNTERS_MAP,
+    ROUTES_V4_MAP, ROUTES_V6_MAP, SOURCE_OWNERS_V4_MAP, SOURCE_OWNERS_V6_MAP, program,
 };
 use thiserror::Error;
 
@@ -76,7 +76,11 @@ pub struct Monitor {
 impl Monitor {
     /// Loads the object with maps sized for `plan`, fills the maps, and loads the
     /// programs. Nothing is attached yet.
-    pub fn load(plan: &AttributionPlan, interfaces: &[&Link]) -> Result<Self, EbpfError> {
+    pub fn load(
+        plan: &AttributionPlan,
+        interfaces: &[&Link],
+        source_owners: &[(IpAddr, u32)],
+    ) -> Result<Self, EbpfError> {
         raise_memlock_limit();
         let (v4, v6) = plan.entry_counts();
         let capacity = |n: usize| {
@@ -92,11 +96,14 @@ impl Monitor {
             .map_max_entries(ROUTES_V6_MAP, capacity(v6))
             .map_max_entries(ROUTE_COUNTERS_MAP, capacity(plan.route_ids.len()))
             .map_max_entries(IFACE_COUNTERS_MAP, iface_capacity)
+            .map_max_entries(SOURCE_OWNERS_V4_MAP, capacity(source_owners.len()))
+            .map_max_entries(SOURCE_OWNERS_V6_MAP, capacity(source_owners.len()))
             .load(OBJECT)
             .map_err(EbpfError::Object)?;
 
         maps::register_interfaces(&mut ebpf, interfaces.iter().map(|l| l.index))?;
         maps::load_routes(&mut ebpf, plan)?;
+        maps::register_source_owners(&mut ebpf, source_owners)?;
 
         for name in [
             program::EGRESS,
@@ -148,8 +155,13 @@ impl Monitor {
     }
 
     /// Counters of every route id, summed over CPUs; index = route id.
-    pub fn route_counters(&self, count: usize) -> Result<Vec<RouteCounters>, EbpfError> {
+    pub fn route_counters(&self, count: usize) -> Result<Vec<PacketCounters>, EbpfError> {
         maps::route_counters(&self.ebpf, count)
+    }
+
+    /// Cross-ENI egress counters, summed over CPUs.
+    pub fn cross_eni_counters(&self) -> Result<BTreeMap<CrossEniKey, PacketCounters>, EbpfError> {
+        maps::cross_eni_counters(&self.ebpf)
     }
 
     /// Detaches every program, then removes the clsact qdiscs routemon created (if
