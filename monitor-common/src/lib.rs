@@ -21,6 +21,16 @@ pub const SOURCE_OWNERS_V6_MAP: &str = "SOURCE_OWNERS_V6";
 /// Name of the per-CPU hash of cross-ENI egress: [`CrossEniKey`] → [`PacketCounters`].
 pub const CROSS_ENI_MAP: &str = "CROSS_ENI";
 
+/// Name of the LRU hash of recently seen ingress flows: [`FlowKey`] of the expected
+/// reply → ingress ifindex.
+pub const FLOW_INGRESS_MAP: &str = "FLOW_INGRESS";
+/// Name of the LRU per-CPU hash of asymmetric flows: [`AsymmetricKey`] → [`PacketCounters`].
+pub const ASYMMETRIC_FLOWS_MAP: &str = "ASYMMETRIC_FLOWS";
+/// Flows remembered at ingress; the least recently used are evicted first.
+pub const MAX_TRACKED_FLOWS: u32 = 65_536;
+/// Asymmetric flows counted individually; the least recently used are evicted first.
+pub const MAX_ASYMMETRIC_FLOWS: u32 = 4_096;
+
 /// Default capacity of the address-owner maps (addresses of monitored interfaces).
 pub const DEFAULT_MAX_OWNED_ADDRESSES: u32 = 4096;
 /// Capacity of the cross-ENI map: (egress, owner) pairs.
@@ -140,6 +150,57 @@ pub struct CrossEniKey {
     pub source_ifindex: u32,
 }
 
+/// A flow's 5-tuple in the direction of the packets it describes. IPv4 addresses
+/// use the first 4 bytes of `src`/`dst`, the rest zero. For ICMP echo, both ports
+/// hold the echo identifier (so a request and its reply match); other ICMP messages
+/// and non-first fragments have ports 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    /// 4 or 6.
+    pub ip_version: u8,
+    /// IP protocol number (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6, …).
+    pub protocol: u8,
+    /// Padding, always zero.
+    pub pad: [u8; 2],
+    /// Source port (host byte order).
+    pub src_port: u16,
+    /// Destination port (host byte order).
+    pub dst_port: u16,
+    /// Source address (network byte order).
+    pub src: [u8; 16],
+    /// Destination address (network byte order).
+    pub dst: [u8; 16],
+}
+
+impl FlowKey {
+    /// The same flow seen from the other direction.
+    pub fn reversed(&self) -> Self {
+        Self {
+            ip_version: self.ip_version,
+            protocol: self.protocol,
+            pad: [0; 2],
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+            src: self.dst,
+            dst: self.src,
+        }
+    }
+}
+
+/// Key of asymmetric-flow counters: packets of `flow` (egress direction) left by
+/// `egress_ifindex` although the flow's packets arrived on `ingress_ifindex`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AsymmetricKey {
+    /// The egress packet's 5-tuple.
+    pub flow: FlowKey,
+    /// Where the flow's incoming packets arrived.
+    pub ingress_ifindex: u32,
+    /// Where this direction's packets left.
+    pub egress_ifindex: u32,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all these types are #[repr(C)], contain only integers and byte arrays,
@@ -149,4 +210,6 @@ mod pod {
     unsafe impl aya::Pod for super::RouteKeyV4 {}
     unsafe impl aya::Pod for super::RouteKeyV6 {}
     unsafe impl aya::Pod for super::CrossEniKey {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::AsymmetricKey {}
 }

@@ -23,13 +23,15 @@
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
     macros::{classifier, map},
-    maps::{HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
+    maps::{
+        HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, lpm_trie::Key,
+    },
     programs::TcContext,
 };
 use monitor_common::{
-    CrossEniKey, DEFAULT_MAX_INTERFACES, DEFAULT_MAX_OWNED_ADDRESSES, DEFAULT_MAX_ROUTES,
-    IFINDEX_PREFIX_BITS, IfaceCounters, MAX_CROSS_ENI_PAIRS, PacketCounters, RouteId, RouteKeyV4,
-    RouteKeyV6,
+    AsymmetricKey, CrossEniKey, DEFAULT_MAX_INTERFACES, DEFAULT_MAX_OWNED_ADDRESSES,
+    DEFAULT_MAX_ROUTES, FlowKey, IFINDEX_PREFIX_BITS, IfaceCounters, MAX_ASYMMETRIC_FLOWS,
+    MAX_CROSS_ENI_PAIRS, MAX_TRACKED_FLOWS, PacketCounters, RouteId, RouteKeyV4, RouteKeyV6,
 };
 
 /// Per-interface counters, keyed by ifindex. Userspace inserts an entry for each
@@ -66,6 +68,16 @@ static SOURCE_OWNERS_V6: HashMap<[u8; 16], u32> =
 static CROSS_ENI: PerCpuHashMap<CrossEniKey, PacketCounters> =
     PerCpuHashMap::with_max_entries(MAX_CROSS_ENI_PAIRS, 0);
 
+/// Recently arrived flows: the 5-tuple their replies will carry → the interface
+/// they arrived on.
+#[map(name = "FLOW_INGRESS")]
+static FLOW_INGRESS: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(MAX_TRACKED_FLOWS, 0);
+
+/// Packets that left by another interface than their flow arrived on.
+#[map(name = "ASYMMETRIC_FLOWS")]
+static ASYMMETRIC_FLOWS: LruPerCpuHashMap<AsymmetricKey, PacketCounters> =
+    LruPerCpuHashMap::with_max_entries(MAX_ASYMMETRIC_FLOWS, 0);
+
 const ETH_HLEN: usize = 14;
 const ETH_TYPE_OFFSET: usize = 12;
 const VLAN_HLEN: usize = 4;
@@ -79,6 +91,11 @@ const ETH_P_8021AD: u16 = 0x88A8;
 
 /// Fixed IPv4 header; source at 12..16, destination at 16..20.
 const IPV4_HLEN: usize = 20;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_SCTP: u8 = 132;
 /// Fixed IPv6 header; source at 8..24, destination at 24..40.
 const IPV6_HLEN: usize = 40;
 
@@ -92,7 +109,7 @@ pub fn routemon_tx(ctx: TcContext) -> i32 {
 /// Ingress of interfaces with an Ethernet header.
 #[classifier]
 pub fn routemon_rx(ctx: TcContext) -> i32 {
-    count_ingress(&ctx);
+    count_ingress(&ctx, LinkLayer::Ethernet);
     TC_ACT_UNSPEC
 }
 
@@ -106,7 +123,7 @@ pub fn routemon_tx_l3(ctx: TcContext) -> i32 {
 /// Ingress of interfaces that carry bare IP packets.
 #[classifier]
 pub fn routemon_rx_l3(ctx: TcContext) -> i32 {
-    count_ingress(&ctx);
+    count_ingress(&ctx, LinkLayer::None);
     TC_ACT_UNSPEC
 }
 
@@ -123,8 +140,9 @@ fn ifindex(ctx: &TcContext) -> u32 {
 }
 
 #[inline(always)]
-fn count_ingress(ctx: &TcContext) {
-    let Some(iface) = IFACE_COUNTERS.get_ptr_mut(ifindex(ctx)) else {
+fn count_ingress(ctx: &TcContext, link_layer: LinkLayer) {
+    let ifindex = ifindex(ctx);
+    let Some(iface) = IFACE_COUNTERS.get_ptr_mut(ifindex) else {
         return;
     };
     // SAFETY: per-CPU value, and TC programs run with migration disabled, so no
@@ -132,6 +150,19 @@ fn count_ingress(ctx: &TcContext) {
     let iface = unsafe { &mut *iface };
     iface.ingress_packets += 1;
     iface.ingress_bytes += u64::from(ctx.len());
+
+    // Remember where the flow arrived, keyed by the tuple its replies will carry;
+    // written only when new or moved, so a steady flow costs one lookup.
+    if let Some(packet) = parse(ctx, link_layer) {
+        let reply = packet.flow.reversed();
+        let known = FLOW_INGRESS
+            .get_ptr(&reply)
+            // SAFETY: a valid pointer into the map's value.
+            .is_some_and(|seen| unsafe { *seen } == ifindex);
+        if !known {
+            let _ = FLOW_INGRESS.insert(&reply, &ifindex, 0);
+        }
+    }
 }
 
 #[inline(always)]
@@ -146,25 +177,53 @@ fn count_egress(ctx: &TcContext, link_layer: LinkLayer) {
     iface.egress_packets += 1;
     iface.egress_bytes += len;
 
-    let route = match read_addresses(ctx, link_layer) {
-        Some(Addresses::V4 { src, dst }) => {
+    let packet = parse(ctx, link_layer);
+    let route = match &packet {
+        Some(Packet {
+            addresses: Addresses::V4 { src, dst },
+            ..
+        }) => {
             if let Some(owner) = SOURCE_OWNERS_V4.get_ptr(src) {
                 // SAFETY: a valid pointer into the hash map's value.
                 count_cross_eni(ifindex, unsafe { *owner }, len);
             }
-            let key = Key::new(IFINDEX_PREFIX_BITS + 32, RouteKeyV4 { ifindex, addr: dst });
+            let key = Key::new(
+                IFINDEX_PREFIX_BITS + 32,
+                RouteKeyV4 {
+                    ifindex,
+                    addr: *dst,
+                },
+            );
             ROUTES_V4.get(&key).copied()
         }
-        Some(Addresses::V6 { src, dst }) => {
+        Some(Packet {
+            addresses: Addresses::V6 { src, dst },
+            ..
+        }) => {
             if let Some(owner) = SOURCE_OWNERS_V6.get_ptr(src) {
                 // SAFETY: as above.
                 count_cross_eni(ifindex, unsafe { *owner }, len);
             }
-            let key = Key::new(IFINDEX_PREFIX_BITS + 128, RouteKeyV6 { ifindex, addr: dst });
+            let key = Key::new(
+                IFINDEX_PREFIX_BITS + 128,
+                RouteKeyV6 {
+                    ifindex,
+                    addr: *dst,
+                },
+            );
             ROUTES_V6.get(&key).copied()
         }
         None => None,
     };
+    if let Some(packet) = &packet {
+        if let Some(arrived_on) = FLOW_INGRESS.get_ptr(&packet.flow) {
+            // SAFETY: a valid pointer into the map's value.
+            let arrived_on = unsafe { *arrived_on };
+            if arrived_on != ifindex {
+                count_asymmetric(packet.flow, arrived_on, ifindex, len);
+            }
+        }
+    }
     match route.and_then(|id| ROUTE_COUNTERS.get_ptr_mut(id)) {
         Some(route) => {
             // SAFETY: per-CPU value, as above.
@@ -209,26 +268,70 @@ fn count_cross_eni(egress: u32, owner: u32, len: u64) {
     }
 }
 
+/// Counts a packet of a flow that arrived on `ingress` but leaves by `egress`.
+#[inline(always)]
+fn count_asymmetric(flow: FlowKey, ingress: u32, egress: u32, len: u64) {
+    let key = AsymmetricKey {
+        flow,
+        ingress_ifindex: ingress,
+        egress_ifindex: egress,
+    };
+    match ASYMMETRIC_FLOWS.get_ptr_mut(&key) {
+        Some(counters) => {
+            // SAFETY: per-CPU value, as in count_ingress.
+            let counters = unsafe { &mut *counters };
+            counters.packets += 1;
+            counters.bytes += len;
+        }
+        None => {
+            let first = PacketCounters {
+                packets: 1,
+                bytes: len,
+            };
+            let _ = ASYMMETRIC_FLOWS.insert(&key, &first, 0);
+        }
+    }
+}
+
+/// What the programs read from an IP packet.
+struct Packet {
+    addresses: Addresses,
+    flow: FlowKey,
+}
+
 /// Source and destination addresses of an IP packet.
 enum Addresses {
     V4 { src: [u8; 4], dst: [u8; 4] },
     V6 { src: [u8; 16], dst: [u8; 16] },
 }
 
-/// Reads the addresses of the packet's IP header, if it has one.
+/// Reads the IP header and the ports (or ICMP echo identifier) of a packet.
 #[inline(always)]
-fn read_addresses(ctx: &TcContext, link_layer: LinkLayer) -> Option<Addresses> {
+fn parse(ctx: &TcContext, link_layer: LinkLayer) -> Option<Packet> {
     let (ethertype, l3_offset) = match link_layer {
         LinkLayer::Ethernet => ethertype_and_l3_offset(ctx)?,
         // skb->protocol holds the ethertype in network byte order in its low 16 bits.
         LinkLayer::None => (u16::from_be(ctx.skb.protocol() as u16), 0),
     };
+    let mut flow = FlowKey::default();
     match ethertype {
         ETH_P_IP => {
             let header: [u8; IPV4_HLEN] = ctx.load(l3_offset).ok()?;
-            Some(Addresses::V4 {
-                src: [header[12], header[13], header[14], header[15]],
-                dst: [header[16], header[17], header[18], header[19]],
+            let src = [header[12], header[13], header[14], header[15]];
+            let dst = [header[16], header[17], header[18], header[19]];
+            flow.ip_version = 4;
+            flow.protocol = header[9];
+            flow.src[..4].copy_from_slice(&src);
+            flow.dst[..4].copy_from_slice(&dst);
+            // Only the first fragment carries the transport header.
+            let fragment_offset = u16::from_be_bytes([header[6] & 0x1f, header[7]]);
+            if fragment_offset == 0 {
+                let header_len = usize::from(header[0] & 0x0f) * 4;
+                read_ports(ctx, l3_offset + header_len, IPPROTO_ICMP, &mut flow);
+            }
+            Some(Packet {
+                addresses: Addresses::V4 { src, dst },
+                flow,
             })
         }
         ETH_P_IPV6 => {
@@ -237,9 +340,43 @@ fn read_addresses(ctx: &TcContext, link_layer: LinkLayer) -> Option<Addresses> {
             let mut dst = [0u8; 16];
             src.copy_from_slice(&header[8..24]);
             dst.copy_from_slice(&header[24..40]);
-            Some(Addresses::V6 { src, dst })
+            flow.ip_version = 6;
+            // The next header; with extension headers in between, ports stay 0.
+            flow.protocol = header[6];
+            flow.src = src;
+            flow.dst = dst;
+            read_ports(ctx, l3_offset + IPV6_HLEN, IPPROTO_ICMPV6, &mut flow);
+            Some(Packet {
+                addresses: Addresses::V6 { src, dst },
+                flow,
+            })
         }
         _ => None,
+    }
+}
+
+/// Fills the flow's ports from the transport header at `offset`: TCP, UDP and SCTP
+/// ports, or the identifier of an ICMP echo request/reply in both.
+#[inline(always)]
+fn read_ports(ctx: &TcContext, offset: usize, icmp: u8, flow: &mut FlowKey) {
+    match flow.protocol {
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => {
+            if let Ok(ports) = ctx.load::<[u8; 4]>(offset) {
+                flow.src_port = u16::from_be_bytes([ports[0], ports[1]]);
+                flow.dst_port = u16::from_be_bytes([ports[2], ports[3]]);
+            }
+        }
+        protocol if protocol == icmp => {
+            if let Ok(header) = ctx.load::<[u8; 6]>(offset) {
+                // Echo request/reply: 8/0 for ICMP, 128/129 for ICMPv6.
+                if matches!(header[0], 0 | 8 | 128 | 129) {
+                    let id = u16::from_be_bytes([header[4], header[5]]);
+                    flow.src_port = id;
+                    flow.dst_port = id;
+                }
+            }
+        }
+        _ => {}
     }
 }
 

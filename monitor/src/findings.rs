@@ -3,7 +3,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use monitor_common::{CrossEniKey, PacketCounters};
+use monitor_common::{AsymmetricKey, CrossEniKey, FlowKey, PacketCounters};
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use serde::Serialize;
 
@@ -31,6 +32,69 @@ impl std::fmt::Display for Severity {
             Self::Warning => "warning",
             Self::Critical => "critical",
         })
+    }
+}
+
+/// A 5-tuple in a finding.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FlowReport {
+    /// `tcp`, `udp`, `icmp`, `icmpv6`, `sctp` or the protocol number.
+    pub protocol: String,
+    /// Source address.
+    pub src: String,
+    /// Source port (ICMP echo: the identifier; 0 when there is none).
+    pub src_port: u16,
+    /// Destination address.
+    pub dst: String,
+    /// Destination port.
+    pub dst_port: u16,
+}
+
+impl FlowReport {
+    /// Describes a kernel flow key.
+    pub fn from_key(key: &FlowKey) -> Self {
+        let addr = |bytes: &[u8; 16]| -> String {
+            if key.ip_version == 4 {
+                Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).to_string()
+            } else {
+                Ipv6Addr::from(*bytes).to_string()
+            }
+        };
+        Self {
+            protocol: match key.protocol {
+                1 => "icmp".to_owned(),
+                6 => "tcp".to_owned(),
+                17 => "udp".to_owned(),
+                58 => "icmpv6".to_owned(),
+                132 => "sctp".to_owned(),
+                other => other.to_string(),
+            },
+            src: addr(&key.src),
+            src_port: key.src_port,
+            dst: addr(&key.dst),
+            dst_port: key.dst_port,
+        }
+    }
+}
+
+impl std::fmt::Display for FlowReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let host = |addr: &str| {
+            if addr.contains(':') {
+                format!("[{addr}]")
+            } else {
+                addr.to_owned()
+            }
+        };
+        write!(
+            f,
+            "{} {}:{} -> {}:{}",
+            self.protocol,
+            host(&self.src),
+            self.src_port,
+            host(&self.dst),
+            self.dst_port
+        )
     }
 }
 
@@ -80,6 +144,19 @@ pub enum FindingKind {
         /// Bytes counted, link-layer header included.
         bytes: u64,
     },
+    /// A flow's packets left by another interface than the flow arrived on.
+    AsymmetricFlow {
+        /// The egress direction's 5-tuple.
+        flow: FlowReport,
+        /// Where the flow's incoming packets arrived.
+        ingress_interface: String,
+        /// Where this direction left.
+        egress_interface: String,
+        /// Packets that left asymmetrically.
+        packets: u64,
+        /// Their bytes, link-layer header included.
+        bytes: u64,
+    },
     /// The default route the kernel prefers does not leave by the primary interface.
     PrimaryNotPreferred {
         /// Address family.
@@ -116,6 +193,7 @@ impl Finding {
             FindingKind::EqualMetricDefaultRoutes { .. } => "equal_metric_default_routes",
             FindingKind::PrimaryNotPreferred { .. } => "primary_not_preferred",
             FindingKind::CrossEniEgress { .. } => "cross_eni_egress",
+            FindingKind::AsymmetricFlow { .. } => "asymmetric_flow",
         }
     }
 }
@@ -395,6 +473,60 @@ pub fn cross_eni_egress(
         .collect()
 }
 
+/// Asymmetric flows listed one by one at most; the rest are summed in the last.
+pub const MAX_LISTED_ASYMMETRIC_FLOWS: usize = 20;
+
+/// Findings for flows whose packets left by another interface than the flow
+/// arrived on, the busiest first.
+pub fn asymmetric_flows(
+    model: &NetworkModel,
+    flows: &BTreeMap<AsymmetricKey, PacketCounters>,
+) -> Vec<Finding> {
+    let mut flows: Vec<(&AsymmetricKey, &PacketCounters)> =
+        flows.iter().filter(|(_, c)| c.packets > 0).collect();
+    flows.sort_by_key(|(key, c)| (std::cmp::Reverse(c.packets), **key));
+    let total = flows.len();
+    flows
+        .into_iter()
+        .take(MAX_LISTED_ASYMMETRIC_FLOWS)
+        .map(|(key, c)| {
+            let ingress = model.link_name(key.ingress_ifindex);
+            let egress = model.link_name(key.egress_ifindex);
+            let flow = FlowReport::from_key(&key.flow);
+            let mut message = format!(
+                "Flow {flow} arrived on {ingress} but {} of its packets ({} bytes) left by {egress}. \
+                 In a VPC the reply leaves by another ENI than the request came in on: with \
+                 the sender's address it is dropped by the source/destination check, and \
+                 stateful firewalls and load balancers see only half of the connection.",
+                c.packets, c.bytes
+            );
+            if total > MAX_LISTED_ASYMMETRIC_FLOWS {
+                message.push_str(&format!(
+                    " ({total} asymmetric flows in all; the {MAX_LISTED_ASYMMETRIC_FLOWS} busiest are listed.)"
+                ));
+            }
+            Finding {
+                kind: FindingKind::AsymmetricFlow {
+                    flow,
+                    ingress_interface: ingress.clone(),
+                    egress_interface: egress.clone(),
+                    packets: c.packets,
+                    bytes: c.bytes,
+                },
+                severity: Severity::Critical,
+                message,
+                remediation: format!(
+                    "Make replies leave by the ENI the request arrived on: a source-based policy \
+                     rule for {ingress}'s addresses (`ip rule add from <{ingress} address> lookup \
+                     <table>` with `default via <{ingress} gateway> dev {ingress}` in that table, \
+                     as amazon-ec2-net-utils installs). Pinning the primary's metric alone does \
+                     not fix traffic that arrives on a secondary ENI."
+                ),
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -657,6 +789,58 @@ mod tests {
             (Some(7), Some(700))
         );
         assert!(findings[0].remediation.contains("ip rule add from"));
+    }
+
+    #[test]
+    fn asymmetric_flows_are_listed_busiest_first_with_their_tuple() {
+        let model = eks(1000, 1024);
+        let key = |sport: u16, ingress, egress| {
+            let mut flow = FlowKey {
+                ip_version: 4,
+                protocol: 6,
+                src_port: 8080,
+                dst_port: sport,
+                ..FlowKey::default()
+            };
+            flow.src[..4].copy_from_slice(&[10, 0, 2, 10]);
+            flow.dst[..4].copy_from_slice(&[10, 0, 100, 2]);
+            AsymmetricKey {
+                flow,
+                ingress_ifindex: ingress,
+                egress_ifindex: egress,
+            }
+        };
+        let flows = BTreeMap::from([
+            (
+                key(40000, 3, 2),
+                PacketCounters {
+                    packets: 3,
+                    bytes: 222,
+                },
+            ),
+            (
+                key(40001, 3, 2),
+                PacketCounters {
+                    packets: 5,
+                    bytes: 370,
+                },
+            ),
+        ]);
+        let findings = asymmetric_flows(&model, &flows);
+        assert_eq!(findings.len(), 2);
+        let json = serde_json::to_value(&findings[0]).unwrap();
+        assert_eq!(json["kind"], "asymmetric_flow");
+        assert_eq!(json["flow"]["protocol"], "tcp");
+        assert_eq!(json["flow"]["src"], "10.0.2.10");
+        assert_eq!(json["flow"]["dst_port"], 40001, "busiest first");
+        assert_eq!(json["ingress_interface"], "ens6");
+        assert_eq!(json["egress_interface"], "ens5");
+        assert_eq!(json["packets"], 5);
+        assert!(
+            findings[0]
+                .message
+                .contains("tcp 10.0.2.10:8080 -> 10.0.100.2:40001")
+        );
     }
 
     #[test]

@@ -25,6 +25,11 @@ use serde_json::Value;
 
 use crate::{INTERNET_V4, cmd::run, daemon::Daemon, netns::NetNs};
 
+/// The client host's address (see [`EksNode::add_client`]).
+pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 100, 2);
+/// The VPC router's address on the client's subnet.
+pub const CLIENT_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 100, 1);
+
 /// systemd-networkd's binary on Debian and Amazon Linux.
 pub const NETWORKD: &str = "/lib/systemd/systemd-networkd";
 
@@ -56,6 +61,8 @@ impl Drop for ScratchDir {
 pub struct EksNode {
     /// Attached ENIs, in attach order (the first is the primary).
     pub enis: Vec<Eni>,
+    /// The client namespace, once added.
+    pub client: Option<NetNs>,
     servers: Vec<Daemon>,
     dhcp: Vec<Daemon>,
     networkd: Option<Daemon>,
@@ -71,6 +78,12 @@ impl EksNode {
     /// `ens*`), with the primary ENI `primary` attached, and waits for its DHCP
     /// default route.
     pub fn boot(pattern: &str, primary: &str) -> Result<Self> {
+        Self::boot_with(pattern, primary, &[])
+    }
+
+    /// Like [`Self::boot`], with extra `.network` files (name, content) in place
+    /// before networkd starts — e.g. the documented `05-ens5.network` fix.
+    pub fn boot_with(pattern: &str, primary: &str, files: &[(&str, &str)]) -> Result<Self> {
         crate::netns::cleanup_stale();
         let vpc = NetNs::new("v")?;
         let node = NetNs::new("n")?;
@@ -78,6 +91,7 @@ impl EksNode {
         std::fs::create_dir_all(dir.join("network"))?;
         let mut eks = Self {
             enis: Vec::new(),
+            client: None,
             servers: Vec::new(),
             dhcp: Vec::new(),
             networkd: None,
@@ -90,6 +104,9 @@ impl EksNode {
             "80-ec2.network",
             &format!("[Match]\nName={pattern}\n\n[Network]\nDHCP=ipv4\n"),
         )?;
+        for (name, content) in files {
+            eks.write_network_file(name, content)?;
+        }
         eks.start_networkd()?;
         eks.attach_eni(primary)?;
         Ok(eks)
@@ -319,6 +336,71 @@ impl EksNode {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Adds a client host behind the VPC router (`10.0.100.2`, like a load balancer
+    /// or a peer in another subnet) and returns its namespace.
+    pub fn add_client(&mut self) -> Result<&NetNs> {
+        let client = NetNs::new("c")?;
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                "cl0",
+                "netns",
+                client.name(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "cl",
+                "netns",
+                self.vpc.name(),
+            ],
+        )?;
+        self.vpc
+            .ip(&["addr", "add", &format!("{CLIENT_GATEWAY}/24"), "dev", "cl"])?;
+        self.vpc.ip(&["link", "set", "cl", "up"])?;
+        client.ip(&["addr", "add", &format!("{CLIENT_ADDR}/24"), "dev", "cl0"])?;
+        client.ip(&["link", "set", "cl0", "up"])?;
+        client.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &CLIENT_GATEWAY.to_string(),
+        ])?;
+        self.client = Some(client);
+        Ok(self.client.as_ref().expect("just set"))
+    }
+
+    /// Starts an HTTP server inside the node on `0.0.0.0:port` (a pod or node
+    /// service that a load balancer targets).
+    pub fn serve_http_on_node(&mut self, port: u16) -> Result<()> {
+        let root = self.scratch().join("node-www");
+        std::fs::create_dir_all(&root)?;
+        std::fs::write(root.join("index.html"), "hello from the node\n")?;
+        let server = Daemon::spawn(
+            "node http server",
+            "ip",
+            &[
+                "netns",
+                "exec",
+                self.node.name(),
+                "python3",
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "0.0.0.0",
+                "--directory",
+                root.to_str().context("path")?,
+            ],
+            None,
+        )?;
+        self.servers.push(server);
+        Ok(())
     }
 
     /// The ENI named `name`.

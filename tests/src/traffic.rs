@@ -72,3 +72,18 @@ pub fn send_udp(ns: &NetNs, burst: &UdpBurst) -> Result<()> {
         Ok(())
     })?
 }
+
+/// Sends `GET /` to `addr` from inside `ns` and returns the status line, or the
+/// error (a timeout when the replies are dropped on the way back).
+pub fn http_get(ns: &NetNs, addr: SocketAddr, timeout: std::time::Duration) -> Result<String> {
+    use std::io::{Read as _, Write as _};
+    ns.run_in(move || -> Result<String> {
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)
+            .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        Ok(response.lines().next().unwrap_or_default().to_owned())
+    })?
+}

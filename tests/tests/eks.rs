@@ -209,3 +209,96 @@ fn cross_eni_egress_matches_the_vpc_source_check_drops() {
     assert!(finding(&report, "cross_eni_egress", "ens5", "ens5").is_none());
     assert!(finding(&report, "cross_eni_egress", "ens6", "ens6").is_none());
 }
+
+/// `05-ens5.network`: the documented fix, in place from boot.
+const PINNED_ENS5: &str =
+    "[Match]\nName=ens5\n\n[Network]\nDHCP=yes\n\n[DHCPv4]\nRouteMetric=1000\n";
+
+#[test]
+fn connections_to_the_secondary_eni_are_asymmetric_until_a_source_rule_exists() {
+    use std::{net::SocketAddr, time::Duration};
+
+    use routemon_testbed::{eks::CLIENT_ADDR, routemon::Running, traffic::http_get};
+
+    require_root();
+    let mut eks = EksNode::boot_with("ens*", "ens5", &[("05-ens5.network", PINNED_ENS5)]).unwrap();
+    eks.attach_eni("ens6").unwrap();
+    eks.serve_http_on_node(8080).unwrap();
+    eks.add_client().unwrap();
+    let ens6 = eks.eni("ens6").clone();
+    let target = SocketAddr::new(ens6.addr.into(), 8080);
+    let client = eks.client.as_ref().unwrap();
+
+    // The primary is pinned, so the node looks healthy...
+    assert!(ties(&routes_json(&eks.node, &[])).is_empty());
+    // ...but a client of the secondary ENI's address gets no answer: the SYN-ACK
+    // leaves by ens5 and the VPC drops it.
+    let running = Running::start(&eks.node, &["snapshot", "--duration", "4s", "--json"]).unwrap();
+    let attempt = http_get(client, target, Duration::from_secs(2));
+    assert!(attempt.is_err(), "the connection must fail: {attempt:?}");
+    let report = running
+        .wait(Duration::from_secs(30))
+        .unwrap()
+        .success()
+        .json();
+    let asymmetric: Vec<&Value> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "asymmetric_flow")
+        .collect();
+    assert!(!asymmetric.is_empty(), "{report:#}");
+    let flow = asymmetric[0];
+    assert_eq!(flow["ingress_interface"], "ens6");
+    assert_eq!(flow["egress_interface"], "ens5");
+    assert_eq!(flow["flow"]["protocol"], "tcp");
+    assert_eq!(flow["flow"]["src"], ens6.addr.to_string());
+    assert_eq!(flow["flow"]["src_port"], 8080);
+    assert_eq!(flow["flow"]["dst"], CLIENT_ADDR.to_string());
+    assert!(flow["packets"].as_u64().unwrap() >= 1);
+    // The same packets are cross-ENI: ens6's address leaving by ens5.
+    assert!(finding(&report, "cross_eni_egress", "ens5", "ens6").is_some());
+
+    // The fix for inbound traffic: a source rule sends ens6's replies out of ens6.
+    eks.node
+        .ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &ens6.gateway.to_string(),
+            "dev",
+            "ens6",
+            "table",
+            "10002",
+        ])
+        .unwrap();
+    eks.node
+        .ip(&[
+            "rule",
+            "add",
+            "from",
+            &ens6.addr.to_string(),
+            "lookup",
+            "10002",
+            "prio",
+            "1000",
+        ])
+        .unwrap();
+    let running = Running::start(&eks.node, &["snapshot", "--duration", "3s", "--json"]).unwrap();
+    let status = http_get(client, target, Duration::from_secs(5)).unwrap();
+    assert!(status.contains("200"), "{status}");
+    let report = running
+        .wait(Duration::from_secs(30))
+        .unwrap()
+        .success()
+        .json();
+    let kinds: Vec<&str> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["kind"].as_str().unwrap())
+        .collect();
+    assert!(!kinds.contains(&"asymmetric_flow"), "{report:#}");
+    assert!(!kinds.contains(&"cross_eni_egress"), "{report:#}");
+}

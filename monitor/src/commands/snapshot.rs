@@ -86,16 +86,19 @@ pub async fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
     // detach is reported after the counts, which are not thrown away.
     let counters = monitor.interface_counters().and_then(|ifaces| {
         let routes = monitor.route_counters(plan.route_ids.len())?;
-        Ok((ifaces, routes, monitor.cross_eni_counters()?))
+        let cross_eni = monitor.cross_eni_counters()?;
+        Ok((ifaces, routes, cross_eni, monitor.asymmetric_flows()?))
     });
     let detached = monitor.detach(&netlink).await;
-    let (interfaces, routes, cross_eni) = counters.context("reading the eBPF counters")?;
+    let (interfaces, routes, cross_eni, asymmetric) =
+        counters.context("reading the eBPF counters")?;
     let mut findings = found.findings.clone();
     findings.extend(crate::findings::cross_eni_egress(
         &found.model,
         &cross_eni,
         found.primary.as_ref(),
     ));
+    findings.extend(crate::findings::asymmetric_flows(&found.model, &asymmetric));
     findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     let gone = vanished_interfaces(&netlink, &found).await;
 

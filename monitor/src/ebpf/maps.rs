@@ -9,9 +9,9 @@ use aya::{
 };
 use ipnet::IpNet;
 use monitor_common::{
-    CROSS_ENI_MAP, CrossEniKey, IFACE_COUNTERS_MAP, IFINDEX_PREFIX_BITS, IfaceCounters,
-    PacketCounters, ROUTE_COUNTERS_MAP, ROUTES_V4_MAP, ROUTES_V6_MAP, RouteId, RouteKeyV4,
-    RouteKeyV6, SOURCE_OWNERS_V4_MAP, SOURCE_OWNERS_V6_MAP,
+    IFACE_COUNTERS_MAP, IFINDEX_PREFIX_BITS, IfaceCounters, PacketCounters, ROUTE_COUNTERS_MAP,
+    ROUTES_V4_MAP, ROUTES_V6_MAP, RouteId, RouteKeyV4, RouteKeyV6, SOURCE_OWNERS_V4_MAP,
+    SOURCE_OWNERS_V6_MAP,
 };
 
 use super::EbpfError;
@@ -126,13 +126,16 @@ pub fn register_source_owners(
     Ok(())
 }
 
-/// Reads the cross-ENI counters, summed over CPUs.
-pub fn cross_eni_counters(ebpf: &Ebpf) -> Result<BTreeMap<CrossEniKey, PacketCounters>, EbpfError> {
-    let counters: PerCpuHashMap<&MapData, CrossEniKey, PacketCounters> =
-        PerCpuHashMap::try_from(map(ebpf, CROSS_ENI_MAP)?).map_err(map_error(CROSS_ENI_MAP))?;
+/// Reads a per-CPU hash of packet counters (plain or LRU), summed over CPUs.
+pub fn summed_counters<K: aya::Pod + Ord>(
+    ebpf: &Ebpf,
+    name: &'static str,
+) -> Result<BTreeMap<K, PacketCounters>, EbpfError> {
+    let counters: PerCpuHashMap<&MapData, K, PacketCounters> =
+        PerCpuHashMap::try_from(map(ebpf, name)?).map_err(map_error(name))?;
     let mut out = BTreeMap::new();
     for item in counters.iter() {
-        let (key, per_cpu) = item.map_err(map_error(CROSS_ENI_MAP))?;
+        let (key, per_cpu) = item.map_err(map_error(name))?;
         let mut total = PacketCounters::default();
         per_cpu.iter().for_each(|c| total.accumulate(c));
         out.insert(key, total);

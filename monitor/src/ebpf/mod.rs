@@ -8,8 +8,9 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use aya::{Ebpf, EbpfLoader, programs::SchedClassifier};
 use monitor_common::{
-    CrossEniKey, IFACE_COUNTERS_MAP, IfaceCounters, PacketCounters, ROUTE_COUNTERS_MAP,
-    ROUTES_V4_MAP, ROUTES_V6_MAP, SOURCE_OWNERS_V4_MAP, SOURCE_OWNERS_V6_MAP, program,
+    ASYMMETRIC_FLOWS_MAP, AsymmetricKey, CROSS_ENI_MAP, CrossEniKey, IFACE_COUNTERS_MAP,
+    IfaceCounters, PacketCounters, ROUTE_COUNTERS_MAP, ROUTES_V4_MAP, ROUTES_V6_MAP,
+    SOURCE_OWNERS_V4_MAP, SOURCE_OWNERS_V6_MAP, program,
 };
 use thiserror::Error;
 
@@ -161,7 +162,13 @@ impl Monitor {
 
     /// Cross-ENI egress counters, summed over CPUs.
     pub fn cross_eni_counters(&self) -> Result<BTreeMap<CrossEniKey, PacketCounters>, EbpfError> {
-        maps::cross_eni_counters(&self.ebpf)
+        maps::summed_counters(&self.ebpf, CROSS_ENI_MAP)
+    }
+
+    /// Asymmetric-flow counters, summed over CPUs (the most recently active
+    /// [`monitor_common::MAX_ASYMMETRIC_FLOWS`] flows).
+    pub fn asymmetric_flows(&self) -> Result<BTreeMap<AsymmetricKey, PacketCounters>, EbpfError> {
+        maps::summed_counters(&self.ebpf, ASYMMETRIC_FLOWS_MAP)
     }
 
     /// Detaches every program, then removes the clsact qdiscs routemon created (if
