@@ -157,6 +157,14 @@ pub enum FindingKind {
         /// Their bytes, link-layer header included.
         bytes: u64,
     },
+    /// Strict reverse-path filtering on an uplink that does not carry the default
+    /// route drops traffic that arrives on it from addresses routed elsewhere.
+    StrictRpFilter {
+        /// The interface with `rp_filter=1`.
+        interface: String,
+        /// The interface the preferred IPv4 default route uses.
+        default_route_interface: String,
+    },
     /// The default route the kernel prefers does not leave by the primary interface.
     PrimaryNotPreferred {
         /// Address family.
@@ -194,6 +202,7 @@ impl Finding {
             FindingKind::PrimaryNotPreferred { .. } => "primary_not_preferred",
             FindingKind::CrossEniEgress { .. } => "cross_eni_egress",
             FindingKind::AsymmetricFlow { .. } => "asymmetric_flow",
+            FindingKind::StrictRpFilter { .. } => "strict_rp_filter",
         }
     }
 }
@@ -207,6 +216,7 @@ pub fn evaluate(
 ) -> Vec<Finding> {
     let mut findings = equal_metric_default_routes(model, primary);
     findings.extend(primary_not_preferred(model, preferred, primary));
+    findings.extend(strict_rp_filter(model, preferred));
     findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     findings
 }
@@ -364,6 +374,64 @@ fn equal_metric_default_routes(model: &NetworkModel, primary: Option<&Primary>) 
         }
     }
     findings
+}
+
+/// On a node with default routes on several interfaces, an interface in strict
+/// `rp_filter` mode that the preferred IPv4 default route does not use drops every
+/// packet arriving on it from a source the node would route out of another
+/// interface — which is every internet source.
+fn strict_rp_filter(model: &NetworkModel, preferred: &HashSet<usize>) -> Vec<Finding> {
+    let defaults: Vec<(usize, &Route)> = model
+        .routes
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| {
+            r.is_default() && r.forwards() && r.family == Family::Ipv4 && r.table == table::MAIN
+        })
+        .collect();
+    let uplinks: HashSet<u32> = defaults.iter().flat_map(|(_, r)| r.ifindexes()).collect();
+    if uplinks.len() < 2 {
+        return Vec::new();
+    }
+    let used: HashSet<u32> = defaults
+        .iter()
+        .filter(|(index, _)| preferred.contains(index))
+        .flat_map(|(_, r)| r.ifindexes())
+        .collect();
+    let Some(used_name) = used.iter().min().map(|i| model.link_name(*i)) else {
+        return Vec::new();
+    };
+    let mut strict: Vec<u32> = uplinks
+        .iter()
+        .filter(|i| !used.contains(i) && model.rp_filter.get(i) == Some(&1))
+        .copied()
+        .collect();
+    strict.sort_unstable();
+    strict
+        .into_iter()
+        .map(|ifindex| {
+            let name = model.link_name(ifindex);
+            Finding {
+                kind: FindingKind::StrictRpFilter {
+                    interface: name.clone(),
+                    default_route_interface: used_name.clone(),
+                },
+                severity: Severity::Warning,
+                message: format!(
+                    "Strict reverse-path filtering (rp_filter=1) is in effect on {name}, but the \
+                     node's IPv4 default route leaves by {used_name}. Packets that arrive on {name} \
+                     from any source routed out of {used_name} — every internet client of {name}'s \
+                     address — fail the reverse-path check and are dropped by the node itself."
+                ),
+                remediation: format!(
+                    "Use loose mode on multi-homed nodes: `sysctl -w net.ipv4.conf.{name}.rp_filter=2 \
+                     net.ipv4.conf.all.rp_filter=2` (persist in /etc/sysctl.d; the kernel applies the \
+                     larger of `all` and the interface's value), or add a source-based policy rule \
+                     for {name}'s addresses so the reverse path matches."
+                ),
+            }
+        })
+        .collect()
 }
 
 fn primary_not_preferred(
@@ -841,6 +909,28 @@ mod tests {
                 .message
                 .contains("tcp 10.0.2.10:8080 -> 10.0.100.2:40001")
         );
+    }
+
+    #[test]
+    fn strict_rp_filter_on_a_secondary_uplink_is_a_warning() {
+        let mut model = eks(1000, 1024);
+        model.rp_filter = BTreeMap::from([(2, 1), (3, 1)]);
+        let findings = run(&model, Some(&primary(2, "ens5")));
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        let json = serde_json::to_value(&findings[0]).unwrap();
+        assert_eq!(json["kind"], "strict_rp_filter");
+        assert_eq!(json["interface"], "ens6");
+        assert_eq!(json["default_route_interface"], "ens5");
+        // Loose mode, or a single uplink, is fine.
+        model.rp_filter = BTreeMap::from([(2, 2), (3, 2)]);
+        assert!(run(&model, Some(&primary(2, "ens5"))).is_empty());
+        let mut single = model_with_links(&["lo", "ens5"]);
+        push_routes(
+            &mut single,
+            [default_route(2, Some("10.0.1.1"), 1024, table::MAIN)],
+        );
+        single.rp_filter = BTreeMap::from([(2, 1)]);
+        assert!(run(&single, Some(&primary(2, "ens5"))).is_empty());
     }
 
     #[test]

@@ -90,6 +90,7 @@ impl Netlink {
                 model.rules.extend(convert::rule(&msg));
             }
         }
+        model.rp_filter = super::sysctl::rp_filter(model.links.values());
         Ok(model)
     }
 }

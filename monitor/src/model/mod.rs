@@ -7,6 +7,7 @@
 pub mod convert;
 pub mod dump;
 mod names;
+pub mod sysctl;
 
 use std::{collections::BTreeMap, fmt, net::IpAddr};
 
@@ -282,6 +283,10 @@ pub struct NetworkModel {
     pub routes: Vec<Route>,
     /// Policy rules of both families.
     pub rules: Vec<Rule>,
+    /// Effective IPv4 reverse-path filter mode per ifindex: the larger of
+    /// `net.ipv4.conf.all.rp_filter` and the interface's own (0 off, 1 strict,
+    /// 2 loose). Missing when unreadable.
+    pub rp_filter: BTreeMap<u32, u8>,
 }
 
 impl NetworkModel {
