@@ -52,9 +52,20 @@ pub mod program {
 /// reads them from the LPM tries.
 pub type RouteId = u32;
 
-/// Number of leading bits of every LPM key that hold the ifindex. A lookup always
-/// matches all of them, so a route is only ever found for the interface it leaves by.
-pub const IFINDEX_PREFIX_BITS: u32 = 32;
+/// Number of leading bits of every route LPM key that hold the ifindex and the table
+/// slot. A lookup always matches all of them, so a route is only ever found for the
+/// interface it leaves by, in the table the packet's source selects.
+pub const ROUTE_KEY_PREFIX_BITS: u32 = 64;
+
+/// Table slot of the main table (and of tables no source rule selects).
+pub const MAIN_TABLE_SLOT: u32 = 0;
+
+/// Name of the IPv4 source-rule LPM trie: source prefix → table slot.
+pub const SOURCE_RULES_V4_MAP: &str = "SOURCE_RULES_V4";
+/// Name of the IPv6 source-rule LPM trie: source prefix → table slot.
+pub const SOURCE_RULES_V6_MAP: &str = "SOURCE_RULES_V6";
+/// Capacity of the source-rule tries (`ip rule … from <prefix> lookup <table>`).
+pub const MAX_SOURCE_RULES: u32 = 1024;
 
 /// Default capacity of the route maps when userspace does not size them at load time.
 pub const DEFAULT_MAX_ROUTES: u32 = 16_384;
@@ -114,27 +125,33 @@ impl PacketCounters {
     }
 }
 
-/// Data part of an IPv4 LPM key: the egress ifindex followed by the address.
+/// Data part of an IPv4 route LPM key: egress ifindex, table slot, destination.
 ///
-/// The trie's prefix length is `IFINDEX_PREFIX_BITS + route prefix length`, so the
-/// longest match for `(ifindex, destination)` is the most specific route for that
-/// destination that leaves by that interface, and a default route via the
-/// interface (prefix `/0`) matches everything else that leaves by it.
+/// The trie's prefix length is `ROUTE_KEY_PREFIX_BITS + route prefix length`, so the
+/// longest match for `(ifindex, slot, destination)` is the most specific route for
+/// that destination that leaves by that interface in that table, and a default
+/// route via the interface (prefix `/0`) matches everything else that leaves by it.
+/// Slot [`MAIN_TABLE_SLOT`] holds the main table; other slots hold the tables that
+/// source-based policy rules select (see `SOURCE_RULES_V4`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RouteKeyV4 {
     /// Egress interface index, native byte order (all 32 bits are always matched).
     pub ifindex: u32,
+    /// Table slot, native byte order (always matched).
+    pub table_slot: u32,
     /// Destination address in network byte order.
     pub addr: [u8; 4],
 }
 
-/// Data part of an IPv6 LPM key; see [`RouteKeyV4`].
+/// Data part of an IPv6 route LPM key; see [`RouteKeyV4`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RouteKeyV6 {
     /// Egress interface index, native byte order.
     pub ifindex: u32,
+    /// Table slot, native byte order.
+    pub table_slot: u32,
     /// Destination address in network byte order.
     pub addr: [u8; 16],
 }

@@ -13,10 +13,15 @@
 //! for `(its egress ifindex, its destination address)`: the most specific route for
 //! that destination that leaves by this interface, or else the default route via this
 //! interface — the "default-route choice" the kernel made when it picked this device.
+//! Source-based policy routing: when the packet's source matches the prefix of an
+//! `ip rule from <prefix> lookup <table>` (longest prefix wins), the lookup is done
+//! first in that table's slot of the trie, then in the main table's.
+//!
 //! Limits: the program sees the device, not the FIB lookup, so it cannot tell which
-//! of two routes of the same prefix on the same device was used (userspace keeps the
-//! one of the main table with the lowest metric), and traffic routed here by a
-//! policy-routing table whose prefixes are not in the trie is counted as unattributed.
+//! of two routes of the same prefix on the same device and table slot was used
+//! (userspace keeps the lowest metric), rules with other selectors (fwmark, iif, to)
+//! are not modelled, and traffic to prefixes no route of the interface covers is
+//! counted as unattributed.
 #![no_std]
 #![no_main]
 
@@ -30,8 +35,9 @@ use aya_ebpf::{
 };
 use monitor_common::{
     AsymmetricKey, CrossEniKey, DEFAULT_MAX_INTERFACES, DEFAULT_MAX_OWNED_ADDRESSES,
-    DEFAULT_MAX_ROUTES, FlowKey, IFINDEX_PREFIX_BITS, IfaceCounters, MAX_ASYMMETRIC_FLOWS,
-    MAX_CROSS_ENI_PAIRS, MAX_TRACKED_FLOWS, PacketCounters, RouteId, RouteKeyV4, RouteKeyV6,
+    DEFAULT_MAX_ROUTES, FlowKey, IfaceCounters, MAIN_TABLE_SLOT, MAX_ASYMMETRIC_FLOWS,
+    MAX_CROSS_ENI_PAIRS, MAX_SOURCE_RULES, MAX_TRACKED_FLOWS, PacketCounters,
+    ROUTE_KEY_PREFIX_BITS, RouteId, RouteKeyV4, RouteKeyV6,
 };
 
 /// Per-interface counters, keyed by ifindex. Userspace inserts an entry for each
@@ -52,6 +58,14 @@ static ROUTES_V4: LpmTrie<RouteKeyV4, RouteId> = LpmTrie::with_max_entries(DEFAU
 /// IPv6 routes of monitored interfaces: `(ifindex, prefix)` → route id.
 #[map(name = "ROUTES_V6")]
 static ROUTES_V6: LpmTrie<RouteKeyV6, RouteId> = LpmTrie::with_max_entries(DEFAULT_MAX_ROUTES, 0);
+
+/// IPv4 source prefixes of `from <prefix> lookup <table>` rules → table slot.
+#[map(name = "SOURCE_RULES_V4")]
+static SOURCE_RULES_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_SOURCE_RULES, 0);
+
+/// IPv6 source prefixes of source rules → table slot.
+#[map(name = "SOURCE_RULES_V6")]
+static SOURCE_RULES_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_SOURCE_RULES, 0);
 
 /// IPv4 addresses of monitored interfaces → the ifindex that owns each.
 #[map(name = "SOURCE_OWNERS_V4")]
@@ -187,14 +201,18 @@ fn count_egress(ctx: &TcContext, link_layer: LinkLayer) {
                 // SAFETY: a valid pointer into the hash map's value.
                 count_cross_eni(ifindex, unsafe { *owner }, len);
             }
-            let key = Key::new(
-                IFINDEX_PREFIX_BITS + 32,
-                RouteKeyV4 {
+            let slot = SOURCE_RULES_V4.get(Key::new(32, *src)).copied();
+            let lookup = |table_slot| {
+                let data = RouteKeyV4 {
                     ifindex,
+                    table_slot,
                     addr: *dst,
-                },
-            );
-            ROUTES_V4.get(&key).copied()
+                };
+                ROUTES_V4
+                    .get(Key::new(ROUTE_KEY_PREFIX_BITS + 32, data))
+                    .copied()
+            };
+            slot.and_then(lookup).or_else(|| lookup(MAIN_TABLE_SLOT))
         }
         Some(Packet {
             addresses: Addresses::V6 { src, dst },
@@ -204,14 +222,18 @@ fn count_egress(ctx: &TcContext, link_layer: LinkLayer) {
                 // SAFETY: as above.
                 count_cross_eni(ifindex, unsafe { *owner }, len);
             }
-            let key = Key::new(
-                IFINDEX_PREFIX_BITS + 128,
-                RouteKeyV6 {
+            let slot = SOURCE_RULES_V6.get(Key::new(128, *src)).copied();
+            let lookup = |table_slot| {
+                let data = RouteKeyV6 {
                     ifindex,
+                    table_slot,
                     addr: *dst,
-                },
-            );
-            ROUTES_V6.get(&key).copied()
+                };
+                ROUTES_V6
+                    .get(Key::new(ROUTE_KEY_PREFIX_BITS + 128, data))
+                    .copied()
+            };
+            slot.and_then(lookup).or_else(|| lookup(MAIN_TABLE_SLOT))
         }
         None => None,
     };

@@ -7,10 +7,16 @@
 //! the route that carried the packet, with the default route via the interface
 //! catching everything else (see `monitor-ebpf` for the kernel side).
 //!
-//! When several routes share a key (same prefix, same device: a route in the main
-//! table and one in a per-ENI table, or two metrics) only one can be counted; the
-//! main table wins, then the lowest metric, then the kernel's dump order. The others
-//! are reported with no counters of their own.
+//! Source-based policy routing (`ip rule from <prefix> lookup <table>`, the per-ENI
+//! tables of amazon-ec2-net-utils, nodeadm and the VPC CNI) is modelled with table
+//! slots: each table such a rule selects gets its own slot of keys, the rules'
+//! source prefixes map sources to slots, and the kernel side looks up the slot of
+//! the packet's source before the main table's slot 0.
+//!
+//! When several routes share a key (same slot, prefix and device: a route in the main
+//! table and one in a table no rule selects, or two metrics) only one can be counted;
+//! the main table wins, then the lowest metric, then the kernel's dump order. The
+//! others are reported with no counters of their own.
 
 use std::{
     collections::{BTreeSet, HashMap, hash_map::Entry},
@@ -19,7 +25,12 @@ use std::{
 
 use ipnet::IpNet;
 
-use crate::model::{NetworkModel, Route, table};
+use monitor_common::MAIN_TABLE_SLOT;
+
+use crate::model::{NetworkModel, Route, Rule, table};
+
+/// Priority of the stock `lookup main` rule: source rules that matter come before it.
+const MAIN_RULE_PRIORITY: u32 = 32766;
 
 /// One entry of an LPM trie: traffic to `prefix` leaving by `ifindex` belongs to
 /// route `route_id`.
@@ -27,10 +38,21 @@ use crate::model::{NetworkModel, Route, table};
 pub struct TrieEntry {
     /// Egress interface.
     pub ifindex: u32,
+    /// Table slot ([`MAIN_TABLE_SLOT`] or a source rule's table).
+    pub table_slot: u32,
     /// Destination prefix (network address, host bits zero).
     pub prefix: IpNet,
     /// Index into the route counter array.
     pub route_id: u32,
+}
+
+/// A source prefix whose packets are looked up in a table slot first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourceRule {
+    /// The rule's `from` prefix.
+    pub prefix: IpNet,
+    /// The slot of the rule's table.
+    pub table_slot: u32,
 }
 
 /// The content of the kernel's route tries and the meaning of each route id.
@@ -38,6 +60,8 @@ pub struct TrieEntry {
 pub struct AttributionPlan {
     /// Trie entries of both families.
     pub entries: Vec<TrieEntry>,
+    /// Source prefixes of policy rules and the slots they select.
+    pub source_rules: Vec<SourceRule>,
     /// `route_ids[id]` is the index in `NetworkModel::routes` of the route counted
     /// under `id`.
     pub route_ids: Vec<usize>,
@@ -48,36 +72,41 @@ pub struct AttributionPlan {
 impl AttributionPlan {
     /// Builds the plan for the routes of `monitored` interfaces.
     pub fn build(model: &NetworkModel, monitored: &BTreeSet<u32>) -> Self {
-        // (ifindex, prefix) → index of the winning route in model.routes
-        let mut winners: HashMap<(u32, IpNet), usize> = HashMap::new();
+        let (slots, source_rules) = table_slots(&model.rules);
+        // (ifindex, table slot, prefix) → index of the winning route in model.routes
+        let mut winners: HashMap<(u32, u32, IpNet), usize> = HashMap::new();
         for (index, route) in model.routes.iter().enumerate() {
             if !route.forwards() || route.table == table::LOCAL {
                 continue;
             }
             let prefix = route.dst.trunc();
+            let table_slot = slots.get(&route.table).copied().unwrap_or(MAIN_TABLE_SLOT);
             for ifindex in route
                 .ifindexes()
                 .into_iter()
                 .filter(|i| monitored.contains(i))
             {
-                match winners.entry((ifindex, prefix)) {
-                    Entry::Vacant(slot) => {
-                        slot.insert(index);
+                match winners.entry((ifindex, table_slot, prefix)) {
+                    Entry::Vacant(entry) => {
+                        entry.insert(index);
                     }
-                    Entry::Occupied(mut slot) => {
-                        if rank(route) < rank(&model.routes[*slot.get()]) {
-                            slot.insert(index);
+                    Entry::Occupied(mut entry) => {
+                        if rank(route) < rank(&model.routes[*entry.get()]) {
+                            entry.insert(index);
                         }
                     }
                 }
             }
         }
 
-        let mut plan = Self::default();
+        let mut plan = Self {
+            source_rules,
+            ..Self::default()
+        };
         let mut keys: Vec<_> = winners.into_iter().collect();
         // Deterministic ids: in the order the kernel listed the routes.
-        keys.sort_by_key(|((ifindex, prefix), index)| (*index, *ifindex, *prefix));
-        for ((ifindex, prefix), index) in keys {
+        keys.sort_by_key(|((ifindex, slot, prefix), index)| (*index, *ifindex, *slot, *prefix));
+        for ((ifindex, table_slot, prefix), index) in keys {
             let next_id = u32::try_from(plan.route_ids.len()).expect("fewer than 2^32 routes");
             let route_id = *plan.id_by_route.entry(index).or_insert(next_id);
             if route_id == next_id {
@@ -85,6 +114,7 @@ impl AttributionPlan {
             }
             plan.entries.push(TrieEntry {
                 ifindex,
+                table_slot,
                 prefix,
                 route_id,
             });
@@ -97,14 +127,22 @@ impl AttributionPlan {
         self.id_by_route.get(&index).copied()
     }
 
-    /// Finds the route a packet to `dst` leaving by `ifindex` is attributed to, the
-    /// way the kernel's LPM lookup does. Used to explain and test the rule.
-    pub fn attribute(&self, ifindex: u32, dst: IpAddr) -> Option<u32> {
-        self.entries
+    /// Finds the route a packet from `src` to `dst` leaving by `ifindex` is
+    /// attributed to, the way the kernel side does. Used to explain and test it.
+    pub fn attribute(&self, ifindex: u32, src: IpAddr, dst: IpAddr) -> Option<u32> {
+        let lookup = |slot: u32| {
+            self.entries
+                .iter()
+                .filter(|e| e.ifindex == ifindex && e.table_slot == slot && e.prefix.contains(&dst))
+                .max_by_key(|e| e.prefix.prefix_len())
+                .map(|e| e.route_id)
+        };
+        self.source_rules
             .iter()
-            .filter(|e| e.ifindex == ifindex && e.prefix.contains(&dst))
-            .max_by_key(|e| e.prefix.prefix_len())
-            .map(|e| e.route_id)
+            .filter(|r| r.prefix.contains(&src))
+            .max_by_key(|r| r.prefix.prefix_len())
+            .and_then(|r| lookup(r.table_slot))
+            .or_else(|| lookup(MAIN_TABLE_SLOT))
     }
 
     /// Number of trie entries of each family: (IPv4, IPv6).
@@ -116,6 +154,37 @@ impl AttributionPlan {
             .count();
         (v4, self.entries.len() - v4)
     }
+}
+
+/// Gives each table that a plain source rule (`from <prefix> lookup <table>`, no
+/// other selector, before the main rule) selects a slot, and lists the rules'
+/// prefixes with their slots. The first rule (lowest priority) for a prefix wins.
+fn table_slots(rules: &[Rule]) -> (HashMap<u32, u32>, Vec<SourceRule>) {
+    let mut rules: Vec<&Rule> = rules
+        .iter()
+        .filter(|r| {
+            r.action == "lookup"
+                && r.src.is_some()
+                && r.dst.is_none()
+                && r.iif.is_none()
+                && r.oif.is_none()
+                && r.fwmark.is_none()
+                && r.priority < MAIN_RULE_PRIORITY
+                && ![table::MAIN, table::LOCAL, table::DEFAULT].contains(&r.table)
+        })
+        .collect();
+    rules.sort_by_key(|r| r.priority);
+    let mut slots: HashMap<u32, u32> = HashMap::new();
+    let mut source_rules: Vec<SourceRule> = Vec::new();
+    for rule in rules {
+        let next = u32::try_from(slots.len()).expect("few tables") + 1;
+        let table_slot = *slots.entry(rule.table).or_insert(next);
+        let prefix = rule.src.expect("filtered").trunc();
+        if !source_rules.iter().any(|r| r.prefix == prefix) {
+            source_rules.push(SourceRule { prefix, table_slot });
+        }
+    }
+    (slots, source_rules)
 }
 
 /// Lower is better: the main table first, then the metric, then dump order.
@@ -154,14 +223,29 @@ mod tests {
         let plan = AttributionPlan::build(&model, &BTreeSet::from([2, 3]));
         let id = |index| plan.route_id_of(index).unwrap();
         // Internet traffic: the default route via the interface it left by.
-        assert_eq!(plan.attribute(2, ip("198.51.100.10")), Some(id(0)));
-        assert_eq!(plan.attribute(3, ip("198.51.100.10")), Some(id(1)));
+        assert_eq!(
+            plan.attribute(2, ip("10.0.1.10"), ip("198.51.100.10")),
+            Some(id(0))
+        );
+        assert_eq!(
+            plan.attribute(3, ip("10.0.2.10"), ip("198.51.100.10")),
+            Some(id(1))
+        );
         // Subnet and host routes beat the default.
-        assert_eq!(plan.attribute(2, ip("10.0.1.20")), Some(id(2)));
-        assert_eq!(plan.attribute(2, ip("10.0.1.1")), Some(id(4)));
+        assert_eq!(
+            plan.attribute(2, ip("10.0.1.10"), ip("10.0.1.20")),
+            Some(id(2))
+        );
+        assert_eq!(
+            plan.attribute(2, ip("10.0.1.10"), ip("10.0.1.1")),
+            Some(id(4))
+        );
         // A route of another interface never matches: 10.0.2.0/24 leaving by ens5
         // falls back to ens5's default route.
-        assert_eq!(plan.attribute(2, ip("10.0.2.20")), Some(id(0)));
+        assert_eq!(
+            plan.attribute(2, ip("10.0.1.10"), ip("10.0.2.20")),
+            Some(id(0))
+        );
     }
 
     #[test]
@@ -170,7 +254,10 @@ mod tests {
         let plan = AttributionPlan::build(&model, &BTreeSet::from([3]));
         assert!(plan.entries.iter().all(|e| e.ifindex == 3));
         assert_eq!(plan.entry_counts(), (2, 0));
-        assert_eq!(plan.attribute(2, ip("198.51.100.10")), None);
+        assert_eq!(
+            plan.attribute(2, ip("10.0.1.10"), ip("198.51.100.10")),
+            None
+        );
     }
 
     #[test]
@@ -187,7 +274,7 @@ mod tests {
         let plan = AttributionPlan::build(&model, &BTreeSet::from([2]));
         assert_eq!(plan.route_ids, vec![2]);
         assert_eq!(plan.route_id_of(0), None);
-        assert_eq!(plan.attribute(2, ip("1.1.1.1")), Some(0));
+        assert_eq!(plan.attribute(2, ip("10.0.1.10"), ip("1.1.1.1")), Some(0));
     }
 
     #[test]
@@ -202,8 +289,8 @@ mod tests {
         let plan = AttributionPlan::build(&model, &BTreeSet::from([2, 3]));
         assert_eq!(plan.entries.len(), 2);
         assert_eq!(
-            plan.attribute(2, ip("1.1.1.1")),
-            plan.attribute(3, ip("1.1.1.1"))
+            plan.attribute(2, ip("10.0.1.10"), ip("1.1.1.1")),
+            plan.attribute(3, ip("10.0.2.10"), ip("1.1.1.1"))
         );
     }
 
@@ -225,8 +312,56 @@ mod tests {
                 .iter()
                 .any(|e| e.prefix.to_string() == "2001:db8:1::/64")
         );
-        assert_eq!(plan.attribute(2, ip("2001:db8:1::99")), plan.route_id_of(1));
-        assert_eq!(plan.attribute(2, ip("2001:db8:2::1")), plan.route_id_of(0));
+        assert_eq!(
+            plan.attribute(2, ip("2001:db8:1::10"), ip("2001:db8:1::99")),
+            plan.route_id_of(1)
+        );
+        assert_eq!(
+            plan.attribute(2, ip("2001:db8:1::10"), ip("2001:db8:2::1")),
+            plan.route_id_of(0)
+        );
+    }
+
+    #[test]
+    fn source_rules_select_their_table_first() {
+        let mut model = eks_model();
+        // amazon-ec2-net-utils style: ens6's address looks up table 10002.
+        push_routes(&mut model, [default_route(3, Some("10.0.2.1"), 0, 10_002)]);
+        model.rules.push(crate::model::Rule {
+            family: crate::model::Family::Ipv4,
+            priority: 1000,
+            table: 10_002,
+            src: Some("10.0.2.10/32".parse().unwrap()),
+            dst: None,
+            iif: None,
+            oif: None,
+            fwmark: None,
+            action: "lookup".to_owned(),
+        });
+        let plan = AttributionPlan::build(&model, &BTreeSet::from([2, 3]));
+        let id = |index| plan.route_id_of(index).unwrap();
+        assert_eq!(plan.source_rules.len(), 1);
+        // ens6's address out of ens6: table 10002's default route carried it.
+        assert_eq!(
+            plan.attribute(3, ip("10.0.2.10"), ip("198.51.100.10")),
+            Some(id(5))
+        );
+        // Another source out of ens6: the main table's route.
+        assert_eq!(
+            plan.attribute(3, ip("10.0.1.10"), ip("198.51.100.10")),
+            Some(id(1))
+        );
+        // Table 10002 has no subnet route, so the kernel sends even on-link
+        // destinations from that source through its default route.
+        assert_eq!(
+            plan.attribute(3, ip("10.0.2.10"), ip("10.0.2.20")),
+            Some(id(5))
+        );
+        // Out of ens5, table 10002 has no route at all: the main table's.
+        assert_eq!(
+            plan.attribute(2, ip("10.0.2.10"), ip("198.51.100.10")),
+            Some(id(0))
+        );
     }
 
     #[test]

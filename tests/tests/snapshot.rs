@@ -216,3 +216,65 @@ fn an_interface_deleted_mid_snapshot_is_reported_gone_with_its_counts() {
     let left = kernel::routemon_programs_after(Duration::from_secs(5)).unwrap();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn source_rule_traffic_is_attributed_to_the_rules_table() {
+    require_root();
+    let bed = Testbed::ens5_ens6(1000, 1024).unwrap();
+    let ens6 = bed.uplink("ens6").clone();
+    let gw = ens6.gw4.to_string();
+    bed.node
+        .ip(&[
+            "route", "add", "default", "via", &gw, "dev", "ens6", "table", "10002",
+        ])
+        .unwrap();
+    let src = ens6.addr4.to_string();
+    bed.node
+        .ip(&[
+            "rule", "add", "from", &src, "lookup", "10002", "prio", "1000",
+        ])
+        .unwrap();
+    kernel::wait_quiet(&bed.node, &["ens5", "ens6"], 500).unwrap();
+
+    let running = Running::start(&bed.node, &["snapshot", "--duration", "2s", "--json"]).unwrap();
+    let mut from_ens6 = burst(INTERNET_V4, None, 21, 300);
+    from_ens6.src = Some(ens6.addr4.into());
+    let unsourced = burst(INTERNET_V4, None, 9, 300);
+    send_udp(&bed.node, &from_ens6).unwrap();
+    send_udp(&bed.node, &unsourced).unwrap();
+    let report = running
+        .wait(Duration::from_secs(30))
+        .unwrap()
+        .success()
+        .json();
+
+    let default_in = |table: &str, dev: &str| {
+        report["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["dst"] == "0.0.0.0/0" && r["table"] == table && r["dev"] == dev)
+            .unwrap_or_else(|| panic!("no default in table {table} dev {dev}: {report:#}"))["egress_bytes"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(
+        default_in("10002", "ens6"),
+        from_ens6.wire_bytes(),
+        "the rule's table carried it"
+    );
+    assert_eq!(
+        default_in("main", "ens6"),
+        0,
+        "not the main table's ens6 route"
+    );
+    assert_eq!(default_in("main", "ens5"), unsourced.wire_bytes());
+    assert!(
+        !report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["kind"] == "cross_eni_egress"),
+        "sourced traffic leaving by its own ENI is not cross-ENI: {report:#}"
+    );
+}

@@ -9,9 +9,9 @@ use aya::{
 };
 use ipnet::IpNet;
 use monitor_common::{
-    IFACE_COUNTERS_MAP, IFINDEX_PREFIX_BITS, IfaceCounters, PacketCounters, ROUTE_COUNTERS_MAP,
-    ROUTES_V4_MAP, ROUTES_V6_MAP, RouteId, RouteKeyV4, RouteKeyV6, SOURCE_OWNERS_V4_MAP,
-    SOURCE_OWNERS_V6_MAP,
+    IFACE_COUNTERS_MAP, IfaceCounters, MAX_SOURCE_RULES, PacketCounters, ROUTE_COUNTERS_MAP,
+    ROUTE_KEY_PREFIX_BITS, ROUTES_V4_MAP, ROUTES_V6_MAP, RouteKeyV4, RouteKeyV6,
+    SOURCE_OWNERS_V4_MAP, SOURCE_OWNERS_V6_MAP, SOURCE_RULES_V4_MAP, SOURCE_RULES_V6_MAP,
 };
 
 use super::EbpfError;
@@ -61,9 +61,9 @@ pub fn register_interfaces(
 fn fill_trie<K: aya::Pod>(
     ebpf: &mut Ebpf,
     name: &'static str,
-    entries: impl Iterator<Item = (u32, K, RouteId)>,
+    entries: impl Iterator<Item = (u32, K, u32)>,
 ) -> Result<(), EbpfError> {
-    let mut trie: LpmTrie<&mut MapData, K, RouteId> =
+    let mut trie: LpmTrie<&mut MapData, K, u32> =
         LpmTrie::try_from(map_mut(ebpf, name)?).map_err(map_error(name))?;
     for (prefix_len, key, route_id) in entries {
         trie.insert(&Key::new(prefix_len, key), route_id, 0)
@@ -74,11 +74,12 @@ fn fill_trie<K: aya::Pod>(
 
 /// Writes the plan's entries into the per-family LPM tries.
 pub fn load_routes(ebpf: &mut Ebpf, plan: &AttributionPlan) -> Result<(), EbpfError> {
-    let bits = |prefix_len: u8| IFINDEX_PREFIX_BITS + u32::from(prefix_len);
+    let bits = |prefix_len: u8| ROUTE_KEY_PREFIX_BITS + u32::from(prefix_len);
     let v4 = plan.entries.iter().filter_map(|e| match e.prefix {
         IpNet::V4(net) => {
             let key = RouteKeyV4 {
                 ifindex: e.ifindex,
+                table_slot: e.table_slot,
                 addr: net.network().octets(),
             };
             Some((bits(net.prefix_len()), key, e.route_id))
@@ -90,13 +91,40 @@ pub fn load_routes(ebpf: &mut Ebpf, plan: &AttributionPlan) -> Result<(), EbpfEr
         IpNet::V6(net) => {
             let key = RouteKeyV6 {
                 ifindex: e.ifindex,
+                table_slot: e.table_slot,
                 addr: net.network().octets(),
             };
             Some((bits(net.prefix_len()), key, e.route_id))
         }
         IpNet::V4(_) => None,
     });
-    fill_trie(ebpf, ROUTES_V6_MAP, v6)
+    fill_trie(ebpf, ROUTES_V6_MAP, v6)?;
+
+    let rules = plan.source_rules.iter().take(MAX_SOURCE_RULES as usize);
+    if plan.source_rules.len() > MAX_SOURCE_RULES as usize {
+        tracing::warn!(
+            "{} source rules; only the first {MAX_SOURCE_RULES} are used for route attribution",
+            plan.source_rules.len()
+        );
+    }
+    let v4 = rules.clone().filter_map(|r| match r.prefix {
+        IpNet::V4(net) => Some((
+            u32::from(net.prefix_len()),
+            net.network().octets(),
+            r.table_slot,
+        )),
+        IpNet::V6(_) => None,
+    });
+    fill_trie(ebpf, SOURCE_RULES_V4_MAP, v4)?;
+    let v6 = rules.filter_map(|r| match r.prefix {
+        IpNet::V6(net) => Some((
+            u32::from(net.prefix_len()),
+            net.network().octets(),
+            r.table_slot,
+        )),
+        IpNet::V4(_) => None,
+    });
+    fill_trie(ebpf, SOURCE_RULES_V6_MAP, v6)
 }
 
 /// Records which interface owns each address, for the cross-ENI check.
