@@ -31,6 +31,19 @@ pub const MAX_TRACKED_FLOWS: u32 = 65_536;
 /// Asymmetric flows counted individually; the least recently used are evicted first.
 pub const MAX_ASYMMETRIC_FLOWS: u32 = 4_096;
 
+/// Name of the ring buffer of sampled events ([`SampleEvent`]).
+pub const SAMPLES_MAP: &str = "SAMPLES";
+/// Name of the per-CPU sampler state ([`SamplerState`], one entry).
+pub const SAMPLER_MAP: &str = "SAMPLER";
+/// Size of the sample ring buffer in bytes (a power of two, page aligned).
+pub const SAMPLES_RING_BYTES: u32 = 256 * 1024;
+/// Samples each CPU may emit per second, on average…
+pub const SAMPLES_PER_SECOND_PER_CPU: u64 = 64;
+/// …and at most in a burst. Packets beyond this are counted, not sampled.
+pub const SAMPLE_BURST: u64 = 64;
+/// [`SampleEvent::kind`] of a cross-ENI packet.
+pub const SAMPLE_CROSS_ENI: u32 = 1;
+
 /// Default capacity of the address-owner maps (addresses of monitored interfaces).
 pub const DEFAULT_MAX_OWNED_ADDRESSES: u32 = 4096;
 /// Capacity of the cross-ENI map: (egress, owner) pairs.
@@ -218,6 +231,44 @@ pub struct AsymmetricKey {
     pub egress_ifindex: u32,
 }
 
+/// One sampled packet, sent to userspace through the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SampleEvent {
+    /// What was seen ([`SAMPLE_CROSS_ENI`]).
+    pub kind: u32,
+    /// The interface the packet left by.
+    pub egress_ifindex: u32,
+    /// For cross-ENI samples, the interface that owns the source address.
+    pub source_ifindex: u32,
+    /// Padding, always zero.
+    pub pad: u32,
+    /// The packet's 5-tuple.
+    pub flow: FlowKey,
+}
+
+/// Per-CPU token bucket that limits samples, with what it let through and held back.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SamplerState {
+    /// Tokens left (one per sample).
+    pub tokens: u64,
+    /// When tokens were last added (`bpf_ktime_get_ns`).
+    pub refilled_ns: u64,
+    /// Samples written to the ring buffer.
+    pub sampled: u64,
+    /// Sampling candidates dropped by the rate limit or a full ring buffer.
+    pub suppressed: u64,
+}
+
+impl SamplerState {
+    /// Adds another CPU's counts to these (tokens and time are not summed).
+    pub fn accumulate(&mut self, other: &Self) {
+        self.sampled += other.sampled;
+        self.suppressed += other.suppressed;
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all these types are #[repr(C)], contain only integers and byte arrays,
@@ -229,4 +280,6 @@ mod pod {
     unsafe impl aya::Pod for super::CrossEniKey {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::AsymmetricKey {}
+    unsafe impl aya::Pod for super::SampleEvent {}
+    unsafe impl aya::Pod for super::SamplerState {}
 }

@@ -27,9 +27,11 @@
 
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
+    helpers::bpf_ktime_get_ns,
     macros::{classifier, map},
     maps::{
-        HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, lpm_trie::Key,
+        HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf,
+        lpm_trie::Key,
     },
     programs::TcContext,
 };
@@ -37,7 +39,8 @@ use monitor_common::{
     AsymmetricKey, CrossEniKey, DEFAULT_MAX_INTERFACES, DEFAULT_MAX_OWNED_ADDRESSES,
     DEFAULT_MAX_ROUTES, FlowKey, IfaceCounters, MAIN_TABLE_SLOT, MAX_ASYMMETRIC_FLOWS,
     MAX_CROSS_ENI_PAIRS, MAX_SOURCE_RULES, MAX_TRACKED_FLOWS, PacketCounters,
-    ROUTE_KEY_PREFIX_BITS, RouteId, RouteKeyV4, RouteKeyV6,
+    ROUTE_KEY_PREFIX_BITS, RouteId, RouteKeyV4, RouteKeyV6, SAMPLE_BURST, SAMPLE_CROSS_ENI,
+    SAMPLES_PER_SECOND_PER_CPU, SAMPLES_RING_BYTES, SampleEvent, SamplerState,
 };
 
 /// Per-interface counters, keyed by ifindex. Userspace inserts an entry for each
@@ -81,6 +84,14 @@ static SOURCE_OWNERS_V6: HashMap<[u8; 16], u32> =
 #[map(name = "CROSS_ENI")]
 static CROSS_ENI: PerCpuHashMap<CrossEniKey, PacketCounters> =
     PerCpuHashMap::with_max_entries(MAX_CROSS_ENI_PAIRS, 0);
+
+/// Sampled packets for userspace (5-tuples of cross-ENI egress).
+#[map(name = "SAMPLES")]
+static SAMPLES: RingBuf = RingBuf::with_byte_size(SAMPLES_RING_BYTES, 0);
+
+/// Per-CPU token bucket limiting the samples.
+#[map(name = "SAMPLER")]
+static SAMPLER: PerCpuArray<SamplerState> = PerCpuArray::with_max_entries(1, 0);
 
 /// Recently arrived flows: the 5-tuple their replies will carry → the interface
 /// they arrived on.
@@ -195,11 +206,11 @@ fn count_egress(ctx: &TcContext, link_layer: LinkLayer) {
     let route = match &packet {
         Some(Packet {
             addresses: Addresses::V4 { src, dst },
-            ..
+            flow,
         }) => {
             if let Some(owner) = SOURCE_OWNERS_V4.get_ptr(src) {
                 // SAFETY: a valid pointer into the hash map's value.
-                count_cross_eni(ifindex, unsafe { *owner }, len);
+                count_cross_eni(ifindex, unsafe { *owner }, len, flow);
             }
             let slot = SOURCE_RULES_V4.get(Key::new(32, *src)).copied();
             let lookup = |table_slot| {
@@ -216,11 +227,11 @@ fn count_egress(ctx: &TcContext, link_layer: LinkLayer) {
         }
         Some(Packet {
             addresses: Addresses::V6 { src, dst },
-            ..
+            flow,
         }) => {
             if let Some(owner) = SOURCE_OWNERS_V6.get_ptr(src) {
                 // SAFETY: as above.
-                count_cross_eni(ifindex, unsafe { *owner }, len);
+                count_cross_eni(ifindex, unsafe { *owner }, len, flow);
             }
             let slot = SOURCE_RULES_V6.get(Key::new(128, *src)).copied();
             let lookup = |table_slot| {
@@ -261,12 +272,20 @@ fn count_egress(ctx: &TcContext, link_layer: LinkLayer) {
 }
 
 /// Counts a packet that leaves by `egress` with a source address owned by `owner`,
-/// when those differ: the VPC's source/destination check drops such packets.
+/// when those differ: the VPC's source/destination check drops such packets. A
+/// rate-limited sample of them goes to userspace with the 5-tuple.
 #[inline(always)]
-fn count_cross_eni(egress: u32, owner: u32, len: u64) {
+fn count_cross_eni(egress: u32, owner: u32, len: u64, flow: &FlowKey) {
     if owner == egress {
         return;
     }
+    sample(&SampleEvent {
+        kind: SAMPLE_CROSS_ENI,
+        egress_ifindex: egress,
+        source_ifindex: owner,
+        pad: 0,
+        flow: *flow,
+    });
     let key = CrossEniKey {
         egress_ifindex: egress,
         source_ifindex: owner,
@@ -287,6 +306,33 @@ fn count_cross_eni(egress: u32, owner: u32, len: u64) {
             };
             let _ = CROSS_ENI.insert(&key, &first, 0);
         }
+    }
+}
+
+/// Sends `event` to userspace unless this CPU's token bucket is empty or the ring
+/// buffer is full; either way the outcome is counted in `SAMPLER`.
+#[inline(always)]
+fn sample(event: &SampleEvent) {
+    let Some(state) = SAMPLER.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU value, as in count_ingress.
+    let state = unsafe { &mut *state };
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let earned = now.saturating_sub(state.refilled_ns) * SAMPLES_PER_SECOND_PER_CPU / 1_000_000_000;
+    if earned > 0 {
+        state.tokens = (state.tokens + earned).min(SAMPLE_BURST);
+        state.refilled_ns = now;
+    }
+    if state.tokens == 0 {
+        state.suppressed += 1;
+        return;
+    }
+    state.tokens -= 1;
+    match SAMPLES.output::<SampleEvent>(event, 0) {
+        Ok(()) => state.sampled += 1,
+        Err(_) => state.suppressed += 1,
     }
 }
 

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::{
     model::{Family, NetworkModel, Route, table, table_name},
+    samples::SampleCollector,
     selection::Primary,
 };
 
@@ -98,6 +99,18 @@ impl std::fmt::Display for FlowReport {
     }
 }
 
+/// A sampled flow and how many of its packets were sampled.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SampledFlow {
+    /// The 5-tuple.
+    pub flow: FlowReport,
+    /// Packets of it that were sampled.
+    pub sampled_packets: u64,
+}
+
+/// Sampled flows listed per cross-ENI finding.
+const LISTED_SAMPLES: usize = 5;
+
 /// One default route named in a finding.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RouteRef {
@@ -143,6 +156,10 @@ pub enum FindingKind {
         packets: u64,
         /// Bytes counted, link-layer header included.
         bytes: u64,
+        /// Sampled packets' flows, most sampled first (at most 5).
+        samples: Vec<SampledFlow>,
+        /// Packets counted but not sampled (rate limit), so not in `samples`.
+        unsampled_packets: u64,
     },
     /// A flow's packets left by another interface than the flow arrived on.
     AsymmetricFlow {
@@ -497,6 +514,7 @@ fn primary_not_preferred(
 pub fn cross_eni_egress(
     model: &NetworkModel,
     counters: &BTreeMap<CrossEniKey, PacketCounters>,
+    samples: &SampleCollector,
     primary: Option<&Primary>,
 ) -> Vec<Finding> {
     counters
@@ -510,6 +528,27 @@ pub fn cross_eni_egress(
                 .map(|a| a.addr.addr().to_string())
                 .collect();
             let pin = primary.map_or_else(|| egress.clone(), |p| p.name.clone());
+            let (flows, sampled) = samples.cross_eni(key.egress_ifindex, key.source_ifindex);
+            let listed: Vec<SampledFlow> = flows
+                .iter()
+                .take(LISTED_SAMPLES)
+                .map(|(flow, n)| SampledFlow {
+                    flow: FlowReport::from_key(flow),
+                    sampled_packets: *n,
+                })
+                .collect();
+            let mut message = format!(
+                "{} packets ({} bytes) left by {egress} with a source address of {source} ({}). \
+                 The VPC only accepts traffic from an ENI with that ENI's own addresses \
+                 (source/destination check), so these packets are dropped: connections from \
+                 {source}'s address that the routing table sends out of {egress} fail or hang.",
+                c.packets,
+                c.bytes,
+                addresses.join(", ")
+            );
+            if let Some(first) = listed.first() {
+                message.push_str(&format!(" For example: {}.", first.flow));
+            }
             Finding {
                 kind: FindingKind::CrossEniEgress {
                     egress_interface: egress.clone(),
@@ -517,17 +556,11 @@ pub fn cross_eni_egress(
                     source_addresses: addresses.clone(),
                     packets: c.packets,
                     bytes: c.bytes,
+                    samples: listed,
+                    unsampled_packets: c.packets.saturating_sub(sampled),
                 },
                 severity: Severity::Critical,
-                message: format!(
-                    "{} packets ({} bytes) left by {egress} with a source address of {source} ({}). \
-                     The VPC only accepts traffic from an ENI with that ENI's own addresses \
-                     (source/destination check), so these packets are dropped: connections from \
-                     {source}'s address that the routing table sends out of {egress} fail or hang.",
-                    c.packets,
-                    c.bytes,
-                    addresses.join(", ")
-                ),
+                message,
                 remediation: format!(
                     "Send each ENI's traffic out of that ENI: add a source-based policy rule per \
                      secondary ENI (`ip rule add from <{source} address> lookup <table>` with \
@@ -844,7 +877,25 @@ mod tests {
                 },
             ),
         ]);
-        let findings = cross_eni_egress(&model, &counters, Some(&primary(2, "ens5")));
+        let mut samples = SampleCollector::default();
+        let mut flow = FlowKey {
+            ip_version: 4,
+            protocol: 17,
+            src_port: 5000,
+            dst_port: 9,
+            ..FlowKey::default()
+        };
+        flow.src[..4].copy_from_slice(&[10, 0, 2, 10]);
+        flow.dst[..4].copy_from_slice(&[198, 51, 100, 10]);
+        let event = monitor_common::SampleEvent {
+            kind: monitor_common::SAMPLE_CROSS_ENI,
+            egress_ifindex: 2,
+            source_ifindex: 3,
+            pad: 0,
+            flow,
+        };
+        samples.add([event, event]);
+        let findings = cross_eni_egress(&model, &counters, &samples, Some(&primary(2, "ens5")));
         assert_eq!(findings.len(), 1, "{findings:#?}");
         let json = serde_json::to_value(&findings[0]).unwrap();
         assert_eq!(json["kind"], "cross_eni_egress");
@@ -857,6 +908,14 @@ mod tests {
             (Some(7), Some(700))
         );
         assert!(findings[0].remediation.contains("ip rule add from"));
+        assert_eq!(json["samples"][0]["flow"]["src_port"], 5000);
+        assert_eq!(json["samples"][0]["sampled_packets"], 2);
+        assert_eq!(json["unsampled_packets"], 5);
+        assert!(
+            findings[0]
+                .message
+                .contains("udp 10.0.2.10:5000 -> 198.51.100.10:9")
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod output;
 pub mod preference;
 pub mod preflight;
 pub mod report;
+pub mod samples;
 pub mod selection;
 pub mod signals;
 

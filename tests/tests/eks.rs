@@ -161,8 +161,9 @@ fn cross_eni_egress_matches_the_vpc_source_check_drops() {
         count,
         payload: 200,
     };
-    // Forced: ens6's address out of ens5, and ens5's out of ens6.
-    send_udp(&eks.node, &burst(Some("ens5"), ens6.addr, 40)).unwrap();
+    // Forced: ens6's address out of ens5 (a flood, beyond the sampling rate limit),
+    // and ens5's out of ens6.
+    send_udp(&eks.node, &burst(Some("ens5"), ens6.addr, 2000)).unwrap();
     send_udp(&eks.node, &burst(Some("ens6"), ens5.addr, 15)).unwrap();
     // Natural: sourced from ens6 but routed by the tied default routes, which the
     // kernel alternates between: some leave by ens5.
@@ -188,7 +189,7 @@ fn cross_eni_egress_matches_the_vpc_source_check_drops() {
         })
     };
     let (packets, bytes) = cross("ens5", "ens6");
-    assert!(packets >= 40, "the forced burst at least: {report:#}");
+    assert!(packets >= 2000, "the forced burst at least: {report:#}");
     assert_eq!(
         packets, vpc_ens5.0,
         "routemon's (ens5, ens6) count = the VPC's drops on ens5"
@@ -204,6 +205,26 @@ fn cross_eni_egress_matches_the_vpc_source_check_drops() {
     assert_eq!(bytes - 14 * packets, vpc_ens6.1);
     let f = finding(&report, "cross_eni_egress", "ens5", "ens6").unwrap();
     assert_eq!(f["severity"], "critical");
+    // Samples carry the 5-tuple; the flood was rate-limited, and every packet is
+    // either in a listed sample or counted as unsampled (two flows: all listed).
+    let samples = f["samples"].as_array().unwrap();
+    assert!(!samples.is_empty() && samples.len() <= 2, "{f:#}");
+    for sample in samples {
+        assert_eq!(sample["flow"]["protocol"], "udp");
+        assert_eq!(sample["flow"]["src"], ens6.addr.to_string());
+        assert_eq!(sample["flow"]["dst"], INTERNET_V4.to_string());
+        assert_eq!(sample["flow"]["dst_port"], 9);
+    }
+    let sampled: u64 = samples
+        .iter()
+        .map(|s| s["sampled_packets"].as_u64().unwrap())
+        .sum();
+    let unsampled = f["unsampled_packets"].as_u64().unwrap();
+    assert!(
+        unsampled > 0,
+        "a 2000-packet flood exceeds the sampling limit: {f:#}"
+    );
+    assert_eq!(sampled + unsampled, f["packets"].as_u64().unwrap());
     assert_eq!(f["source_addresses"][0], ens6.addr.to_string());
     // No finding ever pairs an interface with itself.
     assert!(finding(&report, "cross_eni_egress", "ens5", "ens5").is_none());

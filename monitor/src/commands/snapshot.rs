@@ -12,8 +12,12 @@ use crate::{
     model::{Link, dump::Netlink},
     preflight,
     report::{Measured, Report, ReportInput, SnapshotInfo},
+    samples::SampleCollector,
     signals::Shutdown,
 };
+
+/// How often samples are read from the kernel's ring buffer during a count.
+const SAMPLE_DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Runs `snapshot`.
 pub async fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
@@ -69,11 +73,20 @@ pub async fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
         humantime::format_duration(args.duration)
     );
 
+    let mut sample_reader = monitor.take_samples()?;
+    let mut samples = SampleCollector::default();
     let started = Instant::now();
-    let interrupted = tokio::select! {
-        () = tokio::time::sleep(args.duration) => None,
-        signal = shutdown.recv() => Some(signal),
+    let deadline = tokio::time::Instant::now() + args.duration;
+    // Drain sampled packets while counting, so the ring buffer never fills up.
+    let mut drain = tokio::time::interval(SAMPLE_DRAIN_INTERVAL);
+    let interrupted = loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline) => break None,
+            signal = shutdown.recv() => break Some(signal),
+            _ = drain.tick() => samples.add(sample_reader.drain()),
+        }
     };
+    samples.add(sample_reader.drain());
     let elapsed = started.elapsed();
     if let Some(signal) = interrupted {
         eprintln!(
@@ -96,6 +109,7 @@ pub async fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
     findings.extend(crate::findings::cross_eni_egress(
         &found.model,
         &cross_eni,
+        &samples,
         found.primary.as_ref(),
     ));
     findings.extend(crate::findings::asymmetric_flows(&found.model, &asymmetric));

@@ -10,8 +10,9 @@ use aya::{
 use ipnet::IpNet;
 use monitor_common::{
     IFACE_COUNTERS_MAP, IfaceCounters, MAX_SOURCE_RULES, PacketCounters, ROUTE_COUNTERS_MAP,
-    ROUTE_KEY_PREFIX_BITS, ROUTES_V4_MAP, ROUTES_V6_MAP, RouteKeyV4, RouteKeyV6,
+    ROUTE_KEY_PREFIX_BITS, ROUTES_V4_MAP, ROUTES_V6_MAP, RouteKeyV4, RouteKeyV6, SAMPLER_MAP,
     SOURCE_OWNERS_V4_MAP, SOURCE_OWNERS_V6_MAP, SOURCE_RULES_V4_MAP, SOURCE_RULES_V6_MAP,
+    SamplerState,
 };
 
 use super::EbpfError;
@@ -169,6 +170,16 @@ pub fn summed_counters<K: aya::Pod + Ord>(
         out.insert(key, total);
     }
     Ok(out)
+}
+
+/// Reads the sampler's per-CPU counts, summed.
+pub fn sampler_totals(ebpf: &Ebpf) -> Result<SamplerState, EbpfError> {
+    let state: PerCpuArray<&MapData, SamplerState> =
+        PerCpuArray::try_from(map(ebpf, SAMPLER_MAP)?).map_err(map_error(SAMPLER_MAP))?;
+    let per_cpu = state.get(&0, 0).map_err(map_error(SAMPLER_MAP))?;
+    let mut total = SamplerState::default();
+    per_cpu.iter().for_each(|s| total.accumulate(s));
+    Ok(total)
 }
 
 /// Reads every interface's counters, summed over CPUs.

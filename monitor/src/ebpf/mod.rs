@@ -9,8 +9,8 @@ use std::{collections::BTreeMap, net::IpAddr};
 use aya::{Ebpf, EbpfLoader, programs::SchedClassifier};
 use monitor_common::{
     ASYMMETRIC_FLOWS_MAP, AsymmetricKey, CROSS_ENI_MAP, CrossEniKey, IFACE_COUNTERS_MAP,
-    IfaceCounters, PacketCounters, ROUTE_COUNTERS_MAP, ROUTES_V4_MAP, ROUTES_V6_MAP,
-    SOURCE_OWNERS_V4_MAP, SOURCE_OWNERS_V6_MAP, program,
+    IfaceCounters, PacketCounters, ROUTE_COUNTERS_MAP, ROUTES_V4_MAP, ROUTES_V6_MAP, SAMPLES_MAP,
+    SOURCE_OWNERS_V4_MAP, SOURCE_OWNERS_V6_MAP, SampleEvent, SamplerState, program,
 };
 use thiserror::Error;
 
@@ -171,6 +171,24 @@ impl Monitor {
         maps::summed_counters(&self.ebpf, ASYMMETRIC_FLOWS_MAP)
     }
 
+    /// Takes the ring buffer of sampled packets; call once.
+    pub fn take_samples(&mut self) -> Result<SampleReader, EbpfError> {
+        let map = self
+            .ebpf
+            .take_map(SAMPLES_MAP)
+            .ok_or_else(|| EbpfError::Other(format!("map {SAMPLES_MAP} missing or taken")))?;
+        let ring = aya::maps::RingBuf::try_from(map).map_err(|source| EbpfError::Map {
+            map: SAMPLES_MAP,
+            source,
+        })?;
+        Ok(SampleReader { ring })
+    }
+
+    /// Samples sent and held back by the kernel's rate limit, summed over CPUs.
+    pub fn sampler_totals(&self) -> Result<SamplerState, EbpfError> {
+        maps::sampler_totals(&self.ebpf)
+    }
+
     /// Detaches every program, then removes the clsact qdiscs routemon created (if
     /// nothing else uses them). Attempts every step and reports the first failure.
     pub async fn detach(mut self, netlink: &crate::model::dump::Netlink) -> Result<(), EbpfError> {
@@ -198,6 +216,26 @@ impl Monitor {
             attach::remove_clsact_if_unused(netlink, ifindex, &interface).await;
         }
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Reads sampled packets from the kernel's ring buffer.
+pub struct SampleReader {
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+}
+
+impl SampleReader {
+    /// Returns every sample waiting in the ring buffer.
+    pub fn drain(&mut self) -> Vec<SampleEvent> {
+        let mut out = Vec::new();
+        while let Some(item) = self.ring.next() {
+            if item.len() >= std::mem::size_of::<SampleEvent>() {
+                // SAFETY: the kernel wrote a SampleEvent (plain #[repr(C)] data, any bit
+                // pattern valid); read_unaligned copes with the ring's alignment.
+                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<SampleEvent>()) });
+            }
+        }
+        out
     }
 }
 
