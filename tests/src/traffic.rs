@@ -87,3 +87,81 @@ pub fn http_get(ns: &NetNs, addr: SocketAddr, timeout: std::time::Duration) -> R
         Ok(response.lines().next().unwrap_or_default().to_owned())
     })?
 }
+
+/// Echoes up to `count` UDP datagrams on `addr:port` inside `ns` (a service bound to
+/// one ENI's address replies from that address), on a background thread that ends
+/// after `count` datagrams or 10 s. Returns once the socket is bound.
+pub fn spawn_udp_echo(
+    ns: &NetNs,
+    addr: IpAddr,
+    port: u16,
+    count: usize,
+) -> Result<std::thread::JoinHandle<usize>> {
+    let path = ns.path();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || -> usize {
+        let bound = (|| -> Result<UdpSocket> {
+            let file = std::fs::File::open(&path)?;
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            let domain = if addr.is_ipv4() {
+                Domain::IPV4
+            } else {
+                Domain::IPV6
+            };
+            let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+            socket.bind(&SocketAddr::new(addr, port).into())?;
+            let socket: UdpSocket = socket.into();
+            socket.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+            Ok(socket)
+        })();
+        let socket = match bound {
+            Ok(socket) => {
+                let _ = ready_tx.send(Ok(()));
+                socket
+            }
+            Err(err) => {
+                let _ = ready_tx.send(Err(err));
+                return 0;
+            }
+        };
+        let mut echoed = 0;
+        let mut buf = [0u8; 2048];
+        while echoed < count {
+            let Ok((len, peer)) = socket.recv_from(&mut buf) else {
+                break;
+            };
+            if socket.send_to(&buf[..len], peer).is_ok() {
+                echoed += 1;
+            }
+        }
+        echoed
+    });
+    ready_rx.recv().context("echo thread")??;
+    Ok(handle)
+}
+
+/// Sends `count` ICMPv6 echo requests with identifier `id` from inside `ns` (the
+/// kernel fills in the checksum of raw ICMPv6 sockets).
+pub fn send_icmpv6_echo(
+    ns: &NetNs,
+    src: std::net::Ipv6Addr,
+    dst: std::net::Ipv6Addr,
+    id: u16,
+    count: u16,
+) -> Result<()> {
+    ns.run_in(move || -> Result<()> {
+        let socket = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))
+            .context("raw ICMPv6 socket")?;
+        socket
+            .bind(&SocketAddr::new(src.into(), 0).into())
+            .context("bind")?;
+        let target = SocketAddr::new(dst.into(), 0).into();
+        for seq in 0..count {
+            let [id_hi, id_lo] = id.to_be_bytes();
+            let [seq_hi, seq_lo] = seq.to_be_bytes();
+            let request = [128, 0, 0, 0, id_hi, id_lo, seq_hi, seq_lo, b'r', b'm'];
+            socket.send_to(&request, &target).context("sendto")?;
+        }
+        Ok(())
+    })?
+}

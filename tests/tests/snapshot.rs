@@ -278,3 +278,63 @@ fn source_rule_traffic_is_attributed_to_the_rules_table() {
         "sourced traffic leaving by its own ENI is not cross-ENI: {report:#}"
     );
 }
+
+/// A testbed whose IPv4 and IPv6 defaults both prefer ens5, and whose router sends
+/// from its internet addresses to ens6's addresses: every reply is asymmetric.
+#[test]
+fn asymmetric_udp_and_icmpv6_flows_in_both_families() {
+    use routemon_testbed::traffic::{send_icmpv6_echo, spawn_udp_echo};
+
+    require_root();
+    let mut ens6 = UplinkSpec::new("ens6", 1024);
+    ens6.metric6 = Some(1024);
+    let mut ens5 = UplinkSpec::new("ens5", 1000);
+    ens5.metric6 = Some(1000);
+    let bed = Testbed::new(&[ens5, ens6], true).unwrap();
+    let target = bed.uplink("ens6").clone();
+    let echo4 = spawn_udp_echo(&bed.node, target.addr4.into(), 9, 3).unwrap();
+    let echo6 = spawn_udp_echo(&bed.node, target.addr6.into(), 9, 4).unwrap();
+
+    let running = Running::start(&bed.node, &["snapshot", "--duration", "2s", "--json"]).unwrap();
+    // From the internet host, in by ens6 (the router's gw2 side).
+    let mut udp4 = burst(target.addr4, Some("gw2"), 3, 40);
+    udp4.src = Some(INTERNET_V4.into());
+    send_udp(&bed.router, &udp4).unwrap();
+    let mut udp6 = burst(target.addr6, Some("gw2"), 4, 40);
+    udp6.src = Some(INTERNET_V6.into());
+    send_udp(&bed.router, &udp6).unwrap();
+    send_icmpv6_echo(&bed.router, INTERNET_V6, target.addr6, 0x4242, 5).unwrap();
+    let report = running
+        .wait(Duration::from_secs(30))
+        .unwrap()
+        .success()
+        .json();
+    assert_eq!(echo4.join().unwrap(), 3);
+    assert_eq!(echo6.join().unwrap(), 4);
+
+    let flows: Vec<&Value> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "asymmetric_flow")
+        .collect();
+    let find = |protocol: &str, src: String| {
+        flows
+            .iter()
+            .find(|f| f["flow"]["protocol"] == protocol && f["flow"]["src"] == src.as_str())
+            .unwrap_or_else(|| panic!("no asymmetric {protocol} flow from {src}: {report:#}"))
+    };
+    let udp4 = find("udp", target.addr4.to_string());
+    assert_eq!(udp4["flow"]["src_port"], 9);
+    assert_eq!(udp4["flow"]["dst"], INTERNET_V4.to_string());
+    assert_eq!(udp4["packets"], 3);
+    let udp6 = find("udp", target.addr6.to_string());
+    assert_eq!(udp6["packets"], 4);
+    let icmp6 = find("icmpv6", target.addr6.to_string());
+    assert_eq!(icmp6["flow"]["src_port"], 0x4242, "the echo identifier");
+    assert_eq!(icmp6["packets"], 5);
+    for flow in [udp4, udp6, icmp6] {
+        assert_eq!(flow["ingress_interface"], "ens6");
+        assert_eq!(flow["egress_interface"], "ens5");
+    }
+}
