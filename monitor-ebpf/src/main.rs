@@ -103,6 +103,29 @@ static FLOW_INGRESS: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(MAX
 static ASYMMETRIC_FLOWS: LruPerCpuHashMap<AsymmetricKey, PacketCounters> =
     LruPerCpuHashMap::with_max_entries(MAX_ASYMMETRIC_FLOWS, 0);
 
+/// Adds one packet of `len` bytes to `key`'s per-CPU [`PacketCounters`] in `map`
+/// (a per-CPU hash, plain or LRU), creating them on this CPU's first packet (the
+/// other CPUs' copies start at zero). A full plain hash loses the count.
+macro_rules! add_packet {
+    ($map:expr, $key:expr, $len:expr) => {
+        match $map.get_ptr_mut($key) {
+            Some(counters) => {
+                // SAFETY: per-CPU value, as in count_ingress.
+                let counters = unsafe { &mut *counters };
+                counters.packets += 1;
+                counters.bytes += $len;
+            }
+            None => {
+                let first = PacketCounters {
+                    packets: 1,
+                    bytes: $len,
+                };
+                let _ = $map.insert($key, &first, 0);
+            }
+        }
+    };
+}
+
 const ETH_HLEN: usize = 14;
 const ETH_TYPE_OFFSET: usize = 12;
 const VLAN_HLEN: usize = 4;
@@ -208,43 +231,35 @@ fn count_egress(ctx: &TcContext, link_layer: LinkLayer) {
             addresses: Addresses::V4 { src, dst },
             flow,
         }) => {
-            if let Some(owner) = SOURCE_OWNERS_V4.get_ptr(src) {
-                // SAFETY: a valid pointer into the hash map's value.
-                count_cross_eni(ifindex, unsafe { *owner }, len, flow);
-            }
-            let slot = SOURCE_RULES_V4.get(Key::new(32, *src)).copied();
-            let lookup = |table_slot| {
-                let data = RouteKeyV4 {
-                    ifindex,
-                    table_slot,
-                    addr: *dst,
-                };
-                ROUTES_V4
-                    .get(Key::new(ROUTE_KEY_PREFIX_BITS + 32, data))
-                    .copied()
+            let tables = Tables {
+                owners: &SOURCE_OWNERS_V4,
+                rules: &SOURCE_RULES_V4,
+                routes: &ROUTES_V4,
+                addr_bits: 32,
             };
-            slot.and_then(lookup).or_else(|| lookup(MAIN_TABLE_SLOT))
+            let key = |table_slot| RouteKeyV4 {
+                ifindex,
+                table_slot,
+                addr: *dst,
+            };
+            tables.egress(ifindex, src, flow, len, key)
         }
         Some(Packet {
             addresses: Addresses::V6 { src, dst },
             flow,
         }) => {
-            if let Some(owner) = SOURCE_OWNERS_V6.get_ptr(src) {
-                // SAFETY: as above.
-                count_cross_eni(ifindex, unsafe { *owner }, len, flow);
-            }
-            let slot = SOURCE_RULES_V6.get(Key::new(128, *src)).copied();
-            let lookup = |table_slot| {
-                let data = RouteKeyV6 {
-                    ifindex,
-                    table_slot,
-                    addr: *dst,
-                };
-                ROUTES_V6
-                    .get(Key::new(ROUTE_KEY_PREFIX_BITS + 128, data))
-                    .copied()
+            let tables = Tables {
+                owners: &SOURCE_OWNERS_V6,
+                rules: &SOURCE_RULES_V6,
+                routes: &ROUTES_V6,
+                addr_bits: 128,
             };
-            slot.and_then(lookup).or_else(|| lookup(MAIN_TABLE_SLOT))
+            let key = |table_slot| RouteKeyV6 {
+                ifindex,
+                table_slot,
+                addr: *dst,
+            };
+            tables.egress(ifindex, src, flow, len, key)
         }
         None => None,
     };
@@ -271,6 +286,43 @@ fn count_egress(ctx: &TcContext, link_layer: LinkLayer) {
     }
 }
 
+/// The maps of one address family that egress consults.
+struct Tables<A: 'static, K: 'static> {
+    owners: &'static HashMap<A, u32>,
+    rules: &'static LpmTrie<A, u32>,
+    routes: &'static LpmTrie<K, RouteId>,
+    addr_bits: u32,
+}
+
+impl<A: Copy, K> Tables<A, K> {
+    /// Counts the packet if it is cross-ENI and returns its route: looked up in the
+    /// table slot its source selects, then in the main table's.
+    #[inline(always)]
+    fn egress(
+        &self,
+        ifindex: u32,
+        src: &A,
+        flow: &FlowKey,
+        len: u64,
+        key: impl Fn(u32) -> K,
+    ) -> Option<RouteId> {
+        if let Some(owner) = self.owners.get_ptr(src) {
+            // SAFETY: a valid pointer into the hash map's value.
+            count_cross_eni(ifindex, unsafe { *owner }, len, flow);
+        }
+        let slot = self.rules.get(Key::new(self.addr_bits, *src)).copied();
+        let lookup = |table_slot| {
+            self.routes
+                .get(Key::new(
+                    ROUTE_KEY_PREFIX_BITS + self.addr_bits,
+                    key(table_slot),
+                ))
+                .copied()
+        };
+        slot.and_then(lookup).or_else(|| lookup(MAIN_TABLE_SLOT))
+    }
+}
+
 /// Counts a packet that leaves by `egress` with a source address owned by `owner`,
 /// when those differ: the VPC's source/destination check drops such packets. A
 /// rate-limited sample of them goes to userspace with the 5-tuple.
@@ -290,23 +342,7 @@ fn count_cross_eni(egress: u32, owner: u32, len: u64, flow: &FlowKey) {
         egress_ifindex: egress,
         source_ifindex: owner,
     };
-    match CROSS_ENI.get_ptr_mut(&key) {
-        Some(counters) => {
-            // SAFETY: per-CPU value, as in count_ingress.
-            let counters = unsafe { &mut *counters };
-            counters.packets += 1;
-            counters.bytes += len;
-        }
-        None => {
-            // First packet of this pair on this CPU; the other CPUs' copies start at
-            // zero. A full map loses the count, which userspace sizes against.
-            let first = PacketCounters {
-                packets: 1,
-                bytes: len,
-            };
-            let _ = CROSS_ENI.insert(&key, &first, 0);
-        }
-    }
+    add_packet!(CROSS_ENI, &key, len);
 }
 
 /// Sends `event` to userspace unless this CPU's token bucket is empty or the ring
@@ -344,21 +380,7 @@ fn count_asymmetric(flow: FlowKey, ingress: u32, egress: u32, len: u64) {
         ingress_ifindex: ingress,
         egress_ifindex: egress,
     };
-    match ASYMMETRIC_FLOWS.get_ptr_mut(&key) {
-        Some(counters) => {
-            // SAFETY: per-CPU value, as in count_ingress.
-            let counters = unsafe { &mut *counters };
-            counters.packets += 1;
-            counters.bytes += len;
-        }
-        None => {
-            let first = PacketCounters {
-                packets: 1,
-                bytes: len,
-            };
-            let _ = ASYMMETRIC_FLOWS.insert(&key, &first, 0);
-        }
-    }
+    add_packet!(ASYMMETRIC_FLOWS, &key, len);
 }
 
 /// What the programs read from an IP packet.

@@ -23,7 +23,11 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
-use crate::{INTERNET_V4, cmd::run, daemon::Daemon, netns::NetNs};
+use crate::{
+    INTERNET_V4,
+    daemon::Daemon,
+    netns::{NetNs, veth_pair},
+};
 
 /// The client host's address (see [`EksNode::add_client`]).
 pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 100, 2);
@@ -129,27 +133,43 @@ impl EksNode {
         std::fs::write(&rules, ruleset)?;
         self.vpc
             .exec("nft", &["-f", rules.to_str().context("path")?])?;
-        let root = self.scratch().join("www");
+        let internet = self.vpc.name().to_owned();
+        self.serve_http(
+            &internet,
+            INTERNET_V4.into(),
+            80,
+            "hello from the internet\n",
+        )
+    }
+
+    /// Starts `python3 -m http.server` in namespace `ns` on `bind:port`, serving a
+    /// page with `body`; stopped with the testbed.
+    fn serve_http(
+        &mut self,
+        ns: &str,
+        bind: std::net::IpAddr,
+        port: u16,
+        body: &str,
+    ) -> Result<()> {
+        let root = self.scratch().join(format!("www-{ns}-{port}"));
         std::fs::create_dir_all(&root)?;
-        std::fs::write(root.join("index.html"), "hello from the internet\n")?;
-        let server = Daemon::spawn(
-            "http server",
-            "ip",
-            &[
-                "netns",
-                "exec",
-                self.vpc.name(),
-                "python3",
-                "-m",
-                "http.server",
-                "80",
-                "--bind",
-                &INTERNET_V4.to_string(),
-                "--directory",
-                root.to_str().context("path")?,
-            ],
-            None,
-        )?;
+        std::fs::write(root.join("index.html"), body)?;
+        let (port, bind) = (port.to_string(), bind.to_string());
+        let root = root.to_str().context("path")?.to_owned();
+        let args = [
+            "netns",
+            "exec",
+            ns,
+            "python3",
+            "-m",
+            "http.server",
+            &port,
+            "--bind",
+            &bind,
+        ];
+        let mut args = args.to_vec();
+        args.extend(["--directory", &root]);
+        let server = Daemon::spawn("http server", "ip", &args, None)?;
         self.servers.push(server);
         Ok(())
     }
@@ -216,23 +236,7 @@ impl EksNode {
             gateway: Ipv4Addr::new(10, 0, n, 1),
         };
         let vpc = &self.vpc;
-        run(
-            "ip",
-            &[
-                "link",
-                "add",
-                name,
-                "netns",
-                self.node.name(),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &eni.vpc_side,
-                "netns",
-                vpc.name(),
-            ],
-        )?;
+        veth_pair(&self.node, name, vpc, &eni.vpc_side)?;
         vpc.ip(&[
             "addr",
             "add",
@@ -342,23 +346,7 @@ impl EksNode {
     /// or a peer in another subnet) and returns its namespace.
     pub fn add_client(&mut self) -> Result<&NetNs> {
         let client = NetNs::new("c")?;
-        run(
-            "ip",
-            &[
-                "link",
-                "add",
-                "cl0",
-                "netns",
-                client.name(),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "cl",
-                "netns",
-                self.vpc.name(),
-            ],
-        )?;
+        veth_pair(&client, "cl0", &self.vpc, "cl")?;
         self.vpc
             .ip(&["addr", "add", &format!("{CLIENT_GATEWAY}/24"), "dev", "cl"])?;
         self.vpc.ip(&["link", "set", "cl", "up"])?;
@@ -378,29 +366,9 @@ impl EksNode {
     /// Starts an HTTP server inside the node on `0.0.0.0:port` (a pod or node
     /// service that a load balancer targets).
     pub fn serve_http_on_node(&mut self, port: u16) -> Result<()> {
-        let root = self.scratch().join("node-www");
-        std::fs::create_dir_all(&root)?;
-        std::fs::write(root.join("index.html"), "hello from the node\n")?;
-        let server = Daemon::spawn(
-            "node http server",
-            "ip",
-            &[
-                "netns",
-                "exec",
-                self.node.name(),
-                "python3",
-                "-m",
-                "http.server",
-                &port.to_string(),
-                "--bind",
-                "0.0.0.0",
-                "--directory",
-                root.to_str().context("path")?,
-            ],
-            None,
-        )?;
-        self.servers.push(server);
-        Ok(())
+        let node = self.node.name().to_owned();
+        let any = std::net::Ipv4Addr::UNSPECIFIED.into();
+        self.serve_http(&node, any, port, "hello from the node\n")
     }
 
     /// The ENI named `name`.

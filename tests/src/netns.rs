@@ -89,6 +89,25 @@ impl Drop for NetNs {
     }
 }
 
+/// Creates a veth pair with one end, `a`, in `ns_a` and the other, `b`, in `ns_b`.
+pub fn veth_pair(ns_a: &NetNs, a: &str, ns_b: &NetNs, b: &str) -> Result<()> {
+    let args = [
+        "link",
+        "add",
+        a,
+        "netns",
+        ns_a.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b,
+    ];
+    let mut args = args.to_vec();
+    args.extend(["netns", ns_b.name()]);
+    run("ip", &args).map(drop)
+}
+
 /// Deletes namespaces left by earlier runs whose process is gone (a test killed
 /// with SIGKILL cannot clean up after itself).
 pub fn cleanup_stale() {

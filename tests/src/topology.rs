@@ -150,23 +150,7 @@ impl Testbed {
             addr6: Ipv6Addr::new(0xfd00, u16::from(n), 0, 0, 0, 0, 0, 0x10),
             gw6: Ipv6Addr::new(0xfd00, u16::from(n), 0, 0, 0, 0, 0, 1),
         };
-        crate::cmd::run(
-            "ip",
-            &[
-                "link",
-                "add",
-                &spec.name,
-                "netns",
-                self.node.name(),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &router_side,
-                "netns",
-                self.router.name(),
-            ],
-        )?;
+        crate::netns::veth_pair(&self.node, &spec.name, &self.router, &router_side)?;
         let (router, node) = (&self.router, &self.node);
         router.ip(&[
             "addr",
