@@ -50,6 +50,14 @@ pub struct SnapshotInfo {
     pub interrupted: bool,
     /// `tcx` or `clsact`.
     pub attached_via: String,
+    /// Routes that appeared during the count. Egress is attributed with the routes
+    /// present at the start, so traffic they carried counts under the routes they
+    /// cover.
+    pub routes_added_during: usize,
+    /// Routes that disappeared during the count.
+    pub routes_removed_during: usize,
+    /// Interfaces that appeared during the count; this snapshot did not monitor them.
+    pub interfaces_added_during: Vec<String>,
 }
 
 /// The primary interface.

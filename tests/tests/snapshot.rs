@@ -197,6 +197,23 @@ fn an_interface_deleted_mid_snapshot_is_reported_gone_with_its_counts() {
         .unwrap()
         .since(at_start);
     bed.node.ip(&["link", "del", "ens6"]).unwrap();
+    // Meanwhile a route and an interface appear.
+    bed.node
+        .ip(&[
+            "route",
+            "add",
+            "10.9.0.0/16",
+            "via",
+            "10.0.1.1",
+            "dev",
+            "ens5",
+        ])
+        .unwrap();
+    bed.node
+        .ip(&[
+            "link", "add", "ens9", "type", "veth", "peer", "name", "peer9",
+        ])
+        .unwrap();
     send_udp(&bed.node, &burst(INTERNET_V4, Some("ens5"), 20, 100)).unwrap();
 
     let report = running
@@ -213,6 +230,16 @@ fn an_interface_deleted_mid_snapshot_is_reported_gone_with_its_counts() {
     assert_eq!(ens6["ingress_packets"], before_delete.rx_packets);
     assert_eq!(interface(&report, "ens5")["egress_packets"], 20);
     assert_eq!(interface(&report, "ens5")["state"], "up");
+    let snapshot = &report["snapshot"];
+    assert_eq!(snapshot["routes_added_during"], 1, "{snapshot:#}");
+    assert!(
+        snapshot["routes_removed_during"].as_u64().unwrap() >= 2,
+        "ens6's routes went"
+    );
+    assert_eq!(
+        snapshot["interfaces_added_during"],
+        serde_json::json!(["ens9", "peer9"])
+    );
     let left = kernel::routemon_programs_after(Duration::from_secs(5)).unwrap();
     assert!(left.is_empty(), "{left:?}");
 }

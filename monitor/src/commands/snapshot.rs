@@ -114,7 +114,7 @@ pub async fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
     ));
     findings.extend(crate::findings::asymmetric_flows(&found.model, &asymmetric));
     findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
-    let gone = vanished_interfaces(&netlink, &found).await;
+    let changes = changes_during_count(&netlink, &found).await;
 
     let mut report = Report::build(ReportInput {
         model: &found.model,
@@ -131,7 +131,7 @@ pub async fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
     for iface in report
         .interfaces
         .iter_mut()
-        .filter(|i| gone.contains(&i.ifindex))
+        .filter(|i| changes.gone.contains(&i.ifindex))
     {
         iface.state = "gone".to_owned();
     }
@@ -140,29 +140,69 @@ pub async fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
         duration_seconds: (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
         interrupted: interrupted.is_some(),
         attached_via: via,
+        routes_added_during: changes.routes_added,
+        routes_removed_during: changes.routes_removed,
+        interfaces_added_during: changes.interfaces_added,
     });
     print_report(&report, &args.selection);
     detached.context("detaching routemon's programs")?;
     Ok(())
 }
 
-/// Monitored interfaces that no longer exist (deleted, or their index reused by
-/// another device) after the count. Their counts up to the deletion are kept.
-async fn vanished_interfaces(netlink: &Netlink, found: &Investigation) -> Vec<u32> {
-    let now = match netlink.links().await {
-        Ok(links) => links,
+/// What changed in the network while routemon counted.
+#[derive(Default)]
+struct Changes {
+    /// Monitored interfaces that no longer exist (deleted, or their index reused by
+    /// another device). Their counts up to the deletion are kept.
+    gone: Vec<u32>,
+    /// Routes present at the end but not at the start (attributed as of the start).
+    routes_added: usize,
+    /// Routes present at the start but not at the end.
+    routes_removed: usize,
+    /// Interfaces that appeared during the count (not monitored by this snapshot).
+    interfaces_added: Vec<String>,
+}
+
+async fn changes_during_count(netlink: &Netlink, found: &Investigation) -> Changes {
+    let now = match netlink.dump().await {
+        Ok(model) => model,
         Err(err) => {
-            tracing::warn!("could not re-read the interfaces after counting: {err}");
-            return Vec::new();
+            tracing::warn!("could not re-read the network state after counting: {err}");
+            return Changes::default();
         }
     };
-    found
+    let gone = found
         .monitored
         .iter()
         .filter(|ifindex| {
             let before = found.model.links.get(ifindex).map(|l| &l.name);
-            now.get(ifindex).map(|l| &l.name) != before
+            now.links.get(ifindex).map(|l| &l.name) != before
         })
         .copied()
-        .collect()
+        .collect();
+    let identity = |r: &crate::model::Route| {
+        (
+            r.family,
+            r.table,
+            r.dst,
+            r.metric,
+            r.kind,
+            r.nexthops.clone(),
+        )
+    };
+    let before: std::collections::HashSet<_> = found.model.routes.iter().map(identity).collect();
+    let after: std::collections::HashSet<_> = now.routes.iter().map(identity).collect();
+    let mut interfaces_added: Vec<String> = now
+        .links
+        .values()
+        .filter(|l| !found.model.links.values().any(|b| b.name == l.name))
+        .map(|l| l.name.clone())
+        .collect();
+    interfaces_added.sort();
+    Changes {
+        gone,
+        routes_added: after.difference(&before).count(),
+        routes_removed: before.difference(&after).count(),
+        interfaces_added,
+    }
 }

@@ -143,7 +143,7 @@ pub struct Address {
 }
 
 /// One next hop of a route.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct NextHop {
     /// Gateway, if the next hop is not directly connected.
     pub gateway: Option<IpAddr>,
@@ -152,7 +152,7 @@ pub struct NextHop {
 }
 
 /// Route type (`RTN_*`), restricted to what matters for egress.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RouteKind {
     /// Ordinary route that forwards packets.

@@ -30,7 +30,7 @@ pub fn render(report: &Report, options: HumanOptions) -> String {
     if let Some(snapshot) = &report.snapshot {
         let _ = writeln!(
             out,
-            "Counted for {:.1}s{} via {}.\n",
+            "Counted for {:.1}s{} via {}.",
             snapshot.duration_seconds,
             if snapshot.interrupted {
                 " (interrupted)"
@@ -39,6 +39,22 @@ pub fn render(report: &Report, options: HumanOptions) -> String {
             },
             snapshot.attached_via
         );
+        if snapshot.routes_added_during + snapshot.routes_removed_during > 0 {
+            let _ = writeln!(
+                out,
+                "Routes changed during the count ({} added, {} removed): egress is attributed \
+                 with the routes present at the start.",
+                snapshot.routes_added_during, snapshot.routes_removed_during
+            );
+        }
+        if !snapshot.interfaces_added_during.is_empty() {
+            let _ = writeln!(
+                out,
+                "Interfaces that appeared during the count were not monitored: {}.",
+                snapshot.interfaces_added_during.join(", ")
+            );
+        }
+        out.push('\n');
     }
 
     let primary = report.primary.as_ref().map_or_else(
