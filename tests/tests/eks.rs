@@ -189,6 +189,10 @@ fn cross_eni_egress_matches_the_vpc_source_check_drops() {
         })
     };
     let (packets, bytes) = cross("ens5", "ens6");
+    eprintln!(
+        "cross-ENI ens5<-ens6: routemon {packets} packets / {bytes} bytes; VPC nft drops on gw1 {} packets / {} bytes",
+        vpc_ens5.0, vpc_ens5.1
+    );
     assert!(packets >= 2000, "the forced burst at least: {report:#}");
     assert_eq!(
         packets, vpc_ens5.0,

@@ -365,3 +365,33 @@ fn asymmetric_udp_and_icmpv6_flows_in_both_families() {
         assert_eq!(flow["egress_interface"], "ens5");
     }
 }
+
+#[test]
+fn a_secondary_ip_added_mid_snapshot_is_owned_at_once() {
+    require_root();
+    let bed = Testbed::ens5_ens6(1000, 1024).unwrap();
+    let running = Running::start(&bed.node, &["snapshot", "--duration", "2s", "--json"]).unwrap();
+    // The VPC CNI assigns a secondary IP to ens6 while routemon is counting...
+    bed.node
+        .ip(&["addr", "add", "10.0.2.77/24", "dev", "ens6"])
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // ...and traffic from it leaves by ens5.
+    let mut leak = burst(INTERNET_V4, Some("ens5"), 17, 64);
+    leak.src = Some("10.0.2.77".parse().unwrap());
+    send_udp(&bed.node, &leak).unwrap();
+    let report = running
+        .wait(Duration::from_secs(30))
+        .unwrap()
+        .success()
+        .json();
+    let cross = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["kind"] == "cross_eni_egress")
+        .unwrap_or_else(|| panic!("{report:#}"));
+    assert_eq!(cross["egress_interface"], "ens5");
+    assert_eq!(cross["source_interface"], "ens6");
+    assert_eq!(cross["packets"], 17);
+}

@@ -9,7 +9,10 @@ use crate::{
     attribution::AttributionPlan,
     cli::SnapshotArgs,
     ebpf::{AttachedVia, Monitor},
-    model::{Link, dump::Netlink},
+    model::{
+        Link,
+        dump::{AddressChange, AddressEvents, Netlink},
+    },
     preflight,
     report::{Measured, Report, ReportInput, SnapshotInfo},
     samples::SampleCollector,
@@ -30,6 +33,8 @@ pub async fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
     }
 
     let netlink = Netlink::connect()?;
+    // Subscribed before the dump, so no address change falls between the two.
+    let mut address_events = AddressEvents::subscribe()?;
     let found = Investigation::gather(&netlink, &args.selection).await?;
     let plan = AttributionPlan::build(&found.model, &found.monitored);
     let links: Vec<&Link> = found
@@ -84,6 +89,20 @@ pub async fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
             () = tokio::time::sleep_until(deadline) => break None,
             signal = shutdown.recv() => break Some(signal),
             _ = drain.tick() => samples.add(sample_reader.drain()),
+            Some(change) = address_events.next() => {
+                // Secondary IPs come and go (the VPC CNI assigns them to pods' ENIs):
+                // keep the cross-ENI owner map current.
+                let (addr, owner) = match change {
+                    AddressChange::Added(a) if found.monitored.contains(&a.ifindex) => {
+                        (a.addr.addr(), Some(a.ifindex))
+                    }
+                    AddressChange::Removed(a) => (a.addr.addr(), None),
+                    AddressChange::Added(_) => continue,
+                };
+                if let Err(err) = monitor.set_source_owner(addr, owner) {
+                    tracing::warn!("could not update the owner of {addr}: {err}");
+                }
+            }
         }
     };
     samples.add(sample_reader.drain());

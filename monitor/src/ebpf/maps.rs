@@ -133,26 +133,39 @@ pub fn register_source_owners(
     ebpf: &mut Ebpf,
     owners: &[(std::net::IpAddr, u32)],
 ) -> Result<(), EbpfError> {
+    owners
+        .iter()
+        .try_for_each(|(addr, ifindex)| set_source_owner(ebpf, *addr, Some(*ifindex)))
+}
+
+/// Records (`Some(ifindex)`) or forgets (`None`) the owner of one address.
+pub fn set_source_owner(
+    ebpf: &mut Ebpf,
+    addr: std::net::IpAddr,
+    owner: Option<u32>,
+) -> Result<(), EbpfError> {
     use std::net::IpAddr;
-    let mut v4: HashMap<&mut MapData, [u8; 4], u32> =
-        HashMap::try_from(map_mut(ebpf, SOURCE_OWNERS_V4_MAP)?)
-            .map_err(map_error(SOURCE_OWNERS_V4_MAP))?;
-    for (addr, ifindex) in owners {
-        if let IpAddr::V4(addr) = addr {
-            v4.insert(addr.octets(), ifindex, 0)
-                .map_err(map_error(SOURCE_OWNERS_V4_MAP))?;
+    fn apply<K: aya::Pod>(
+        ebpf: &mut Ebpf,
+        name: &'static str,
+        key: K,
+        owner: Option<u32>,
+    ) -> Result<(), EbpfError> {
+        let mut map: HashMap<&mut MapData, K, u32> =
+            HashMap::try_from(map_mut(ebpf, name)?).map_err(map_error(name))?;
+        match owner {
+            Some(ifindex) => map.insert(key, ifindex, 0).map_err(map_error(name)),
+            // Removing an address routemon never recorded is not an error.
+            None => match map.remove(&key) {
+                Err(aya::maps::MapError::KeyNotFound) | Ok(()) => Ok(()),
+                Err(err) => Err(map_error(name)(err)),
+            },
         }
     }
-    let mut v6: HashMap<&mut MapData, [u8; 16], u32> =
-        HashMap::try_from(map_mut(ebpf, SOURCE_OWNERS_V6_MAP)?)
-            .map_err(map_error(SOURCE_OWNERS_V6_MAP))?;
-    for (addr, ifindex) in owners {
-        if let IpAddr::V6(addr) = addr {
-            v6.insert(addr.octets(), ifindex, 0)
-                .map_err(map_error(SOURCE_OWNERS_V6_MAP))?;
-        }
+    match addr {
+        IpAddr::V4(v4) => apply(ebpf, SOURCE_OWNERS_V4_MAP, v4.octets(), owner),
+        IpAddr::V6(v6) => apply(ebpf, SOURCE_OWNERS_V6_MAP, v6.octets(), owner),
     }
-    Ok(())
 }
 
 /// Reads a per-CPU hash of packet counters (plain or LRU), summed over CPUs.

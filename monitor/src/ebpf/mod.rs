@@ -160,6 +160,12 @@ impl Monitor {
         maps::route_counters(&self.ebpf, count)
     }
 
+    /// Keeps the address → owner map current: `Some(ifindex)` when an address is
+    /// added to a monitored interface, `None` when it is removed.
+    pub fn set_source_owner(&mut self, addr: IpAddr, owner: Option<u32>) -> Result<(), EbpfError> {
+        maps::set_source_owner(&mut self.ebpf, addr, owner)
+    }
+
     /// Cross-ENI egress counters, summed over CPUs.
     pub fn cross_eni_counters(&self) -> Result<BTreeMap<CrossEniKey, PacketCounters>, EbpfError> {
         maps::summed_counters(&self.ebpf, CROSS_ENI_MAP)

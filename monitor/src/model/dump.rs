@@ -3,11 +3,12 @@
 use std::collections::BTreeMap;
 
 use futures::TryStreamExt as _;
+use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::{AddressFamily, route::RouteMessage};
-use rtnetlink::{Handle, IpVersion, new_connection};
+use rtnetlink::{Handle, IpVersion, MulticastGroup, new_connection, new_multicast_connection};
 use thiserror::Error;
 
-use super::{Link, NetworkModel, convert};
+use super::{Address, Link, NetworkModel, convert};
 
 /// Failure to read the network state from the kernel.
 #[derive(Debug, Error)]
@@ -92,6 +93,57 @@ impl Netlink {
         }
         model.rp_filter = super::sysctl::rp_filter(model.links.values());
         Ok(model)
+    }
+}
+
+/// A change to an interface address, announced by the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AddressChange {
+    /// An address was added.
+    Added(Address),
+    /// An address was removed.
+    Removed(Address),
+}
+
+/// Kernel notifications of address changes (`RTNLGRP_IPV4_IFADDR`, `…IPV6_IFADDR`).
+pub struct AddressEvents {
+    messages: futures::channel::mpsc::UnboundedReceiver<(
+        netlink_packet_core::NetlinkMessage<RouteNetlinkMessage>,
+        netlink_sys::SocketAddr,
+    )>,
+}
+
+impl AddressEvents {
+    /// Subscribes; notifications queue up from this moment on.
+    pub fn subscribe() -> Result<Self, DumpError> {
+        let (connection, _, messages) =
+            new_multicast_connection(&[MulticastGroup::Ipv4Ifaddr, MulticastGroup::Ipv6Ifaddr])
+                .map_err(DumpError::Socket)?;
+        tokio::spawn(connection);
+        Ok(Self { messages })
+    }
+
+    /// The next address change; `None` when the subscription ended.
+    pub async fn next(&mut self) -> Option<AddressChange> {
+        use futures::StreamExt as _;
+        loop {
+            let (message, _) = self.messages.next().await?;
+            if let netlink_packet_core::NetlinkPayload::InnerMessage(inner) = message.payload {
+                match inner {
+                    RouteNetlinkMessage::NewAddress(msg) => {
+                        if let Some(addr) = convert::address(&msg) {
+                            return Some(AddressChange::Added(addr));
+                        }
+                    }
+                    RouteNetlinkMessage::DelAddress(msg) => {
+                        if let Some(addr) = convert::address(&msg) {
+                            return Some(AddressChange::Removed(addr));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
     }
 }
 
