@@ -42,8 +42,9 @@ pub enum Command {
     /// from netlink only.
     #[command(
         long_about = "Show the monitored interfaces, every default route with its metric and \
-whether the kernel uses it, the other routes of the monitored interfaces, and the findings \
-(equal-metric default routes, primary interface not preferred). Reads netlink only: no eBPF, \
+whether the kernel uses it, the other routes of the monitored interfaces, the policy rules, \
+and the findings (equal-metric default routes, primary interface not preferred, strict \
+rp_filter on a secondary uplink). Reads netlink only: no eBPF, \
 no privileges needed."
     )]
     Routes(RoutesArgs),
@@ -56,9 +57,13 @@ interface and per route next to the routing state and findings. Ctrl-C or SIGTER
 count early and still prints the report. Nothing stays attached after routemon exits: TCX \
 links are closed by the kernel even if routemon is killed, and clsact filters are removed \
 on every orderly exit.\n\nEach egress packet is attributed to the most specific route for \
-its destination among the routes that leave by its egress interface, else to that \
-interface's default route. Egress that no such route matches (ARP, policy-routed traffic) \
-is counted as unrouted on the interface."
+its destination among the routes that leave by its egress interface (in the table a \
+`from <prefix> lookup <table>` rule selects for its source, else the main table), else to \
+that interface's default route. Egress that no such route matches (ARP, other traffic) is \
+counted as unrouted on the interface.\n\nBeyond the routing findings, a snapshot reports \
+cross_eni_egress (packets leaving by one interface with another interface's source \
+address, which the VPC's source/destination check drops; with sampled 5-tuples) and \
+asymmetric_flow (flows that arrived on one interface and left by another)."
     )]
     Snapshot(SnapshotArgs),
 }
