@@ -204,11 +204,11 @@ fn count_ingress(ctx: &TcContext, link_layer: LinkLayer) {
     if let Some(packet) = parse(ctx, link_layer) {
         let reply = packet.flow.reversed();
         let known = FLOW_INGRESS
-            .get_ptr(&reply)
+            .get_ptr(reply)
             // SAFETY: a valid pointer into the map's value.
             .is_some_and(|seen| unsafe { *seen } == ifindex);
         if !known {
-            let _ = FLOW_INGRESS.insert(&reply, &ifindex, 0);
+            let _ = FLOW_INGRESS.insert(reply, ifindex, 0);
         }
     }
 }
@@ -263,13 +263,13 @@ fn count_egress(ctx: &TcContext, link_layer: LinkLayer) {
         }
         None => None,
     };
-    if let Some(packet) = &packet {
-        if let Some(arrived_on) = FLOW_INGRESS.get_ptr(&packet.flow) {
-            // SAFETY: a valid pointer into the map's value.
-            let arrived_on = unsafe { *arrived_on };
-            if arrived_on != ifindex {
-                count_asymmetric(packet.flow, arrived_on, ifindex, len);
-            }
+    if let Some(packet) = &packet
+        && let Some(arrived_on) = FLOW_INGRESS.get_ptr(packet.flow)
+    {
+        // SAFETY: a valid pointer into the map's value.
+        let arrived_on = unsafe { *arrived_on };
+        if arrived_on != ifindex {
+            count_asymmetric(packet.flow, arrived_on, ifindex, len);
         }
     }
     match route.and_then(|id| ROUTE_COUNTERS.get_ptr_mut(id)) {

@@ -69,7 +69,7 @@ fn main() -> ExitCode {
 fn build() -> Result<()> {
     // --quiet: aya-build relays every line of the nested eBPF build as a warning.
     println!("xtask: building routemon and its eBPF programs (release)");
-    util::cargo(&["build", "--release", "--quiet"], &[])
+    util::cargo(&["build", "--release", "--quiet"])
 }
 
 fn run(args: &[String]) -> Result<()> {
@@ -110,16 +110,29 @@ fn test(filter: Option<&str>) -> Result<()> {
 }
 
 fn lint() -> Result<()> {
-    util::cargo(&["fmt", "--all", "--check"], &[])?;
-    util::cargo(
-        &[
-            "clippy",
-            "--release",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ],
-        &[],
+    util::cargo(&["fmt", "--all", "--check"])?;
+    util::cargo(&[
+        "clippy",
+        "--release",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    // The eBPF crate is not a default member; lint it for its own target.
+    util::run(
+        std::process::Command::new("rustup")
+            .args([
+                "run",
+                "nightly",
+                "cargo",
+                "clippy",
+                "--release",
+                "-p",
+                "monitor-ebpf",
+            ])
+            .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+            .args(["--", "-D", "warnings"])
+            .current_dir(util::workspace_root()),
     )
 }

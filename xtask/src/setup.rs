@@ -145,9 +145,8 @@ fn bpf_linker() -> Result<()> {
         std::os::unix::fs::symlink(lib_dir.join(&lib), &link)
             .with_context(|| format!("linking {}", link.display()))?;
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     run_cmd(
-        Command::new(cargo)
+        crate::util::cargo_command(&[], &[])
             .args([
                 "install",
                 "bpf-linker",

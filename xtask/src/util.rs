@@ -39,28 +39,26 @@ pub fn output(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-/// Runs `cargo <args>` in the workspace root with extra environment variables.
-pub fn cargo(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
+/// Runs `cargo <args>` in the workspace root.
+pub fn cargo(args: &[&str]) -> Result<()> {
+    run(&mut cargo_command(args, &[]))
+}
+
+/// `cargo <args>` (the cargo running xtask) in the workspace root, with `env` set.
+pub fn cargo_command(args: &[&str], env: &[(&str, &str)]) -> Command {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut cmd = Command::new(cargo);
-    cmd.args(args).current_dir(workspace_root());
-    for (key, value) in env {
-        cmd.env(key, value);
-    }
-    run(&mut cmd)
+    cmd.args(args)
+        .current_dir(workspace_root())
+        .envs(env.iter().copied());
+    cmd
 }
 
 /// Runs `cargo test …` like [`cargo`], echoing its output, and returns the
 /// (passed, failed) totals of its `test result:` lines. Fails if cargo fails.
 pub fn cargo_test(args: &[&str], env: &[(&str, &str)]) -> Result<(u64, u64)> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let mut cmd = Command::new(cargo);
-    cmd.args(args)
-        .current_dir(workspace_root())
-        .stdout(Stdio::piped());
-    for (key, value) in env {
-        cmd.env(key, value);
-    }
+    let mut cmd = cargo_command(args, env);
+    cmd.stdout(Stdio::piped());
     let mut child = cmd.spawn().with_context(|| format!("running {cmd:?}"))?;
     let stdout = child.stdout.take().context("cargo test stdout")?;
     let (mut passed, mut failed) = (0, 0);

@@ -211,10 +211,16 @@ async fn changes_during_count(netlink: &Netlink, found: &Investigation) -> Chang
     };
     let before: std::collections::HashSet<_> = found.model.routes.iter().map(identity).collect();
     let after: std::collections::HashSet<_> = now.routes.iter().map(identity).collect();
+    let names_before: std::collections::HashSet<&str> = found
+        .model
+        .links
+        .values()
+        .map(|l| l.name.as_str())
+        .collect();
     let mut interfaces_added: Vec<String> = now
         .links
         .values()
-        .filter(|l| !found.model.links.values().any(|b| b.name == l.name))
+        .filter(|l| !names_before.contains(l.name.as_str()))
         .map(|l| l.name.clone())
         .collect();
     interfaces_added.sort();
