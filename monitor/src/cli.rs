@@ -1,10 +1,17 @@
 //! Command-line interface.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{ebpf::AttachMode, selection::InterfacePattern};
+use crate::{
+    ebpf::AttachMode,
+    pin::{
+        networkd::UnmanageMatch,
+        plan::{DeviceNumber, SEED_DEFAULT_METRIC, Scheme},
+    },
+    selection::InterfacePattern,
+};
 
 /// routemon: see and fix equal-metric default routes and cross-ENI egress on
 /// multi-ENI Linux nodes (EKS on Amazon Linux 2023 with Cilium, and friends).
@@ -13,7 +20,10 @@ use crate::{ebpf::AttachMode, selection::InterfacePattern};
 #[command(
     after_long_help = "Examples:\n  routemon routes                      # the routing state and findings\n  \
 routemon routes --json | jq .findings\n  sudo routemon snapshot -d 30s        # where egress goes, per interface and route\n  \
-sudo routemon snapshot -i 'ens*' --primary ens5 --json"
+sudo routemon snapshot -i 'ens*' --primary ens5 --json\n  \
+routemon pin --persist networkd             # the plan to fix an equal-metric tie\n  \
+sudo routemon pin --persist networkd --apply\n  \
+sudo routemon unpin --apply"
 )]
 #[command(
     long_about = "routemon shows which default route and which interface a node's egress really \
@@ -66,6 +76,140 @@ address, which the VPC's source/destination check drops; with sampled 5-tuples) 
 asymmetric_flow (flows that arrived on one interface and left by another)."
     )]
     Snapshot(SnapshotArgs),
+    /// Give the primary interface the only best default route: live, without a gap,
+    /// and persisted as systemd-networkd configuration (dry run unless --apply).
+    #[command(long_about = PIN_ABOUT)]
+    Pin(PinArgs),
+    /// Undo `routemon pin`: restore the previous routes and files from the saved
+    /// state (dry run unless --apply).
+    #[command(
+        long_about = "Restore what `routemon pin --apply` changed, from the state it saved: the default routes as they were (each original route is re-added and read back before the \
+pinned one is deleted) and every networkd file it wrote (restored from its backup, or removed \
+if the pin created it). Without --apply, prints what it would do and changes nothing."
+    )]
+    Unpin(UnpinArgs),
+}
+
+const PIN_ABOUT: &str = "Pin the primary interface's default-route metric so that exactly one \
+default route is the best, the fix for systemd-networkd's equal metric 1024 on every ENI.\n\n\
+Without --apply this is a dry run: it prints the plan (live route changes per family, before \
+→ after, and the networkd files as a diff) and changes nothing.\n\n\
+Live change: each new route (same gateway, source, protocol, flags and metrics; only the \
+metric differs) is added and read back from netlink before the old one is deleted and read \
+back as gone; on any failure every change is rolled back to the exact previous routes. The \
+node is never without its default routes.\n\n\
+Schemes: `seed` gives the primary --metric (default 1000, 1-1023) and leaves the others at \
+networkd's 1024; `ec2` gives every ENI 512 + 100 × network card + device number (device \
+numbers in interface-index order unless --device says otherwise), as amazon-ec2-net-utils \
+does. A plan that would tie two best default routes, or not make the primary preferred, is \
+refused.\n\n\
+--persist networkd writes 05-<primary>.network (a copy of the settings of the file that \
+configures the primary now, with [DHCPv4] RouteMetric= and [IPv6AcceptRA] RouteMetric=, and \
+KeepConfiguration=dhcp-on-stop so that networkd restarts keep the routes) atomically, backing \
+up whatever it replaces into --state-dir; it refuses to overwrite files it did not write or \
+to write a file another would shadow. networkd picks the file up at its next restart; \
+--reload asks it now (`networkctl reload`) and waits until the routes agree. Note that \
+systemd-networkd re-acquires the DHCP lease of a link whose .network file changes, which \
+briefly removes that link's address and routes; that is why --reload is not the default.\n\n\
+`routemon unpin --apply` restores the previous routes and files. Exit status: 0 done or \
+nothing to do, 1 failure (rolled back), 2 refused plan or bad input (nothing changed), 77 \
+missing privileges.";
+
+/// Where `pin` keeps what `unpin` restores.
+#[derive(Debug, Args)]
+pub struct StateArgs {
+    /// Directory for the pin state and the backups of replaced files.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/routemon")]
+    pub state_dir: PathBuf,
+}
+
+/// What `--persist` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Persist {
+    /// systemd-networkd `.network` files.
+    Networkd,
+}
+
+/// `routemon pin`.
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    /// The primary interface. Default: the ENI-named interface (ens*, enp*, eth*)
+    /// with the lowest interface index.
+    #[arg(long, value_name = "IF")]
+    pub primary: Option<String>,
+
+    /// Seed scheme: the primary's metric (1-1023, below networkd's default 1024).
+    #[arg(long, default_value_t = SEED_DEFAULT_METRIC, value_parser = clap::value_parser!(u32).range(1..))]
+    pub metric: u32,
+
+    /// How metrics are chosen: seed (primary gets --metric) or ec2
+    /// (512 + 100 × card + device for every ENI).
+    #[arg(long, value_enum, default_value_t = Scheme::Seed)]
+    pub scheme: Scheme,
+
+    /// ec2 scheme: an ENI's device number and optionally its network card
+    /// (IF=DEVICE or IF=DEVICE@CARD). Repeatable.
+    #[arg(long = "device", value_name = "IF=DEVICE[@CARD]")]
+    pub devices: Vec<DeviceNumber>,
+
+    /// ENIs for the ec2 scheme and --unmanage-others (shell globs). Default: the
+    /// interfaces named ens*, enp*, eth*.
+    #[arg(short, long = "interface", value_name = "PATTERN")]
+    pub interfaces: Vec<InterfacePattern>,
+
+    /// Persist the pin as configuration.
+    #[arg(long, value_enum)]
+    pub persist: Option<Persist>,
+
+    /// Where networkd files are written.
+    #[arg(long, value_name = "DIR", default_value = "/etc/systemd/network")]
+    pub networkd_dir: PathBuf,
+
+    /// Also write a file that sets `[Link] Unmanaged=yes` for the other ENIs (listed
+    /// by exact name or MAC, never by pattern), for interfaces Cilium owns.
+    #[arg(long, requires = "persist")]
+    pub unmanage_others: bool,
+
+    /// How --unmanage-others matches the interfaces.
+    #[arg(long, value_enum, default_value_t = UnmanageMatch::Name, requires = "unmanage_others")]
+    pub unmanage_match: UnmanageMatch,
+
+    /// Carry the plan out (default: print it and change nothing).
+    #[arg(long)]
+    pub apply: bool,
+
+    /// After writing files, make networkd reload them and wait until its routes
+    /// agree with the pin.
+    #[arg(long, requires_all = ["persist", "apply"])]
+    pub reload: bool,
+
+    /// Where the state for `unpin` is kept.
+    #[command(flatten)]
+    pub state: StateArgs,
+
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `routemon unpin`.
+#[derive(Debug, Args)]
+pub struct UnpinArgs {
+    /// Carry it out (default: print what would be restored).
+    #[arg(long)]
+    pub apply: bool,
+
+    /// After restoring files, make networkd reload them.
+    #[arg(long, requires = "apply")]
+    pub reload: bool,
+
+    /// Where the pin state is.
+    #[command(flatten)]
+    pub state: StateArgs,
+
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options shared by `routes` and `snapshot`.

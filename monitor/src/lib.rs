@@ -13,6 +13,7 @@ pub mod ebpf;
 pub mod findings;
 pub mod model;
 pub mod output;
+pub mod pin;
 pub mod preference;
 pub mod preflight;
 pub mod report;

@@ -7,6 +7,7 @@ use clap::Parser as _;
 use routemon::{
     cli::{Cli, Command},
     commands,
+    pin::PinError,
     preflight::PreflightError,
     selection::SelectionError,
 };
@@ -32,7 +33,7 @@ fn init_logging(verbose: u8) {
 }
 
 fn exit_code(err: &anyhow::Error) -> u8 {
-    if err.downcast_ref::<SelectionError>().is_some() {
+    if err.downcast_ref::<SelectionError>().is_some() || err.downcast_ref::<PinError>().is_some() {
         EXIT_USAGE
     } else if err.downcast_ref::<PreflightError>().is_some() {
         EXIT_NOPERM
@@ -58,6 +59,8 @@ fn main() -> ExitCode {
         match &cli.command {
             Command::Routes(args) => commands::routes::run(args).await,
             Command::Snapshot(args) => commands::snapshot::run(args).await,
+            Command::Pin(args) => commands::pin::run_pin(args).await,
+            Command::Unpin(args) => commands::pin::run_unpin(args).await,
         }
     });
     match result {

@@ -17,13 +17,14 @@ const CAP_BPF: u32 = 39;
 pub enum PreflightError {
     /// The process lacks capabilities.
     #[error(
-        "routemon {command} loads eBPF programs and needs {missing} (effective capabilities \
-         {have:#x}); run it as root, e.g. `sudo routemon {command} …`, or grant \
-         CAP_BPF and CAP_NET_ADMIN"
+        "routemon {command} {purpose} and needs {missing} (effective capabilities \
+         {have:#x}); run it as root, e.g. `sudo routemon {command} …`, or grant {missing}"
     )]
     MissingCapabilities {
         /// The subcommand.
         command: &'static str,
+        /// What the subcommand does that needs them.
+        purpose: &'static str,
         /// Names of the missing capabilities.
         missing: String,
         /// The effective capability mask.
@@ -57,16 +58,45 @@ pub fn missing_capabilities(caps: u64) -> Vec<&'static str> {
 
 /// Fails unless this process may load and attach TC programs.
 pub fn require_ebpf_privileges(command: &'static str) -> Result<(), PreflightError> {
+    let have = effective_caps()?;
+    check(
+        command,
+        "loads eBPF programs",
+        have,
+        missing_capabilities(have),
+    )
+}
+
+/// Fails unless this process may change routes (`CAP_NET_ADMIN`).
+pub fn require_route_privileges(command: &'static str) -> Result<(), PreflightError> {
+    let have = effective_caps()?;
+    let missing = if have & (1u64 << CAP_NET_ADMIN) == 0 {
+        vec!["CAP_NET_ADMIN"]
+    } else {
+        Vec::new()
+    };
+    check(command, "changes routes", have, missing)
+}
+
+fn effective_caps() -> Result<u64, PreflightError> {
     let status = fs::read_to_string("/proc/self/status")
         .map_err(|err| PreflightError::Unreadable(err.to_string()))?;
-    let have = parse_effective_caps(&status)
-        .ok_or_else(|| PreflightError::Unreadable("no CapEff line".to_owned()))?;
-    let missing = missing_capabilities(have);
+    parse_effective_caps(&status)
+        .ok_or_else(|| PreflightError::Unreadable("no CapEff line".to_owned()))
+}
+
+fn check(
+    command: &'static str,
+    purpose: &'static str,
+    have: u64,
+    missing: Vec<&'static str>,
+) -> Result<(), PreflightError> {
     if missing.is_empty() {
         Ok(())
     } else {
         Err(PreflightError::MissingCapabilities {
             command,
+            purpose,
             missing: missing.join(" and "),
             have,
         })

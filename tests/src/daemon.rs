@@ -56,6 +56,11 @@ impl Daemon {
         Ok(daemon)
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Stops the process: SIGTERM, up to 3 s, then SIGKILL.
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {

@@ -70,6 +70,8 @@ pub struct EksNode {
     servers: Vec<Daemon>,
     dhcp: Vec<Daemon>,
     networkd: Option<Daemon>,
+    dbus: Option<Daemon>,
+    mount_ns: Option<Daemon>,
     dir: ScratchDir,
     /// The node namespace.
     pub node: NetNs,
@@ -99,6 +101,8 @@ impl EksNode {
             servers: Vec::new(),
             dhcp: Vec::new(),
             networkd: None,
+            dbus: None,
+            mount_ns: None,
             dir: ScratchDir(dir),
             node,
             vpc,
@@ -111,6 +115,7 @@ impl EksNode {
         for (name, content) in files {
             eks.write_network_file(name, content)?;
         }
+        eks.start_mount_ns()?;
         eks.start_networkd()?;
         eks.attach_eni(primary)?;
         Ok(eks)
@@ -181,22 +186,24 @@ impl EksNode {
             .with_context(|| format!("writing {name}"))
     }
 
-    fn start_networkd(&mut self) -> Result<()> {
+    /// Starts the node's private mount namespace, held open by a sleeping process:
+    /// its own `/etc/systemd/network` (the scratch directory), `/run/systemd` and
+    /// `/run/dbus`, and a read-only `/sys` (networkd then does not wait for udev).
+    /// A system D-Bus runs in it, so that `networkctl` works as on a real node.
+    fn start_mount_ns(&mut self) -> Result<()> {
         let network = self.scratch().join("network");
-        // A private mount namespace gives networkd its own /etc/systemd/network and
-        // /run/systemd; a read-only /sys makes it skip waiting for udev.
         let script = format!(
             "mount --bind {} /etc/systemd/network && \
              mount -t tmpfs tmpfs /run/systemd && \
+             mkdir -p /run/dbus && mount -t tmpfs tmpfs /run/dbus && \
              mkdir -p /run/systemd/netif && \
              chown systemd-network:systemd-network /run/systemd/netif && \
              mount -o remount,ro /sys && \
-             exec {NETWORKD}",
+             exec sleep infinity",
             network.display()
         );
-        let log = self.scratch().join("networkd.log");
-        let daemon = Daemon::spawn(
-            "systemd-networkd",
+        let holder = Daemon::spawn(
+            "node mount namespace",
             "ip",
             &[
                 "netns",
@@ -210,18 +217,81 @@ impl EksNode {
                 "-c",
                 &script,
             ],
-            Some(&log),
+            None,
         )?;
-        self.networkd = Some(daemon);
+        let pid = holder.pid().context("holder pid")?;
+        self.mount_ns = Some(holder);
+        // The mounts are in place once /run/systemd/netif exists in there.
+        let netif = PathBuf::from(format!("/proc/{pid}/root/run/systemd/netif"));
+        wait_until(
+            Duration::from_secs(10),
+            "the node's mount namespace",
+            || netif.exists(),
+        )?;
+        let launcher = self.launcher();
+        let mut args: Vec<&str> = launcher[1..].iter().map(String::as_str).collect();
+        args.extend(["dbus-daemon", "--system", "--nofork", "--nopidfile"]);
+        self.dbus = Some(Daemon::spawn("dbus-daemon", "nsenter", &args, None)?);
+        let socket = PathBuf::from(format!("/proc/{pid}/root/run/dbus/system_bus_socket"));
+        wait_until(Duration::from_secs(10), "the node's D-Bus socket", || {
+            socket.exists()
+        })
+    }
+
+    /// The command prefix that runs a program inside the node: its network and
+    /// mount namespaces (`nsenter -t PID -m -n`).
+    pub fn launcher(&self) -> Vec<String> {
+        let pid = self
+            .mount_ns
+            .as_ref()
+            .and_then(Daemon::pid)
+            .expect("the node's mount namespace runs");
+        ["nsenter", "-t", &pid.to_string(), "-m", "-n"]
+            .map(str::to_owned)
+            .to_vec()
+    }
+
+    /// Runs a program inside the node (network and mount namespace) and returns
+    /// its stdout; fails with its stderr if it fails.
+    pub fn node_exec(&self, program: &str, args: &[&str]) -> Result<String> {
+        let launcher = self.launcher();
+        let mut all: Vec<&str> = launcher[1..].iter().map(String::as_str).collect();
+        all.push(program);
+        all.extend_from_slice(args);
+        crate::cmd::run("nsenter", &all)
+    }
+
+    /// The node's `/etc/systemd/network`, seen from outside.
+    pub fn network_dir(&self) -> PathBuf {
+        self.scratch().join("network")
+    }
+
+    fn start_networkd(&mut self) -> Result<()> {
+        let log = self.scratch().join("networkd.log");
+        let launcher = self.launcher();
+        let mut args: Vec<&str> = launcher[1..].iter().map(String::as_str).collect();
+        args.push(NETWORKD);
+        self.networkd = Some(Daemon::spawn(
+            "systemd-networkd",
+            "nsenter",
+            &args,
+            Some(&log),
+        )?);
         Ok(())
     }
 
-    /// Restarts networkd, as `systemctl restart systemd-networkd` does.
+    /// Restarts networkd, as `systemctl restart systemd-networkd` does (`/run`
+    /// survives, as on a real node).
     pub fn restart_networkd(&mut self) -> Result<()> {
         if let Some(mut networkd) = self.networkd.take() {
             networkd.stop();
         }
         self.start_networkd()
+    }
+
+    /// The networkd log so far.
+    pub fn networkd_log(&self) -> String {
+        std::fs::read_to_string(self.scratch().join("networkd.log")).unwrap_or_default()
     }
 
     /// Attaches an ENI named `name` (hot plug): a veth to the VPC router, a new
@@ -331,8 +401,7 @@ impl EksNode {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                let log = std::fs::read_to_string(self.scratch().join("networkd.log"))
-                    .unwrap_or_default();
+                let log = self.networkd_log();
                 bail!(
                     "no DHCP default route via {} after {timeout:?}; networkd log:\n{log}",
                     eni.name
@@ -378,4 +447,16 @@ impl EksNode {
             .find(|e| e.name == name)
             .unwrap_or_else(|| panic!("no ENI {name}"))
     }
+}
+
+/// Polls `done` every 50 ms until it holds, failing after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }

@@ -161,3 +161,46 @@ pub fn bpftool_net_routemon(ns: &NetNs) -> Result<usize> {
     }
     Ok(count)
 }
+
+/// Records `ip monitor route` of a namespace until stopped: the kernel's own
+/// sequence of route additions and deletions.
+pub struct RouteMonitor {
+    child: Option<std::process::Child>,
+}
+
+impl RouteMonitor {
+    /// Starts recording.
+    pub fn start(ns: &NetNs) -> Result<Self> {
+        let child = std::process::Command::new("ip")
+            .args(["-n", ns.name(), "monitor", "route"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting ip monitor")?;
+        // ip monitor subscribes right after it starts.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        Ok(Self { child: Some(child) })
+    }
+
+    /// Stops and returns the event lines, in order.
+    pub fn finish(mut self) -> Result<Vec<String>> {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let mut child = self.child.take().context("finished twice")?;
+        let _ = child.kill();
+        let output = child.wait_with_output()?;
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .filter(|l| !l.is_empty())
+            .collect())
+    }
+}
+
+impl Drop for RouteMonitor {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -93,6 +93,24 @@ pub fn run(ns: Option<&NetNs>, args: &[&str]) -> Result<Finished> {
     })
 }
 
+/// Runs routemon to completion behind a launcher such as
+/// [`crate::eks::EksNode::launcher`] (`nsenter -t PID -m -n`).
+pub fn run_with(launcher: &[String], args: &[&str]) -> Result<Finished> {
+    let (program, prefix) = launcher.split_first().context("empty launcher")?;
+    let output = Command::new(program)
+        .args(prefix)
+        .arg(binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("spawning routemon")?;
+    Ok(Finished {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    })
+}
+
 /// Runs `routemon routes --json <args>` in `ns` and returns the parsed report.
 pub fn routes_json(ns: &NetNs, args: &[&str]) -> Value {
     let mut full = vec!["routes", "--json"];

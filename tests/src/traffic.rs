@@ -165,3 +165,98 @@ pub fn send_icmpv6_echo(
         Ok(())
     })?
 }
+
+/// A client that sends HTTP GET requests back to back from inside a namespace
+/// until stopped, counting successes and failures (each request has a 2 s
+/// timeout). Killed if dropped unfinished.
+pub struct HttpLoop {
+    child: Option<std::process::Child>,
+    stop_file: std::path::PathBuf,
+}
+
+/// What an [`HttpLoop`] counted.
+#[derive(Debug)]
+pub struct HttpLoopResult {
+    /// Requests answered.
+    pub ok: u64,
+    /// Requests that failed or timed out.
+    pub failed: u64,
+    /// The first few errors.
+    pub errors: Vec<String>,
+}
+
+const HTTP_LOOP: &str = r#"
+import json, os, sys, urllib.request
+url, stop = sys.argv[1], sys.argv[2]
+ok = failed = 0
+errors = []
+while not os.path.exists(stop):
+    try:
+        urllib.request.urlopen(url, timeout=2).read()
+        ok += 1
+    except Exception as err:
+        failed += 1
+        errors.append(repr(err))
+print(json.dumps({"ok": ok, "failed": failed, "errors": errors[:5]}))
+"#;
+
+impl HttpLoop {
+    /// Starts requesting `http://addr/` from namespace `ns` (or behind a launcher
+    /// such as `nsenter …`, given as the full command prefix).
+    pub fn start(prefix: &[String], addr: SocketAddr) -> Result<Self> {
+        let stop_file = std::env::temp_dir().join(format!(
+            "routemon-http-loop-{}-{}",
+            std::process::id(),
+            addr
+        ));
+        let _ = std::fs::remove_file(&stop_file);
+        let (program, args) = prefix.split_first().context("empty prefix")?;
+        let child = std::process::Command::new(program)
+            .args(args)
+            .args(["python3", "-c", HTTP_LOOP, &format!("http://{addr}/")])
+            .arg(&stop_file)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .context("starting the HTTP client loop")?;
+        Ok(Self {
+            child: Some(child),
+            stop_file,
+        })
+    }
+
+    /// Stops the loop after its current request and returns the counts.
+    pub fn finish(mut self) -> Result<HttpLoopResult> {
+        std::fs::write(&self.stop_file, b"")?;
+        let child = self.child.take().context("finished twice")?;
+        let output = child.wait_with_output()?;
+        let _ = std::fs::remove_file(&self.stop_file);
+        let json: serde_json::Value =
+            serde_json::from_slice(&output.stdout).with_context(|| {
+                format!(
+                    "client loop output: {}",
+                    String::from_utf8_lossy(&output.stdout)
+                )
+            })?;
+        Ok(HttpLoopResult {
+            ok: json["ok"].as_u64().context("ok")?,
+            failed: json["failed"].as_u64().context("failed")?,
+            errors: json["errors"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| e.as_str().unwrap_or_default().to_owned())
+                .collect(),
+        })
+    }
+}
+
+impl Drop for HttpLoop {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.stop_file);
+    }
+}

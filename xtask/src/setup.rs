@@ -37,6 +37,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "systemd-networkd: the node's real network manager in the EKS testbed",
     ),
     (
+        "dbus",
+        "dbus-daemon: the node's system bus, so that networkctl works in the EKS testbed",
+    ),
+    (
         "dnsmasq-base",
         "dnsmasq: the VPC's DHCP servers in the EKS testbed",
     ),

@@ -1,5 +1,6 @@
 //! The subcommands.
 
+pub mod pin;
 pub mod routes;
 pub mod snapshot;
 

@@ -1,0 +1,600 @@
+//! `routemon pin` / `unpin` on the real systemd-networkd + dnsmasq EKS testbed.
+//!
+//! routemon runs inside the node (network and mount namespace, with the node's
+//! own /etc/systemd/network, /run/systemd and D-Bus), as it would on a real node.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use routemon_testbed::{
+    INTERNET_V4, Testbed, UplinkSpec,
+    cmd::require_root,
+    eks::{EksNode, wait_until},
+    kernel::RouteMonitor,
+    routemon::{Finished, run, run_with},
+    traffic::HttpLoop,
+};
+use serde_json::Value;
+
+/// The IPv4 main table, as `ip -j` prints it, sorted (listing order is not state).
+fn main_table(eks: &EksNode) -> Vec<Value> {
+    let mut routes: Vec<Value> = serde_json::from_str(
+        &eks.node
+            .ip(&["-j", "-4", "route", "show", "table", "main"])
+            .unwrap(),
+    )
+    .unwrap();
+    routes.sort_by_key(Value::to_string);
+    routes
+}
+
+/// (interface, metric) of the IPv4 default routes, sorted.
+fn defaults(eks: &EksNode) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = main_table(eks)
+        .iter()
+        .filter(|r| r["dst"] == "default")
+        .map(|r| {
+            (
+                r["dev"].as_str().unwrap().to_owned(),
+                r["metric"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Every file under the node's /etc/systemd/network with its content.
+fn network_files(eks: &EksNode) -> BTreeMap<String, String> {
+    std::fs::read_dir(eks.network_dir())
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read_to_string(e.path()).unwrap_or_else(|_| "<dir>".into()),
+            )
+        })
+        .collect()
+}
+
+/// Runs routemon inside the node with a private state directory.
+fn routemon(eks: &EksNode, state: &Path, args: &[&str]) -> Finished {
+    let mut all: Vec<&str> = args.to_vec();
+    if matches!(args.first(), Some(&"pin") | Some(&"unpin")) {
+        all.extend(["--state-dir", state.to_str().unwrap()]);
+    }
+    run_with(&eks.launcher(), &all).unwrap()
+}
+
+fn state_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("routemon-pin-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn ties(eks: &EksNode) -> usize {
+    let report = run_with(&eks.launcher(), &["routes", "--json"])
+        .unwrap()
+        .success()
+        .json();
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "equal_metric_default_routes")
+        .count()
+}
+
+fn two_enis() -> EksNode {
+    let mut eks = EksNode::boot("ens*", "ens5").unwrap();
+    eks.attach_eni("ens6").unwrap();
+    assert_eq!(
+        defaults(&eks),
+        [("ens5".to_owned(), 1024), ("ens6".to_owned(), 1024)]
+    );
+    eks
+}
+
+fn internet() -> SocketAddr {
+    SocketAddr::new(INTERNET_V4.into(), 80)
+}
+
+/// In the kernel's own event sequence, the pinned route appears before the
+/// original is deleted: the primary never loses its default route.
+fn assert_added_before_deleted(events: &[String], added: &str, deleted: &str) {
+    let add = events
+        .iter()
+        .position(|e| !e.starts_with("Deleted") && e.starts_with(added))
+        .unwrap_or_else(|| panic!("no '{added}' in {events:#?}"));
+    let del = events
+        .iter()
+        .position(|e| e.starts_with(&format!("Deleted {deleted}")))
+        .unwrap_or_else(|| panic!("no 'Deleted {deleted}' in {events:#?}"));
+    assert!(add < del, "added at {add}, deleted at {del}: {events:#?}");
+}
+
+#[test]
+fn dry_run_changes_nothing() {
+    require_root();
+    let eks = two_enis();
+    let state = state_dir("dry");
+    let (routes, files) = (main_table(&eks), network_files(&eks));
+    let out = routemon(&eks, &state, &["pin", "--persist", "networkd"]).success();
+    assert!(
+        out.stdout.contains("dry run: nothing is changed"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("ipv4 default via 10.0.1.1 dev ens5: metric 1024 → 1000"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("+++ /etc/systemd/network/05-ens5.network"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("+RouteMetric=1000"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("lowest interface index"),
+        "{}",
+        out.stdout
+    );
+    let json = routemon(
+        &eks,
+        &state,
+        &[
+            "pin",
+            "--persist",
+            "networkd",
+            "--unmanage-others",
+            "--json",
+        ],
+    )
+    .success()
+    .json();
+    assert_eq!(json["dry_run"], true);
+    let unmanaged = json["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "/etc/systemd/network/05-routemon-unmanaged.network")
+        .expect("the unmanaged file is planned");
+    assert!(
+        unmanaged["diff"].as_str().unwrap().contains("+Name=ens6\n"),
+        "{unmanaged:#}"
+    );
+    assert_eq!(main_table(&eks), routes, "routes unchanged");
+    assert_eq!(network_files(&eks), files, "files unchanged");
+    assert!(!state.exists(), "no state written by a dry run");
+}
+
+#[test]
+fn pin_under_traffic_and_unpin_restore_the_exact_state() {
+    require_root();
+    let eks = two_enis();
+    let state = state_dir("apply");
+    let (routes_before, files_before) = (main_table(&eks), network_files(&eks));
+    assert_eq!(ties(&eks), 1);
+
+    let client = HttpLoop::start(&eks.launcher(), internet()).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let monitor = RouteMonitor::start(&eks.node).unwrap();
+    let out = routemon(
+        &eks,
+        &state,
+        &[
+            "pin",
+            "--primary",
+            "ens5",
+            "--persist",
+            "networkd",
+            "--apply",
+        ],
+    )
+    .success();
+    let events = monitor.finish().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let during_pin = client.finish().unwrap();
+    eprintln!("pin --apply: {during_pin:?}\n{}", out.stdout);
+    assert!(during_pin.ok >= 5, "{during_pin:?}");
+    assert_eq!(during_pin.failed, 0, "{during_pin:?}");
+    assert_added_before_deleted(
+        &events,
+        "default via 10.0.1.1 dev ens5 proto dhcp src 10.0.1.10 metric 1000",
+        "default via 10.0.1.1 dev ens5 proto dhcp src 10.0.1.10 metric 1024",
+    );
+    assert!(out.stdout.contains("Verified (ipv4): OK"), "{}", out.stdout);
+    assert_eq!(
+        defaults(&eks),
+        [("ens5".to_owned(), 1000), ("ens6".to_owned(), 1024)]
+    );
+    assert_eq!(ties(&eks), 0, "the equal-metric finding is gone");
+    let written = &network_files(&eks)["05-ens5.network"];
+    let lines: Vec<&str> = written.lines().map(str::trim).collect();
+    for expected in [
+        "[Match]",
+        "Name=ens5",
+        "DHCP=ipv4",
+        "[DHCPv4]",
+        "RouteMetric=1000",
+    ] {
+        assert!(
+            lines.contains(&expected),
+            "{expected} missing in:\n{written}"
+        );
+    }
+    assert!(written.starts_with("# Written by routemon"), "{written}");
+
+    // Idempotent: the second run changes nothing and says so.
+    let again = routemon(
+        &eks,
+        &state,
+        &[
+            "pin",
+            "--primary",
+            "ens5",
+            "--persist",
+            "networkd",
+            "--apply",
+        ],
+    )
+    .success();
+    assert!(
+        again.stdout.contains("Already pinned: nothing to change."),
+        "{}",
+        again.stdout
+    );
+    assert_eq!(&network_files(&eks)["05-ens5.network"], written);
+
+    // No traffic here: the state unpin restores is the equal-metric tie, in which
+    // the kernel alternates default routes per lookup and the VPC drops what
+    // leaves by the wrong ENI (see the single-ENI test for unpin under traffic).
+    let out = routemon(&eks, &state, &["unpin", "--apply"]).success();
+    eprintln!("{}", out.stdout);
+    assert_eq!(main_table(&eks), routes_before, "routes restored exactly");
+    assert_eq!(network_files(&eks), files_before, "files restored exactly");
+    assert!(!state.join("pin.json").exists());
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+#[test]
+fn pinned_metrics_survive_reload_restart_and_dhcp_renewal() {
+    require_root();
+    let mut eks = two_enis();
+    let state = state_dir("persist");
+    let client = HttpLoop::start(&eks.launcher(), internet()).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let out = routemon(
+        &eks,
+        &state,
+        &["pin", "--persist", "networkd", "--apply", "--reload"],
+    )
+    .success();
+    let during_reload = client.finish().unwrap();
+    eprintln!("pin --apply --reload: {during_reload:?}\n{}", out.stdout);
+    // networkd re-acquires ens5's lease on reload; new connections leave by ens6
+    // meanwhile, so requests keep succeeding on a two-ENI node.
+    assert!(during_reload.ok >= 5, "{during_reload:?}");
+    assert_eq!(during_reload.failed, 0, "{during_reload:?}");
+    assert!(
+        out.stdout
+            .contains("reloaded systemd-networkd (`networkctl reload`)"),
+        "{}",
+        out.stdout
+    );
+    let pinned = [("ens5".to_owned(), 1000), ("ens6".to_owned(), 1024)];
+    assert_eq!(defaults(&eks), pinned);
+
+    eks.restart_networkd().unwrap();
+    wait_until(
+        Duration::from_secs(20),
+        "networkd to configure ens5 again",
+        || eks.networkd_log().contains("ens5: DHCPv4 address"),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        defaults(&eks),
+        pinned,
+        "after a networkd restart\n{}",
+        eks.networkd_log()
+    );
+
+    let acks = || {
+        std::fs::read_dir(eks.network_dir().parent().unwrap())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("dnsmasq"))
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .map(|log| log.matches("DHCPACK").count())
+            .sum::<usize>()
+    };
+    let before = acks();
+    eks.node_exec("networkctl", &["renew", "ens5"]).unwrap();
+    eks.node_exec("networkctl", &["renew", "ens6"]).unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the DHCP server to acknowledge the renewals",
+        || acks() >= before + 2,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(defaults(&eks), pinned, "after DHCP renewals");
+    assert_eq!(ties(&eks), 0);
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+#[test]
+fn ec2_scheme_gives_three_enis_distinct_metrics() {
+    require_root();
+    let mut eks = EksNode::boot("ens*", "ens5").unwrap();
+    eks.attach_eni("ens6").unwrap();
+    eks.attach_eni("ens7").unwrap();
+    let state = state_dir("ec2");
+    let out = routemon(
+        &eks,
+        &state,
+        &["pin", "--scheme", "ec2", "--persist", "networkd", "--apply"],
+    )
+    .success();
+    assert_eq!(
+        defaults(&eks),
+        [
+            ("ens5".to_owned(), 512),
+            ("ens6".to_owned(), 513),
+            ("ens7".to_owned(), 514)
+        ],
+        "{}",
+        out.stdout
+    );
+    let files = network_files(&eks);
+    for (name, metric) in [("ens5", 512), ("ens6", 513), ("ens7", 514)] {
+        let file = &files[&format!("05-{name}.network")];
+        assert!(file.contains(&format!("RouteMetric={metric}\n")), "{file}");
+    }
+    assert_eq!(ties(&eks), 0);
+    routemon(&eks, &state, &["unpin", "--apply"]).success();
+    assert_eq!(
+        defaults(&eks),
+        [
+            ("ens5".to_owned(), 1024),
+            ("ens6".to_owned(), 1024),
+            ("ens7".to_owned(), 1024)
+        ]
+    );
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    require_root();
+    let eks = two_enis();
+    eks.node
+        .ip(&[
+            "link", "add", "eth9", "type", "veth", "peer", "name", "eth9p",
+        ])
+        .unwrap();
+    let state = state_dir("bad");
+    let (routes, files) = (main_table(&eks), network_files(&eks));
+    let unchanged = |case: &str| {
+        assert_eq!(main_table(&eks), routes, "{case}: routes changed");
+        assert_eq!(network_files(&eks), files, "{case}: files changed");
+        assert!(!state.join("pin.json").exists(), "{case}: state written");
+    };
+    let refuse = |args: &[&str], status: i32, message: &str| {
+        let mut all = vec!["pin", "--persist", "networkd", "--apply"];
+        all.extend_from_slice(args);
+        let out = routemon(&eks, &state, &all);
+        assert_eq!(
+            out.status.code(),
+            Some(status),
+            "{args:?}: {}{}",
+            out.stdout,
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains(message),
+            "{args:?}: expected '{message}' in:\n{}",
+            out.stderr
+        );
+        unchanged(&format!("{args:?}"));
+    };
+    refuse(
+        &["--primary", "ens9"],
+        2,
+        "unknown primary interface 'ens9'",
+    );
+    refuse(&["--primary", "eth9"], 2, "eth9 has no default route");
+    refuse(&["--metric", "1024"], 2, "--metric 1024 is out of range");
+    refuse(&["--metric", "0"], 2, "invalid value '0'");
+    refuse(
+        &["--metric", "99999999999"],
+        2,
+        "invalid value '99999999999'",
+    );
+    refuse(
+        &["--networkd-dir", "/sys/class/net"],
+        2,
+        "cannot write to /sys/class/net",
+    );
+
+    eks.write_network_file(
+        "05-ens5.network",
+        "[Match]\nName=ens5\n[Network]\nDHCP=yes\n",
+    )
+    .unwrap();
+    let files = network_files(&eks);
+    let out = routemon(&eks, &state, &["pin", "--persist", "networkd", "--apply"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        out.stderr
+            .contains("05-ens5.network: it exists and was not written by routemon"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(network_files(&eks), files);
+    std::fs::remove_file(eks.network_dir().join("05-ens5.network")).unwrap();
+
+    eks.write_network_file(
+        "01-mine.network",
+        "[Match]\nName=ens5\n[Network]\nDHCP=yes\n",
+    )
+    .unwrap();
+    let files = network_files(&eks);
+    let out = routemon(&eks, &state, &["pin", "--persist", "networkd", "--apply"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        out.stderr
+            .contains("01-mine.network: it matches ens5 and sorts before 05-ens5.network"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(network_files(&eks), files);
+    assert_eq!(main_table(&eks), routes);
+
+    let out = routemon(&eks, &state, &["unpin", "--apply"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stderr.contains("nothing to unpin"), "{}", out.stderr);
+}
+
+/// A single-ENI node has no other default route to fall back on: any gap in the
+/// primary's default route would fail requests.
+#[test]
+fn single_eni_node_answers_every_request_through_pin_and_unpin() {
+    require_root();
+    let eks = EksNode::boot("ens*", "ens5").unwrap();
+    let state = state_dir("single");
+    let (routes_before, files_before) = (main_table(&eks), network_files(&eks));
+    for (args, added, deleted) in [
+        (
+            &["pin", "--persist", "networkd", "--apply"][..],
+            "default via 10.0.1.1 dev ens5 proto dhcp src 10.0.1.10 metric 1000",
+            "default via 10.0.1.1 dev ens5 proto dhcp src 10.0.1.10 metric 1024",
+        ),
+        (
+            &["unpin", "--apply"][..],
+            "default via 10.0.1.1 dev ens5 proto dhcp src 10.0.1.10 metric 1024",
+            "default via 10.0.1.1 dev ens5 proto dhcp src 10.0.1.10 metric 1000",
+        ),
+    ] {
+        let client = HttpLoop::start(&eks.launcher(), internet()).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        let monitor = RouteMonitor::start(&eks.node).unwrap();
+        routemon(&eks, &state, args).success();
+        let events = monitor.finish().unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        let counted = client.finish().unwrap();
+        eprintln!("single ENI, {args:?}: {counted:?}");
+        assert!(counted.ok >= 5, "{counted:?}");
+        assert_eq!(counted.failed, 0, "{args:?}: {counted:?}");
+        assert_added_before_deleted(&events, added, deleted);
+    }
+    assert_eq!(main_table(&eks), routes_before);
+    assert_eq!(network_files(&eks), files_before);
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+/// Both families: same-metric IPv6 defaults are one multipath route in the kernel;
+/// pinning moves the primary's next hop to its own route and unpin merges it back.
+#[test]
+fn ipv6_next_hop_is_pinned_and_restored() {
+    require_root();
+    let mut ens5 = UplinkSpec::new("ens5", 1024);
+    ens5.metric6 = Some(1024);
+    let mut ens6 = UplinkSpec::new("ens6", 1024);
+    ens6.metric6 = Some(1024);
+    let bed = Testbed::new(&[ens5, ens6], true).unwrap();
+    let state = state_dir("ipv6");
+    let show = |family: &str| {
+        let routes: Value = serde_json::from_str(
+            &bed.node
+                .ip(&["-j", family, "route", "show", "default"])
+                .unwrap(),
+        )
+        .unwrap();
+        let mut routes: Vec<String> = routes
+            .as_array()
+            .unwrap()
+            .iter()
+            .cloned()
+            .map(|mut route| {
+                // The order of an ECMP route's siblings is not part of the state
+                // restored: re-adding a next hop appends it.
+                if let Some(hops) = route["nexthops"].as_array_mut() {
+                    hops.sort_by_key(Value::to_string);
+                }
+                route.to_string()
+            })
+            .collect();
+        routes.sort();
+        routes
+    };
+    let (v4_before, v6_before) = (show("-4"), show("-6"));
+    assert_eq!(v6_before.len(), 1, "one multipath route: {v6_before:?}");
+    let state_arg = state.to_str().unwrap();
+    let out = run(
+        Some(&bed.node),
+        &[
+            "pin",
+            "--primary",
+            "ens5",
+            "--apply",
+            "--state-dir",
+            state_arg,
+        ],
+    )
+    .unwrap()
+    .success();
+    assert!(
+        out.stdout
+            .contains("ipv6 default via fd00:1::1 dev ens5: metric 1024 → 1000"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("Verified (ipv6): OK"), "{}", out.stdout);
+    let v6: Value = serde_json::from_str(
+        &bed.node
+            .ip(&["-j", "-6", "route", "show", "default"])
+            .unwrap(),
+    )
+    .unwrap();
+    let mut pinned: Vec<(String, u64)> = v6
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["dev"].as_str().unwrap_or("multipath").to_owned(),
+                r["metric"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    pinned.sort();
+    assert_eq!(
+        pinned,
+        [("ens5".to_owned(), 1000), ("ens6".to_owned(), 1024)],
+        "{v6:#}"
+    );
+    run(
+        Some(&bed.node),
+        &["unpin", "--apply", "--state-dir", state_arg],
+    )
+    .unwrap()
+    .success();
+    assert_eq!(show("-4"), v4_before);
+    assert_eq!(
+        show("-6"),
+        v6_before,
+        "merged back into one multipath route"
+    );
+    let _ = std::fs::remove_dir_all(&state);
+}
