@@ -228,9 +228,8 @@ impl EksNode {
             "the node's mount namespace",
             || netif.exists(),
         )?;
-        let launcher = self.launcher();
-        let mut args: Vec<&str> = launcher[1..].iter().map(String::as_str).collect();
-        args.extend(["dbus-daemon", "--system", "--nofork", "--nopidfile"]);
+        let args = self.nsenter_args("dbus-daemon", &["--system", "--nofork", "--nopidfile"]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.dbus = Some(Daemon::spawn("dbus-daemon", "nsenter", &args, None)?);
         let socket = PathBuf::from(format!("/proc/{pid}/root/run/dbus/system_bus_socket"));
         wait_until(Duration::from_secs(10), "the node's D-Bus socket", || {
@@ -251,13 +250,19 @@ impl EksNode {
             .to_vec()
     }
 
+    /// The arguments of `nsenter` that run `program args…` inside the node.
+    fn nsenter_args(&self, program: &str, args: &[&str]) -> Vec<String> {
+        let mut all = self.launcher().split_off(1);
+        all.push(program.to_owned());
+        all.extend(args.iter().map(|a| (*a).to_owned()));
+        all
+    }
+
     /// Runs a program inside the node (network and mount namespace) and returns
     /// its stdout; fails with its stderr if it fails.
     pub fn node_exec(&self, program: &str, args: &[&str]) -> Result<String> {
-        let launcher = self.launcher();
-        let mut all: Vec<&str> = launcher[1..].iter().map(String::as_str).collect();
-        all.push(program);
-        all.extend_from_slice(args);
+        let all = self.nsenter_args(program, args);
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
         crate::cmd::run("nsenter", &all)
     }
 
@@ -268,9 +273,8 @@ impl EksNode {
 
     fn start_networkd(&mut self) -> Result<()> {
         let log = self.scratch().join("networkd.log");
-        let launcher = self.launcher();
-        let mut args: Vec<&str> = launcher[1..].iter().map(String::as_str).collect();
-        args.push(NETWORKD);
+        let args = self.nsenter_args(NETWORKD, &[]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.networkd = Some(Daemon::spawn(
             "systemd-networkd",
             "nsenter",

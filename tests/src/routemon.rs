@@ -82,25 +82,20 @@ fn command(ns: Option<&NetNs>, args: &[&str]) -> Command {
 
 /// Runs routemon to completion (inside `ns` if given).
 pub fn run(ns: Option<&NetNs>, args: &[&str]) -> Result<Finished> {
-    let output = command(ns, args)
-        .stdin(Stdio::null())
-        .output()
-        .context("spawning routemon")?;
-    Ok(Finished {
-        status: output.status,
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    })
+    finish(command(ns, args))
 }
 
 /// Runs routemon to completion behind a launcher such as
 /// [`crate::eks::EksNode::launcher`] (`nsenter -t PID -m -n`).
 pub fn run_with(launcher: &[String], args: &[&str]) -> Result<Finished> {
     let (program, prefix) = launcher.split_first().context("empty launcher")?;
-    let output = Command::new(program)
-        .args(prefix)
-        .arg(binary())
-        .args(args)
+    let mut cmd = Command::new(program);
+    cmd.args(prefix).arg(binary()).args(args);
+    finish(cmd)
+}
+
+fn finish(mut cmd: Command) -> Result<Finished> {
+    let output = cmd
         .stdin(Stdio::null())
         .output()
         .context("spawning routemon")?;

@@ -384,19 +384,14 @@ fn bad_input_is_refused_and_changes_nothing() {
         ])
         .unwrap();
     let state = state_dir("bad");
-    let (routes, files) = (main_table(&eks), network_files(&eks));
-    let unchanged = |case: &str| {
-        assert_eq!(main_table(&eks), routes, "{case}: routes changed");
-        assert_eq!(network_files(&eks), files, "{case}: files changed");
-        assert!(!state.join("pin.json").exists(), "{case}: state written");
-    };
-    let refuse = |args: &[&str], status: i32, message: &str| {
-        let mut all = vec!["pin", "--persist", "networkd", "--apply"];
-        all.extend_from_slice(args);
-        let out = routemon(&eks, &state, &all);
+    // Each case: exit status 2, the message on stderr, and routes, files and pin
+    // state exactly as before the run.
+    let refuse = |args: &[&str], message: &str| {
+        let (routes, files) = (main_table(&eks), network_files(&eks));
+        let out = routemon(&eks, &state, args);
         assert_eq!(
             out.status.code(),
-            Some(status),
+            Some(2),
             "{args:?}: {}{}",
             out.stdout,
             out.stderr
@@ -406,64 +401,46 @@ fn bad_input_is_refused_and_changes_nothing() {
             "{args:?}: expected '{message}' in:\n{}",
             out.stderr
         );
-        unchanged(&format!("{args:?}"));
+        assert_eq!(main_table(&eks), routes, "{args:?}: routes changed");
+        assert_eq!(network_files(&eks), files, "{args:?}: files changed");
+        assert!(!state.join("pin.json").exists(), "{args:?}: state written");
+    };
+    let pin = |extra: &[&'static str]| -> Vec<&'static str> {
+        let mut all = vec!["pin", "--persist", "networkd", "--apply"];
+        all.extend_from_slice(extra);
+        all
     };
     refuse(
-        &["--primary", "ens9"],
-        2,
+        &pin(&["--primary", "ens9"]),
         "unknown primary interface 'ens9'",
     );
-    refuse(&["--primary", "eth9"], 2, "eth9 has no default route");
-    refuse(&["--metric", "1024"], 2, "--metric 1024 is out of range");
-    refuse(&["--metric", "0"], 2, "invalid value '0'");
+    refuse(&pin(&["--primary", "eth9"]), "eth9 has no default route");
+    refuse(&pin(&["--metric", "1024"]), "--metric 1024 is out of range");
+    refuse(&pin(&["--metric", "0"]), "invalid value '0'");
     refuse(
-        &["--metric", "99999999999"],
-        2,
+        &pin(&["--metric", "99999999999"]),
         "invalid value '99999999999'",
     );
     refuse(
-        &["--networkd-dir", "/sys/class/net"],
-        2,
+        &pin(&["--networkd-dir", "/sys/class/net"]),
         "cannot write to /sys/class/net",
     );
-
-    eks.write_network_file(
-        "05-ens5.network",
-        "[Match]\nName=ens5\n[Network]\nDHCP=yes\n",
-    )
-    .unwrap();
-    let files = network_files(&eks);
-    let out = routemon(&eks, &state, &["pin", "--persist", "networkd", "--apply"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        out.stderr
-            .contains("05-ens5.network: it exists and was not written by routemon"),
-        "{}",
-        out.stderr
-    );
-    assert_eq!(network_files(&eks), files);
-    std::fs::remove_file(eks.network_dir().join("05-ens5.network")).unwrap();
-
-    eks.write_network_file(
-        "01-mine.network",
-        "[Match]\nName=ens5\n[Network]\nDHCP=yes\n",
-    )
-    .unwrap();
-    let files = network_files(&eks);
-    let out = routemon(&eks, &state, &["pin", "--persist", "networkd", "--apply"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        out.stderr
-            .contains("01-mine.network: it matches ens5 and sorts before 05-ens5.network"),
-        "{}",
-        out.stderr
-    );
-    assert_eq!(network_files(&eks), files);
-    assert_eq!(main_table(&eks), routes);
-
-    let out = routemon(&eks, &state, &["unpin", "--apply"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(out.stderr.contains("nothing to unpin"), "{}", out.stderr);
+    for (name, message) in [
+        (
+            "05-ens5.network",
+            "05-ens5.network: it exists and was not written by routemon",
+        ),
+        (
+            "01-mine.network",
+            "01-mine.network: it matches ens5 and sorts before 05-ens5.network",
+        ),
+    ] {
+        eks.write_network_file(name, "[Match]\nName=ens5\n[Network]\nDHCP=yes\n")
+            .unwrap();
+        refuse(&pin(&[]), message);
+        std::fs::remove_file(eks.network_dir().join(name)).unwrap();
+    }
+    refuse(&["unpin", "--apply"], "nothing to unpin");
 }
 
 /// A single-ENI node has no other default route to fall back on: any gap in the

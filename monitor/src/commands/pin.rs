@@ -14,13 +14,13 @@ use crate::{
         files::{FileChange, check_writable, read_optional},
         kernel_route::{DefaultRoutes, RouteKey},
         networkd::NetworkdConfig,
-        plan::{self, FilePlanInput, PinRequest, RoutePlan, Scheme, Target},
+        plan::{self, FilePlanInput, PinRequest, RoutePlan, Scheme},
         reload,
         state::PinState,
         transition::{self, Action, Replacement},
     },
     preflight,
-    selection::{self, PrimarySource},
+    selection::{self, Primary, PrimarySource},
 };
 
 /// How long `--reload` waits for networkd's routes to agree with the pin.
@@ -166,11 +166,8 @@ pub async fn run_pin(args: &PinArgs) -> anyhow::Result<()> {
         .filter(|i| *i != primary.ifindex)
         .collect();
     let file_changes = if args.persist.is_some() {
-        let config = NetworkdConfig::load(&args.networkd_dir).map_err(|source| PinError::Io {
-            action: "reading the networkd configuration in",
-            path: args.networkd_dir.clone(),
-            source,
-        })?;
+        let config = NetworkdConfig::load(&args.networkd_dir)
+            .map_err(|source| plan::config_error(&args.networkd_dir, source))?;
         let unmanaged: BTreeSet<u32> = if args.unmanage_others {
             secondaries.iter().copied().collect()
         } else {
@@ -278,7 +275,7 @@ pub async fn run_pin(args: &PinArgs) -> anyhow::Result<()> {
              until then a DHCP renewal may add a metric-1024 route next to the pinned one.\n",
         );
     }
-    let verdict = verify(&netlink, &route_plan.targets, &primary.name).await?;
+    let verdict = verify(&netlink, &primary).await?;
     let _ = writeln!(
         text,
         "\n{verdict}\nState for `routemon unpin`: {}",
@@ -371,16 +368,11 @@ async fn apply_pin(
 
 /// Reads the routes back and says whether the primary alone holds the best default
 /// route of each family it has one in.
-async fn verify(netlink: &Netlink, targets: &[Target], primary: &str) -> anyhow::Result<String> {
+async fn verify(netlink: &Netlink, primary: &Primary) -> anyhow::Result<String> {
     let defaults = DefaultRoutes::dump(netlink).await?;
     let mut lines = Vec::new();
     for family in [crate::model::Family::Ipv4, crate::model::Family::Ipv6] {
-        let routes: Vec<&RouteKey> = defaults
-            .routes
-            .iter()
-            .map(|r| &r.key)
-            .filter(|k| k.family == family)
-            .collect();
+        let routes: Vec<&RouteKey> = defaults.keys(family).collect();
         let Some(best) = routes.iter().map(|k| k.metric).min() else {
             continue;
         };
@@ -389,13 +381,12 @@ async fn verify(netlink: &Netlink, targets: &[Target], primary: &str) -> anyhow:
             .filter(|k| k.metric == best)
             .map(|k| k.ifindex)
             .collect();
-        let primary_target = targets.first().map(|t| t.ifindex);
-        let ok = at_best.len() == 1 && at_best.iter().next().copied() == primary_target;
+        let ok = at_best.len() == 1 && at_best.contains(&primary.ifindex);
         lines.push(format!(
             "Verified ({family}): {} — best default route metric {best} on {}",
             if ok { "OK" } else { "NOT as planned" },
             if ok {
-                primary.to_owned()
+                primary.name.clone()
             } else {
                 format!("{} interface(s)", at_best.len())
             }

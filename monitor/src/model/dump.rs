@@ -8,7 +8,7 @@ use netlink_packet_route::{AddressFamily, route::RouteMessage};
 use rtnetlink::{Handle, IpVersion, MulticastGroup, new_connection, new_multicast_connection};
 use thiserror::Error;
 
-use super::{Address, Link, NetworkModel, convert};
+use super::{Address, Family, Link, NetworkModel, convert};
 
 /// Failure to read the network state from the kernel.
 #[derive(Debug, Error)]
@@ -59,6 +59,23 @@ impl Netlink {
         Ok(links)
     }
 
+    /// Dumps the routes of every table of one family, as the kernel's messages.
+    pub async fn route_messages(&self, family: Family) -> Result<Vec<RouteMessage>, DumpError> {
+        let (address_family, what) = match family {
+            Family::Ipv4 => (AddressFamily::Inet, "IPv4 routes"),
+            Family::Ipv6 => (AddressFamily::Inet6, "IPv6 routes"),
+        };
+        let mut request = RouteMessage::default();
+        // Table 0 (RT_TABLE_UNSPEC) and no attributes: every table is dumped.
+        request.header.address_family = address_family;
+        let mut routes = self.handle.route().get(request).execute();
+        let mut messages = Vec::new();
+        while let Some(msg) = next(&mut routes, what).await? {
+            messages.push(msg);
+        }
+        Ok(messages)
+    }
+
     /// Dumps links, addresses, routes of every table and policy rules.
     pub async fn dump(&self) -> Result<NetworkModel, DumpError> {
         let mut model = NetworkModel {
@@ -71,15 +88,8 @@ impl Netlink {
             model.addresses.extend(convert::address(&msg));
         }
 
-        for (family, what) in [
-            (AddressFamily::Inet, "IPv4 routes"),
-            (AddressFamily::Inet6, "IPv6 routes"),
-        ] {
-            let mut request = RouteMessage::default();
-            // Table 0 (RT_TABLE_UNSPEC) and no attributes: every table is dumped.
-            request.header.address_family = family;
-            let mut routes = self.handle.route().get(request).execute();
-            while let Some(msg) = next(&mut routes, what).await? {
+        for family in [Family::Ipv4, Family::Ipv6] {
+            for msg in self.route_messages(family).await? {
                 let order = model.routes.len();
                 model.routes.extend(convert::route(&msg, order));
             }

@@ -8,7 +8,6 @@
 
 use std::{fmt, net::IpAddr};
 
-use futures::TryStreamExt as _;
 use ipnet::IpNet;
 use netlink_packet_core::{
     Emitable as _, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, NetlinkMessage,
@@ -21,7 +20,11 @@ use netlink_packet_route::{
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::model::{Family, Route, convert, dump::Netlink, table};
+use crate::model::{
+    Family, Route, RouteKind, convert,
+    dump::{DumpError, Netlink},
+    table,
+};
 
 /// A netlink request about routes failed.
 #[derive(Debug, Error)]
@@ -49,14 +52,8 @@ pub enum RouteRequestError {
         source: rtnetlink::Error,
     },
     /// Dumping the routes failed.
-    #[error("netlink dump of {family} routes failed: {source}")]
-    Dump {
-        /// The family.
-        family: Family,
-        /// The error.
-        #[source]
-        source: rtnetlink::Error,
-    },
+    #[error(transparent)]
+    Dump(#[from] DumpError),
 }
 
 /// What identifies a single-path route to the kernel: two routes with the same key
@@ -256,19 +253,6 @@ fn single_paths(message: RouteMessage) -> Vec<RouteMessage> {
         .collect()
 }
 
-/// Whether a dumped message is a default route of the main table.
-fn is_main_default(message: &RouteMessage) -> bool {
-    let table = message
-        .attributes
-        .iter()
-        .find_map(|attr| match attr {
-            RouteAttribute::Table(table) => Some(*table),
-            _ => None,
-        })
-        .unwrap_or(u32::from(message.header.table));
-    table == table::MAIN && message.header.destination_prefix_length == 0
-}
-
 /// The unicast default routes of the main table, both families, one entry per next
 /// hop for IPv6. IPv4 multipath default routes are returned in `multipath`
 /// (routemon does not split or pin them).
@@ -284,19 +268,12 @@ impl DefaultRoutes {
     /// Dumps them from the kernel.
     pub async fn dump(netlink: &Netlink) -> Result<Self, RouteRequestError> {
         let mut found = Self::default();
-        for (family, address_family) in [
-            (Family::Ipv4, AddressFamily::Inet),
-            (Family::Ipv6, AddressFamily::Inet6),
-        ] {
-            let mut request = RouteMessage::default();
-            request.header.address_family = address_family;
-            let mut stream = netlink.handle().route().get(request).execute();
-            while let Some(message) = stream
-                .try_next()
-                .await
-                .map_err(|source| RouteRequestError::Dump { family, source })?
-            {
-                if !is_main_default(&message) || message.header.kind != RouteType::Unicast {
+        for family in [Family::Ipv4, Family::Ipv6] {
+            for message in netlink.route_messages(family).await? {
+                let is_main_default = convert::route(&message, 0).is_some_and(|r| {
+                    r.table == table::MAIN && r.is_default() && r.kind == RouteKind::Unicast
+                });
+                if !is_main_default {
                     continue;
                 }
                 for single in single_paths(message) {
@@ -312,6 +289,14 @@ impl DefaultRoutes {
             }
         }
         Ok(found)
+    }
+
+    /// The keys of the routes of one family.
+    pub fn keys(&self, family: Family) -> impl Iterator<Item = &RouteKey> {
+        self.routes
+            .iter()
+            .map(|r| &r.key)
+            .filter(move |k| k.family == family)
     }
 
     /// The route with this key.

@@ -241,12 +241,7 @@ fn check_outcome(
         .find(|t| t.ifindex == primary.ifindex)
         .map(|t| t.metric);
     for family in [Family::Ipv4, Family::Ipv6] {
-        let routes: Vec<&RouteKey> = defaults
-            .routes
-            .iter()
-            .map(|r| &r.key)
-            .filter(|k| k.family == family)
-            .collect();
+        let routes: Vec<&RouteKey> = defaults.keys(family).collect();
         if !routes.iter().any(|k| k.ifindex == primary.ifindex) {
             continue;
         }
@@ -395,7 +390,8 @@ fn read(path: &Path) -> Result<Option<String>, PinError> {
     })
 }
 
-fn config_error(dir: &Path, source: std::io::Error) -> PinError {
+/// A failure to read networkd's configuration for `dir`.
+pub fn config_error(dir: &Path, source: std::io::Error) -> PinError {
     PinError::Io {
         action: "reading the networkd configuration in",
         path: dir.to_path_buf(),
