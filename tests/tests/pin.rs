@@ -104,6 +104,33 @@ fn internet() -> SocketAddr {
     SocketAddr::new(INTERNET_V4.into(), 80)
 }
 
+/// `pin` of ens5 with networkd persistence, applied.
+const PIN_ENS5: [&str; 6] = [
+    "pin",
+    "--primary",
+    "ens5",
+    "--persist",
+    "networkd",
+    "--apply",
+];
+
+/// Runs routemon inside the node while an HTTP client loop requests the
+/// "internet" host throughout, and records the kernel's route events. Asserts
+/// that requests ran and none failed; returns routemon's output and the events.
+fn run_under_traffic(eks: &EksNode, state: &Path, args: &[&str]) -> (Finished, Vec<String>) {
+    let client = HttpLoop::start(&eks.launcher(), internet()).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let monitor = RouteMonitor::start(&eks.node).unwrap();
+    let out = routemon(eks, state, args).success();
+    let events = monitor.finish().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let counted = client.finish().unwrap();
+    eprintln!("{args:?} under traffic: {counted:?}\n{}", out.stdout);
+    assert!(counted.ok >= 5, "{args:?}: {counted:?}");
+    assert_eq!(counted.failed, 0, "{args:?}: {counted:?}");
+    (out, events)
+}
+
 /// In the kernel's own event sequence, the pinned route appears before the
 /// original is deleted: the primary never loses its default route.
 fn assert_added_before_deleted(events: &[String], added: &str, deleted: &str) {
@@ -185,28 +212,7 @@ fn pin_under_traffic_and_unpin_restore_the_exact_state() {
     let (routes_before, files_before) = (main_table(&eks), network_files(&eks));
     assert_eq!(ties(&eks), 1);
 
-    let client = HttpLoop::start(&eks.launcher(), internet()).unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    let monitor = RouteMonitor::start(&eks.node).unwrap();
-    let out = routemon(
-        &eks,
-        &state,
-        &[
-            "pin",
-            "--primary",
-            "ens5",
-            "--persist",
-            "networkd",
-            "--apply",
-        ],
-    )
-    .success();
-    let events = monitor.finish().unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    let during_pin = client.finish().unwrap();
-    eprintln!("pin --apply: {during_pin:?}\n{}", out.stdout);
-    assert!(during_pin.ok >= 5, "{during_pin:?}");
-    assert_eq!(during_pin.failed, 0, "{during_pin:?}");
+    let (out, events) = run_under_traffic(&eks, &state, &PIN_ENS5);
     assert_added_before_deleted(
         &events,
         "default via 10.0.1.1 dev ens5 proto dhcp src 10.0.1.10 metric 1000",
@@ -235,19 +241,7 @@ fn pin_under_traffic_and_unpin_restore_the_exact_state() {
     assert!(written.starts_with("# Written by routemon"), "{written}");
 
     // Idempotent: the second run changes nothing and says so.
-    let again = routemon(
-        &eks,
-        &state,
-        &[
-            "pin",
-            "--primary",
-            "ens5",
-            "--persist",
-            "networkd",
-            "--apply",
-        ],
-    )
-    .success();
+    let again = routemon(&eks, &state, &PIN_ENS5).success();
     assert!(
         again.stdout.contains("Already pinned: nothing to change."),
         "{}",
@@ -271,20 +265,13 @@ fn pinned_metrics_survive_reload_restart_and_dhcp_renewal() {
     require_root();
     let mut eks = two_enis();
     let state = state_dir("persist");
-    let client = HttpLoop::start(&eks.launcher(), internet()).unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    let out = routemon(
+    // networkd re-acquires ens5's lease on reload; new connections leave by ens6
+    // meanwhile, so requests keep succeeding on a two-ENI node.
+    let (out, _) = run_under_traffic(
         &eks,
         &state,
         &["pin", "--persist", "networkd", "--apply", "--reload"],
-    )
-    .success();
-    let during_reload = client.finish().unwrap();
-    eprintln!("pin --apply --reload: {during_reload:?}\n{}", out.stdout);
-    // networkd re-acquires ens5's lease on reload; new connections leave by ens6
-    // meanwhile, so requests keep succeeding on a two-ENI node.
-    assert!(during_reload.ok >= 5, "{during_reload:?}");
-    assert_eq!(during_reload.failed, 0, "{during_reload:?}");
+    );
     assert!(
         out.stdout
             .contains("reloaded systemd-networkd (`networkctl reload`)"),
@@ -463,16 +450,7 @@ fn single_eni_node_answers_every_request_through_pin_and_unpin() {
             "default via 10.0.1.1 dev ens5 proto dhcp src 10.0.1.10 metric 1000",
         ),
     ] {
-        let client = HttpLoop::start(&eks.launcher(), internet()).unwrap();
-        std::thread::sleep(Duration::from_millis(500));
-        let monitor = RouteMonitor::start(&eks.node).unwrap();
-        routemon(&eks, &state, args).success();
-        let events = monitor.finish().unwrap();
-        std::thread::sleep(Duration::from_millis(500));
-        let counted = client.finish().unwrap();
-        eprintln!("single ENI, {args:?}: {counted:?}");
-        assert!(counted.ok >= 5, "{counted:?}");
-        assert_eq!(counted.failed, 0, "{args:?}: {counted:?}");
+        let (_, events) = run_under_traffic(&eks, &state, args);
         assert_added_before_deleted(&events, added, deleted);
     }
     assert_eq!(main_table(&eks), routes_before);
