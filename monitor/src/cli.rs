@@ -36,13 +36,42 @@ Exit status: 0 success, 1 runtime failure, 2 bad usage (unknown interface, bad v
 77 missing privileges."
 )]
 pub struct Cli {
-    /// More log output on stderr (-v info, -vv debug). RUST_LOG overrides.
+    /// More log output on stderr (-v info, -vv debug). RUST_LOG and --log-level
+    /// override.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+
+    /// Log level on stderr: error, warn, info, debug, trace, or a tracing filter
+    /// such as `routemon=debug`. Default: warn (info for `watch`). RUST_LOG is used
+    /// when this is not given.
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+
+    /// Log format on stderr: plain text, or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
 
     /// The subcommand.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line (for journald/Fluent Bit/Loki pipelines).
+    Json,
+}
+
+/// Whether `watch` prints events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum EventFormat {
+    /// One JSON object per line on stdout.
+    Json,
+    /// No events.
+    None,
 }
 
 /// routemon's subcommands.
@@ -88,6 +117,35 @@ pinned one is deleted) and every networkd file it wrote (restored from its backu
 if the pin created it). Without --apply, prints what it would do and changes nothing."
     )]
     Unpin(UnpinArgs),
+    /// Run continuously: follow routing changes, attach to interfaces as they
+    /// appear, serve Prometheus metrics, print events, optionally guard the pin.
+    #[command(
+        long_about = "Run as a daemon. routemon follows the kernel's link, address, route and \
+rule notifications (no polling), attaches its TC programs to every monitored interface \
+as it appears (an ENI attached by Cilium) and releases it when it goes away, re-evaluates \
+the findings on every change, and every --interval evaluates the traffic findings \
+(cross-ENI egress, asymmetric flows).\n\n\
+Prometheus metrics and /healthz are served on --listen (default 127.0.0.1:9987; binding \
+another address must be asked for). Events (findings raised/cleared, interfaces \
+attached/detached, default routes added/removed, resyncs, guard actions) are printed as \
+JSON lines on stdout; logs go to stderr.\n\n\
+Maps and TCX links are pinned under --pin-dir, so a restarted routemon continues the \
+counts and the interface is never without its counter: with --keep-pinned the programs \
+stay attached between runs. Without --keep-pinned, SIGINT/SIGTERM detach everything. \
+`routemon cleanup` removes whatever routemon left.\n\n\
+--guard keeps --primary's default route at --metric: when DHCP, networkd or a new ENI \
+undoes the pin, the guard re-applies it live (add before delete). If something keeps \
+undoing it, the guard backs off and reports instead of fighting."
+    )]
+    Watch(WatchArgs),
+    /// Remove everything routemon pinned or attached (after `watch --keep-pinned`,
+    /// or a killed routemon).
+    #[command(
+        long_about = "Remove routemon's pinned maps and links under --pin-dir (the kernel \
+detaches a TCX link when its pin is gone and no process holds it) and routemon's clsact \
+filters on every interface. Safe to run when nothing is left: it reports what it removed."
+    )]
+    Cleanup(CleanupArgs),
 }
 
 const PIN_ABOUT: &str = "Pin the primary interface's default-route metric so that exactly one \
@@ -257,6 +315,96 @@ pub struct SnapshotArgs {
     /// How to attach: TCX links where available (auto), or force tcx or clsact.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub attach: AttachMode,
+}
+
+/// `routemon watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Monitor interfaces matching PATTERN (shell glob), now and as they appear.
+    /// Repeatable. Default: interfaces that hold a default route or are named like
+    /// an uplink (ens*, enp*, eth*).
+    #[arg(short, long = "interface", value_name = "PATTERN")]
+    pub interfaces: Vec<InterfacePattern>,
+
+    /// The primary interface, whose default route should win. Default: the
+    /// uplink-named interface with the lowest ifindex.
+    #[arg(long, value_name = "IF")]
+    pub primary: Option<String>,
+
+    /// Serve /metrics and /healthz on ADDR:PORT. Binding to all addresses
+    /// (0.0.0.0, [::]) must be asked for explicitly.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:9987",
+        conflicts_with = "no_metrics"
+    )]
+    pub listen: std::net::SocketAddr,
+
+    /// Serve no metrics.
+    #[arg(long)]
+    pub no_metrics: bool,
+
+    /// Events on stdout: json (one object per line) or none.
+    #[arg(long, value_enum, default_value_t = EventFormat::Json)]
+    pub events: EventFormat,
+
+    /// Keep --primary's default route at --metric, re-applying the pin live when
+    /// something undoes it.
+    #[arg(long, requires = "primary")]
+    pub guard: bool,
+
+    /// The metric the guard keeps the primary at (1-1023, below networkd's 1024).
+    #[arg(long, default_value_t = SEED_DEFAULT_METRIC, value_parser = clap::value_parser!(u32).range(1..=1023), requires = "guard")]
+    pub metric: u32,
+
+    /// Where maps and links are pinned (a BPF filesystem; mounted if absent).
+    #[arg(long, value_name = "DIR", default_value = crate::ebpf::pinning::DEFAULT_PIN_DIR, conflicts_with = "no_pin")]
+    pub pin_dir: PathBuf,
+
+    /// Pin nothing: counters start at zero and programs detach when routemon exits.
+    #[arg(long)]
+    pub no_pin: bool,
+
+    /// At exit, leave the pinned programs attached and counting, for the next
+    /// routemon to adopt (restarts without a gap). `routemon cleanup` removes them.
+    #[arg(long, conflicts_with = "no_pin")]
+    pub keep_pinned: bool,
+
+    /// How to attach: TCX links where available (auto), or force tcx or clsact
+    /// (clsact cannot be pinned; implies nothing survives an exit).
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+    pub attach: AttachMode,
+
+    /// How often traffic findings (cross-ENI egress, asymmetric flows) are
+    /// evaluated; a finding clears after 6 quiet intervals (at least 30s).
+    #[arg(long, default_value = "10s", value_parser = parse_interval)]
+    pub interval: Duration,
+
+    /// Netlink receive buffer in bytes. Larger buffers lose fewer notifications
+    /// under route churn (a loss triggers a full re-read).
+    #[arg(long, value_name = "BYTES", default_value_t = crate::model::events::DEFAULT_RECEIVE_BUFFER)]
+    pub netlink_buffer: usize,
+}
+
+/// `routemon cleanup`.
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// The pin directory `watch` used.
+    #[arg(long, value_name = "DIR", default_value = crate::ebpf::pinning::DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+}
+
+/// Parses `--interval`: 1s to 1h.
+pub fn parse_interval(text: &str) -> Result<Duration, String> {
+    let interval = humantime::parse_duration(text)
+        .map_err(|err| format!("invalid interval '{text}' ({err}); use e.g. 10s, 1m"))?;
+    if interval < Duration::from_secs(1) || interval > Duration::from_secs(3600) {
+        return Err(format!(
+            "the interval must be between 1s and 1h (got {text})"
+        ));
+    }
+    Ok(interval)
 }
 
 /// Longest accepted `--duration`: a snapshot is an investigation, not a daemon.

@@ -212,6 +212,43 @@ pub struct Finding {
 }
 
 impl Finding {
+    /// What identifies this finding over time, for raising and clearing it: its kind
+    /// and the interfaces, routes or flow it is about, not its counts.
+    pub fn key(&self) -> String {
+        match &self.kind {
+            FindingKind::EqualMetricDefaultRoutes {
+                family,
+                table,
+                metric,
+                interfaces,
+                ..
+            } => format!(
+                "equal_metric_default_routes/{family}/{table}/{metric}/{}",
+                interfaces.join(",")
+            ),
+            FindingKind::PrimaryNotPreferred {
+                family,
+                table,
+                primary,
+                ..
+            } => format!("primary_not_preferred/{family}/{table}/{primary}"),
+            FindingKind::CrossEniEgress {
+                egress_interface,
+                source_interface,
+                ..
+            } => format!("cross_eni_egress/{egress_interface}/{source_interface}"),
+            FindingKind::AsymmetricFlow {
+                flow,
+                ingress_interface,
+                egress_interface,
+                ..
+            } => format!("asymmetric_flow/{flow}/{ingress_interface}/{egress_interface}"),
+            FindingKind::StrictRpFilter { interface, .. } => {
+                format!("strict_rp_filter/{interface}")
+            }
+        }
+    }
+
     /// The kind's name as it appears in JSON (`equal_metric_default_routes`, …).
     pub fn kind_name(&self) -> &'static str {
         match self.kind {

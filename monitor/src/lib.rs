@@ -20,6 +20,7 @@ pub mod report;
 pub mod samples;
 pub mod selection;
 pub mod signals;
+pub mod watch;
 
 #[cfg(test)]
 mod testutil;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use routemon::{
-    cli::{Cli, Command},
+    cli::{Cli, Command, LogFormat},
     commands,
     pin::PinError,
     preflight::PreflightError,
@@ -18,18 +18,28 @@ const EXIT_USAGE: u8 = 2;
 /// Exit status for missing privileges (EX_NOPERM).
 const EXIT_NOPERM: u8 = 77;
 
-fn init_logging(verbose: u8) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "info",
+fn init_logging(cli: &Cli) {
+    let default = match (cli.verbose, &cli.command) {
+        (0, Command::Watch(_)) => "info",
+        (0, _) => "warn",
+        (1, _) => "info",
         _ => "debug",
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let filter = match &cli.log_level {
+        Some(level) => EnvFilter::try_new(level).unwrap_or_else(|err| {
+            eprintln!("routemon: invalid --log-level '{level}' ({err}); using {default}");
+            EnvFilter::new(default)
+        }),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)),
+    };
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match cli.log_format {
+        LogFormat::Plain => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
 }
 
 fn exit_code(err: &anyhow::Error) -> u8 {
@@ -44,7 +54,7 @@ fn exit_code(err: &anyhow::Error) -> u8 {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    init_logging(&cli);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -61,6 +71,8 @@ fn main() -> ExitCode {
             Command::Snapshot(args) => commands::snapshot::run(args).await,
             Command::Pin(args) => commands::pin::run_pin(args).await,
             Command::Unpin(args) => commands::pin::run_unpin(args).await,
+            Command::Watch(args) => commands::watch::run(args).await,
+            Command::Cleanup(args) => commands::cleanup::run(args).await,
         }
     });
     match result {

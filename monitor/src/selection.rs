@@ -115,32 +115,38 @@ pub fn select_interfaces(
     model: &NetworkModel,
     patterns: &[InterfacePattern],
 ) -> Result<BTreeSet<u32>, SelectionError> {
+    if let Some(pattern) = patterns
+        .iter()
+        .find(|p| !model.links.values().any(|l| p.matches(&l.name)))
+    {
+        return Err(SelectionError::NoMatch {
+            pattern: pattern.as_str().to_owned(),
+            available: available(model),
+        });
+    }
+    Ok(matching_interfaces(model, patterns))
+}
+
+/// The interfaces `patterns` select now, without failing on a pattern that matches
+/// nothing (yet): what a long-running monitor attaches to as interfaces come and go.
+pub fn matching_interfaces(model: &NetworkModel, patterns: &[InterfacePattern]) -> BTreeSet<u32> {
     if patterns.is_empty() {
         let with_default: BTreeSet<u32> =
             model.default_routes().flat_map(|r| r.ifindexes()).collect();
-        return Ok(model
+        return model
             .links
             .values()
             .filter(|l| !l.is_loopback())
             .filter(|l| with_default.contains(&l.index) || is_eni_like(&l.name))
             .map(|l| l.index)
-            .collect());
+            .collect();
     }
-    let mut selected = BTreeSet::new();
-    for pattern in patterns {
-        let mut matched = false;
-        for link in model.links.values().filter(|l| pattern.matches(&l.name)) {
-            matched = true;
-            selected.insert(link.index);
-        }
-        if !matched {
-            return Err(SelectionError::NoMatch {
-                pattern: pattern.as_str().to_owned(),
-                available: available(model),
-            });
-        }
-    }
-    Ok(selected)
+    model
+        .links
+        .values()
+        .filter(|l| patterns.iter().any(|p| p.matches(&l.name)))
+        .map(|l| l.index)
+        .collect()
 }
 
 /// How the primary interface was chosen.

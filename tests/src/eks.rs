@@ -188,35 +188,33 @@ impl EksNode {
 
     /// Starts the node's private mount namespace, held open by a sleeping process:
     /// its own `/etc/systemd/network` (the scratch directory), `/run/systemd` and
-    /// `/run/dbus`, and a read-only `/sys` (networkd then does not wait for udev).
+    /// `/run/dbus`, a read-only `/sys` (networkd then does not wait for udev) and
+    /// the host's BPF filesystem on `/sys/fs/bpf`, as on a real node.
     /// A system D-Bus runs in it, so that `networkctl` works as on a real node.
     fn start_mount_ns(&mut self) -> Result<()> {
         let network = self.scratch().join("network");
-        let script = format!(
-            "mount --bind {} /etc/systemd/network && \
+        // Inside the node's network namespace: a sysfs of its own (read-only), the
+        // host's BPF filesystem (stashed before entering), the node's files.
+        let inner = format!(
+            "mount -t sysfs -o ro sysfs /sys && \
+             mount --bind \"$stash\" /sys/fs/bpf && umount \"$stash\" && rmdir \"$stash\" && \
+             mount --bind {} /etc/systemd/network && \
              mount -t tmpfs tmpfs /run/systemd && \
              mkdir -p /run/dbus && mount -t tmpfs tmpfs /run/dbus && \
              mkdir -p /run/systemd/netif && \
              chown systemd-network:systemd-network /run/systemd/netif && \
-             mount -o remount,ro /sys && \
              exec sleep infinity",
             network.display()
         );
+        let outer = format!(
+            "stash=$(mktemp -d) && mount --bind /sys/fs/bpf \"$stash\" && export stash && \
+             exec nsenter --net={} bash -c '{inner}'",
+            self.node.path().display()
+        );
         let holder = Daemon::spawn(
             "node mount namespace",
-            "ip",
-            &[
-                "netns",
-                "exec",
-                self.node.name(),
-                "unshare",
-                "-m",
-                "--propagation",
-                "private",
-                "bash",
-                "-c",
-                &script,
-            ],
+            "unshare",
+            &["-m", "--propagation", "private", "bash", "-c", &outer],
             None,
         )?;
         let pid = holder.pid().context("holder pid")?;

@@ -14,5 +14,6 @@ pub mod netns;
 pub mod routemon;
 pub mod topology;
 pub mod traffic;
+pub mod watch;
 
 pub use topology::{INTERNET_V4, INTERNET_V6, Testbed, UplinkSpec};

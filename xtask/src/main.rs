@@ -20,8 +20,14 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Task {
     /// Make this machine ready (idempotent): nightly rust-src, bpf-linker built
-    /// against rustc's own LLVM, and the Debian packages the tests use.
-    Setup,
+    /// against rustc's own LLVM, and the Debian packages and Python tools the
+    /// tests use.
+    Setup {
+        /// Only what building needs (nightly with rust-src, bpf-linker): for
+        /// container builds.
+        #[arg(long)]
+        build_only: bool,
+    },
     /// Build everything in release mode (the eBPF object is embedded in routemon).
     Build,
     /// Build routemon and run it as root: `cargo xtask run -- routes`.
@@ -46,7 +52,8 @@ enum Task {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: Result<()> = match cli.task {
-        Task::Setup => setup::run(),
+        Task::Setup { build_only: true } => setup::run_build_only(),
+        Task::Setup { build_only: false } => setup::run(),
         Task::Build => build(),
         Task::Run { args } => run(&args),
         Task::Test { filter } => test(filter.as_deref()),

@@ -34,7 +34,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ),
     (
         "systemd",
-        "systemd-networkd: the node's real network manager in the EKS testbed",
+        "systemd-networkd: the EKS testbed's network manager; systemd-analyze: checks the unit in deploy/",
     ),
     (
         "dbus",
@@ -52,13 +52,39 @@ const PACKAGES: &[(&str, &str)] = &[
         "python3",
         "python3 -m http.server: the testbed's internet host",
     ),
+    (
+        "python3-venv",
+        "python3 -m venv: a private environment for the Python tools below",
+    ),
+    (
+        "prometheus",
+        "prometheus, promtool: a real server scrapes `watch`, promtool checks /metrics",
+    ),
 ];
+
+/// Python tools, installed into `target/tools/venv` (never into the system).
+const PYTHON_TOOLS: &[(&str, &str)] = &[(
+    "kubernetes-validate==1.37.0",
+    "kubernetes-validate: checks deploy/kubernetes against the Kubernetes API schemas",
+)];
+
+/// Where [`PYTHON_TOOLS`] are installed, relative to the workspace root.
+pub const TOOLS_VENV: &str = "target/tools/venv";
+
+/// Runs the steps building needs.
+pub fn run_build_only() -> Result<()> {
+    nightly_with_rust_src()?;
+    bpf_linker()?;
+    println!("setup: ready to build");
+    Ok(())
+}
 
 /// Runs every step.
 pub fn run() -> Result<()> {
     nightly_with_rust_src()?;
     bpf_linker()?;
     debian_packages()?;
+    python_tools()?;
     println!("setup: ready");
     Ok(())
 }
@@ -208,5 +234,29 @@ fn debian_packages() -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )?;
+    Ok(())
+}
+
+fn python_tools() -> Result<()> {
+    let venv = crate::util::workspace_root().join(TOOLS_VENV);
+    let pip = venv.join("bin/pip");
+    let stamp = venv.join(".routemon-tools");
+    let wanted: Vec<&str> = PYTHON_TOOLS.iter().map(|(spec, _)| *spec).collect();
+    if fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == wanted.join(" ")) {
+        println!("setup: Python tools: ok");
+        return Ok(());
+    }
+    if !pip.exists() {
+        println!("setup: creating {}", venv.display());
+        run_cmd(Command::new("python3").arg("-m").arg("venv").arg(&venv))
+            .context("python3 -m venv failed; install python3-venv")?;
+    }
+    println!("setup: installing {}", wanted.join(" "));
+    run_cmd(
+        Command::new(&pip)
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(&wanted),
+    )?;
+    fs::write(&stamp, format!("{}\n", wanted.join(" ")))?;
     Ok(())
 }

@@ -1,8 +1,10 @@
 //! The subcommands.
 
+pub mod cleanup;
 pub mod pin;
 pub mod routes;
 pub mod snapshot;
+pub mod watch;
 
 use std::collections::{BTreeSet, HashSet};
 

@@ -73,20 +73,6 @@ fn file_views(changes: &[FileChange]) -> Vec<FileChangeView> {
         .collect()
 }
 
-fn describe(model: &NetworkModel, key: &RouteKey) -> String {
-    let mut out = format!("{} default", key.family);
-    if let Some(gateway) = key.gateway {
-        let _ = write!(out, " via {gateway}");
-    }
-    let _ = write!(
-        out,
-        " dev {} metric {}",
-        model.link_name(key.ifindex),
-        key.metric
-    );
-    out
-}
-
 fn render_changes(out: &mut String, routes: &[RouteChangeView], files: &[FileChangeView]) {
     out.push_str("\nLive routes:\n");
     if routes.is_empty() {
@@ -118,11 +104,7 @@ fn render_changes(out: &mut String, routes: &[RouteChangeView], files: &[FileCha
 
 fn print_actions(out: &mut String, model: &NetworkModel, actions: &[Action]) {
     for action in actions {
-        let (verb, key, note) = match action {
-            Action::Added(key) => ("added  ", key, "read back"),
-            Action::Deleted(key) => ("deleted", key, "read back as gone"),
-        };
-        let _ = writeln!(out, "  {verb} {} ({note})", describe(model, key));
+        let _ = writeln!(out, "  {}", action.describe(model));
     }
 }
 

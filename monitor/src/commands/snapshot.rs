@@ -11,7 +11,8 @@ use crate::{
     ebpf::{AttachedVia, Monitor},
     model::{
         Link,
-        dump::{AddressChange, AddressEvents, Netlink},
+        dump::Netlink,
+        events::{Groups, Notification, Subscription},
     },
     preflight,
     report::{Measured, Report, ReportInput, SnapshotInfo},
@@ -34,7 +35,7 @@ pub async fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
 
     let netlink = Netlink::connect()?;
     // Subscribed before the dump, so no address change falls between the two.
-    let mut address_events = AddressEvents::subscribe()?;
+    let mut address_events = Subscription::subscribe(Groups::Addresses)?;
     let found = Investigation::gather(&netlink, &args.selection).await?;
     let plan = AttributionPlan::build(&found.model, &found.monitored);
     let links: Vec<&Link> = found
@@ -93,11 +94,11 @@ pub async fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
                 // Secondary IPs come and go (the VPC CNI assigns them to pods' ENIs):
                 // keep the cross-ENI owner map current.
                 let (addr, owner) = match change {
-                    AddressChange::Added(a) if found.monitored.contains(&a.ifindex) => {
+                    Notification::AddressAdded(a) if found.monitored.contains(&a.ifindex) => {
                         (a.addr.addr(), Some(a.ifindex))
                     }
-                    AddressChange::Removed(a) => (a.addr.addr(), None),
-                    AddressChange::Added(_) => continue,
+                    Notification::AddressRemoved(a) => (a.addr.addr(), None),
+                    _ => continue,
                 };
                 if let Err(err) = monitor.set_source_owner(addr, owner) {
                     tracing::warn!("could not update the owner of {addr}: {err}");

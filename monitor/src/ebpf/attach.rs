@@ -6,12 +6,18 @@
 //! routemon removes them on every orderly exit, together with the clsact qdisc if it
 //! created it and nothing else uses it.
 
-use std::fmt;
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     programs::{
         LinkOrder, SchedClassifier, TcAttachType,
-        tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions, TcError},
+        links::{FdLink, PinnedLink},
+        tc::{
+            self, NlOptions, SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions, TcError,
+        },
     },
     util::KernelVersion,
 };
@@ -94,7 +100,33 @@ pub struct Attachment {
     pub via: AttachedVia,
     /// Whether routemon created the interface's clsact qdisc for this attachment.
     pub created_clsact: bool,
-    link_id: SchedClassifierLinkId,
+    /// Whether a pinned link of a previous routemon was taken over.
+    pub adopted: bool,
+    handle: Handle,
+}
+
+/// Who holds the attachment.
+#[derive(Debug)]
+enum Handle {
+    /// The program holds it; it ends when routemon detaches or exits.
+    Owned(SchedClassifierLinkId),
+    /// A TCX link pinned on the BPF filesystem: it outlives routemon until unpinned.
+    Pinned {
+        /// routemon's reference to the link.
+        link: FdLink,
+        /// The pin.
+        path: PathBuf,
+    },
+}
+
+impl Attachment {
+    /// Where the link is pinned, if it is.
+    pub fn pin_path(&self) -> Option<&Path> {
+        match &self.handle {
+            Handle::Pinned { path, .. } => Some(path),
+            Handle::Owned(_) => None,
+        }
+    }
 }
 
 /// TCX links arrived in Linux 6.6.
@@ -150,8 +182,89 @@ pub fn attach(
         direction,
         via,
         created_clsact,
-        link_id,
+        adopted: false,
+        handle: Handle::Owned(link_id),
     })
+}
+
+/// Attaches `program` to `link` in `direction` with a TCX link pinned at `path`.
+/// When a link is already pinned there (left by a previous routemon), `program`
+/// takes its place in that link atomically instead: the interface is never without
+/// a counting program and never has two.
+pub fn attach_pinned(
+    program: &mut SchedClassifier,
+    name: &'static str,
+    link: &Link,
+    direction: Direction,
+    path: &Path,
+) -> Result<Attachment, EbpfError> {
+    let fail = |reason: String| EbpfError::Attach {
+        program: name,
+        interface: link.name.clone(),
+        direction,
+        reason,
+    };
+    let make = |fd_link: FdLink, adopted: bool| Attachment {
+        program: name,
+        interface: link.name.clone(),
+        ifindex: link.index,
+        direction,
+        via: AttachedVia::Tcx,
+        created_clsact: false,
+        adopted,
+        handle: Handle::Pinned {
+            link: fd_link,
+            path: path.to_path_buf(),
+        },
+    };
+    if path.exists() {
+        match adopt(program, path) {
+            Ok(fd_link) => return Ok(make(fd_link, true)),
+            Err(reason) => {
+                tracing::warn!(interface = %link.name, %direction, "cannot take over the pinned link ({reason}); attaching anew");
+                std::fs::remove_file(path)
+                    .map_err(|err| fail(format!("removing the stale pin failed: {err}")))?;
+            }
+        }
+    }
+    let options = TcAttachOptions::TcxOrder(LinkOrder::default());
+    let id = program
+        .attach_with_options(&link.name, direction.into(), options)
+        .map_err(|err| {
+            fail(format!(
+                "{err}. Pinned attachments need TCX links (Linux 6.6+); on older kernels \
+                 run `routemon watch --no-pin`"
+            ))
+        })?;
+    let fd_link = take_fd_link(program, id).map_err(&fail)?;
+    let pinned = fd_link.pin(path).map_err(|err| {
+        fail(format!(
+            "pinning the link at {} failed: {err}",
+            path.display()
+        ))
+    })?;
+    Ok(make(pinned.into(), false))
+}
+
+/// Swaps `program` into the TCX link pinned at `path`.
+fn adopt(program: &mut SchedClassifier, path: &Path) -> Result<FdLink, String> {
+    let pinned = PinnedLink::from_pin(path).map_err(|err| err.to_string())?;
+    let fd_link: FdLink = pinned.into();
+    let link = SchedClassifierLink::try_from(fd_link).map_err(|err| err.to_string())?;
+    let id = program
+        .attach_to_link(link)
+        .map_err(|err| format!("updating the link failed: {err}"))?;
+    take_fd_link(program, id)
+}
+
+fn take_fd_link(
+    program: &mut SchedClassifier,
+    id: SchedClassifierLinkId,
+) -> Result<FdLink, String> {
+    let link = program
+        .take_link(id)
+        .map_err(|err| format!("taking the link failed: {err}"))?;
+    FdLink::try_from(link).map_err(|err| format!("not a TCX link: {err}"))
 }
 
 /// Adds the clsact qdisc unless it exists. Returns whether it was created.
@@ -174,16 +287,31 @@ fn ensure_clsact(interface: &str) -> Result<bool, String> {
     }
 }
 
-/// Detaches one attachment.
+/// Detaches one attachment (a pinned link: removes its pin and closes it).
 pub fn detach(program: &mut SchedClassifier, attachment: Attachment) -> Result<(), EbpfError> {
-    program
-        .detach(attachment.link_id)
-        .map_err(|err| EbpfError::Attach {
-            program: attachment.program,
-            interface: attachment.interface,
-            direction: attachment.direction,
-            reason: format!("detach failed: {err}"),
-        })
+    let fail = |reason: String| EbpfError::Attach {
+        program: attachment.program,
+        interface: attachment.interface.clone(),
+        direction: attachment.direction,
+        reason,
+    };
+    match attachment.handle {
+        Handle::Owned(link_id) => program
+            .detach(link_id)
+            .map_err(|err| fail(format!("detach failed: {err}"))),
+        Handle::Pinned { link, path } => {
+            let removed = match std::fs::remove_file(&path) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(fail(format!(
+                    "removing the pin {} failed: {err}",
+                    path.display()
+                ))),
+                _ => Ok(()),
+            };
+            // The last reference: the kernel detaches the program now.
+            drop(link);
+            removed
+        }
+    }
 }
 
 /// Whether an interface with this index and name still exists in this namespace.

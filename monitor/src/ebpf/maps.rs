@@ -50,13 +50,203 @@ pub fn register_interfaces(
         PerCpuHashMap::try_from(map_mut(ebpf, IFACE_COUNTERS_MAP)?)
             .map_err(map_error(IFACE_COUNTERS_MAP))?;
     for ifindex in ifindexes {
-        let zero = PerCpuValues::try_from(vec![IfaceCounters::default(); nr_cpus])
-            .map_err(|err| EbpfError::Other(format!("per-CPU values: {err}")))?;
-        counters
-            .insert(ifindex, zero, 0)
-            .map_err(map_error(IFACE_COUNTERS_MAP))?;
+        match counters.insert(ifindex, zeroed(nr_cpus)?, BPF_NOEXIST) {
+            Ok(()) => {}
+            // Counters a previous routemon left in a pinned map continue.
+            Err(aya::maps::MapError::SyscallError(err))
+                if err.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(err) => return Err(map_error(IFACE_COUNTERS_MAP)(err)),
+        }
     }
     Ok(())
+}
+
+/// `BPF_NOEXIST`: create only.
+const BPF_NOEXIST: u64 = 1;
+
+fn zeroed<T: aya::Pod + Default>(nr_cpus: usize) -> Result<PerCpuValues<T>, EbpfError> {
+    PerCpuValues::try_from(vec![T::default(); nr_cpus])
+        .map_err(|err| EbpfError::Other(format!("per-CPU values: {err}")))
+}
+
+/// Removes an interface's counters.
+pub fn unregister_interface(ebpf: &mut Ebpf, ifindex: u32) -> Result<(), EbpfError> {
+    let mut counters: PerCpuHashMap<&mut MapData, u32, IfaceCounters> =
+        PerCpuHashMap::try_from(map_mut(ebpf, IFACE_COUNTERS_MAP)?)
+            .map_err(map_error(IFACE_COUNTERS_MAP))?;
+    ignore_missing(counters.remove(&ifindex)).map_err(map_error(IFACE_COUNTERS_MAP))
+}
+
+fn ignore_missing(result: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match result {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(err))
+            if err.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// One key of the route tries: traffic to `prefix` leaving by `ifindex`, looked up
+/// in `table_slot`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TrieKey {
+    /// Egress interface.
+    pub ifindex: u32,
+    /// Table slot.
+    pub table_slot: u32,
+    /// Destination prefix (network address).
+    pub prefix: IpNet,
+}
+
+impl From<&crate::attribution::TrieEntry> for TrieKey {
+    fn from(entry: &crate::attribution::TrieEntry) -> Self {
+        Self {
+            ifindex: entry.ifindex,
+            table_slot: entry.table_slot,
+            prefix: entry.prefix,
+        }
+    }
+}
+
+fn trie<'a, K: aya::Pod>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<LpmTrie<&'a mut MapData, K, u32>, EbpfError> {
+    LpmTrie::try_from(map_mut(ebpf, name)?).map_err(map_error(name))
+}
+
+/// Writes (`Some(id)`) or removes (`None`) route trie entries.
+pub fn update_route_entries(
+    ebpf: &mut Ebpf,
+    changes: &[(TrieKey, Option<u32>)],
+) -> Result<(), EbpfError> {
+    let bits = |prefix_len: u8| ROUTE_KEY_PREFIX_BITS + u32::from(prefix_len);
+    for (key, id) in changes {
+        match key.prefix {
+            IpNet::V4(net) => {
+                let data = RouteKeyV4 {
+                    ifindex: key.ifindex,
+                    table_slot: key.table_slot,
+                    addr: net.network().octets(),
+                };
+                let lpm = Key::new(bits(net.prefix_len()), data);
+                let mut map = trie::<RouteKeyV4>(ebpf, ROUTES_V4_MAP)?;
+                match id {
+                    Some(id) => map.insert(&lpm, *id, 0),
+                    None => ignore_missing(map.remove(&lpm)),
+                }
+                .map_err(map_error(ROUTES_V4_MAP))?;
+            }
+            IpNet::V6(net) => {
+                let data = RouteKeyV6 {
+                    ifindex: key.ifindex,
+                    table_slot: key.table_slot,
+                    addr: net.network().octets(),
+                };
+                let lpm = Key::new(bits(net.prefix_len()), data);
+                let mut map = trie::<RouteKeyV6>(ebpf, ROUTES_V6_MAP)?;
+                match id {
+                    Some(id) => map.insert(&lpm, *id, 0),
+                    None => ignore_missing(map.remove(&lpm)),
+                }
+                .map_err(map_error(ROUTES_V6_MAP))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads every route trie entry.
+pub fn route_entries(ebpf: &Ebpf) -> Result<Vec<(TrieKey, u32)>, EbpfError> {
+    let mut out = Vec::new();
+    let prefix = |bits: u32| u8::try_from(bits.saturating_sub(ROUTE_KEY_PREFIX_BITS)).ok();
+    let v4: LpmTrie<&MapData, RouteKeyV4, u32> =
+        LpmTrie::try_from(map(ebpf, ROUTES_V4_MAP)?).map_err(map_error(ROUTES_V4_MAP))?;
+    for item in v4.iter() {
+        let (key, id) = item.map_err(map_error(ROUTES_V4_MAP))?;
+        let data = key.data();
+        let net = prefix(key.prefix_len())
+            .and_then(|len| ipnet::Ipv4Net::new(data.addr.into(), len).ok());
+        if let Some(net) = net {
+            out.push((
+                TrieKey {
+                    ifindex: data.ifindex,
+                    table_slot: data.table_slot,
+                    prefix: IpNet::V4(net),
+                },
+                id,
+            ));
+        }
+    }
+    let v6: LpmTrie<&MapData, RouteKeyV6, u32> =
+        LpmTrie::try_from(map(ebpf, ROUTES_V6_MAP)?).map_err(map_error(ROUTES_V6_MAP))?;
+    for item in v6.iter() {
+        let (key, id) = item.map_err(map_error(ROUTES_V6_MAP))?;
+        let data = key.data();
+        let net = prefix(key.prefix_len())
+            .and_then(|len| ipnet::Ipv6Net::new(data.addr.into(), len).ok());
+        if let Some(net) = net {
+            out.push((
+                TrieKey {
+                    ifindex: data.ifindex,
+                    table_slot: data.table_slot,
+                    prefix: IpNet::V6(net),
+                },
+                id,
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Zeroes one route id's counters.
+pub fn reset_route_counter(ebpf: &mut Ebpf, id: u32) -> Result<(), EbpfError> {
+    let nr_cpus = cpus()?;
+    let mut counters: PerCpuArray<&mut MapData, PacketCounters> =
+        PerCpuArray::try_from(map_mut(ebpf, ROUTE_COUNTERS_MAP)?)
+            .map_err(map_error(ROUTE_COUNTERS_MAP))?;
+    counters
+        .set(id, zeroed(nr_cpus)?, 0)
+        .map_err(map_error(ROUTE_COUNTERS_MAP))
+}
+
+/// Replaces the source-rule tries' content with `rules`.
+pub fn replace_source_rules(
+    ebpf: &mut Ebpf,
+    rules: &[crate::attribution::SourceRule],
+) -> Result<(), EbpfError> {
+    fn clear<K: aya::Pod>(ebpf: &mut Ebpf, name: &'static str) -> Result<(), EbpfError> {
+        let mut map = trie::<K>(ebpf, name)?;
+        let keys: Vec<Key<K>> = map.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            ignore_missing(map.remove(&key)).map_err(map_error(name))?;
+        }
+        Ok(())
+    }
+    clear::<[u8; 4]>(ebpf, SOURCE_RULES_V4_MAP)?;
+    clear::<[u8; 16]>(ebpf, SOURCE_RULES_V6_MAP)?;
+    fill_source_rules(ebpf, rules)
+}
+
+/// Every address → owner entry.
+pub fn source_owners(ebpf: &Ebpf) -> Result<Vec<(std::net::IpAddr, u32)>, EbpfError> {
+    let mut out = Vec::new();
+    let v4: HashMap<&MapData, [u8; 4], u32> = HashMap::try_from(map(ebpf, SOURCE_OWNERS_V4_MAP)?)
+        .map_err(map_error(SOURCE_OWNERS_V4_MAP))?;
+    for item in v4.iter() {
+        let (addr, owner) = item.map_err(map_error(SOURCE_OWNERS_V4_MAP))?;
+        out.push((std::net::IpAddr::from(addr), owner));
+    }
+    let v6: HashMap<&MapData, [u8; 16], u32> = HashMap::try_from(map(ebpf, SOURCE_OWNERS_V6_MAP)?)
+        .map_err(map_error(SOURCE_OWNERS_V6_MAP))?;
+    for item in v6.iter() {
+        let (addr, owner) = item.map_err(map_error(SOURCE_OWNERS_V6_MAP))?;
+        out.push((std::net::IpAddr::from(addr), owner));
+    }
+    Ok(out)
 }
 
 fn fill_trie<K: aya::Pod>(
@@ -101,11 +291,19 @@ pub fn load_routes(ebpf: &mut Ebpf, plan: &AttributionPlan) -> Result<(), EbpfEr
     });
     fill_trie(ebpf, ROUTES_V6_MAP, v6)?;
 
-    let rules = plan.source_rules.iter().take(MAX_SOURCE_RULES as usize);
-    if plan.source_rules.len() > MAX_SOURCE_RULES as usize {
+    fill_source_rules(ebpf, &plan.source_rules)
+}
+
+/// Writes source rules into the per-family source tries.
+fn fill_source_rules(
+    ebpf: &mut Ebpf,
+    rules_in: &[crate::attribution::SourceRule],
+) -> Result<(), EbpfError> {
+    let rules = rules_in.iter().take(MAX_SOURCE_RULES as usize);
+    if rules_in.len() > MAX_SOURCE_RULES as usize {
         tracing::warn!(
             "{} source rules; only the first {MAX_SOURCE_RULES} are used for route attribution",
-            plan.source_rules.len()
+            rules_in.len()
         );
     }
     let v4 = rules.clone().filter_map(|r| match r.prefix {

@@ -3,6 +3,7 @@
 
 mod attach;
 mod maps;
+pub mod pinning;
 
 use std::{collections::BTreeMap, net::IpAddr};
 
@@ -15,6 +16,8 @@ use monitor_common::{
 use thiserror::Error;
 
 pub use attach::{AttachMode, AttachedVia, Attachment, Direction};
+pub use maps::TrieKey;
+use pinning::PinStore;
 
 use crate::{attribution::AttributionPlan, model::Link};
 
@@ -72,6 +75,7 @@ pub enum EbpfError {
 pub struct Monitor {
     ebpf: Ebpf,
     attachments: Vec<Attachment>,
+    pins: Option<PinStore>,
 }
 
 impl Monitor {
@@ -106,22 +110,39 @@ impl Monitor {
         maps::load_routes(&mut ebpf, plan)?;
         maps::register_source_owners(&mut ebpf, source_owners)?;
 
-        for name in [
-            program::EGRESS,
-            program::INGRESS,
-            program::EGRESS_L3,
-            program::INGRESS_L3,
-        ] {
-            classifier(&mut ebpf, name)?
-                .load()
-                .map_err(|source| EbpfError::Program {
-                    program: name,
-                    source,
-                })?;
-        }
+        load_programs(&mut ebpf)?;
         Ok(Self {
             ebpf,
             attachments: Vec::new(),
+            pins: None,
+        })
+    }
+
+    /// Loads the object for a long-running monitor: fixed capacities, maps pinned
+    /// in `pins` if given (reused with their counts when a previous routemon left
+    /// them), programs loaded, nothing attached and no route entries written yet.
+    pub fn load_long_running(pins: Option<PinStore>) -> Result<Self, EbpfError> {
+        raise_memlock_limit();
+        let layouts = pinning::pinned_maps();
+        let paths: Vec<(&'static str, std::path::PathBuf)> = pins
+            .iter()
+            .flat_map(|store| layouts.iter().map(|l| (l.name, store.map_path(l.name))))
+            .collect();
+        let mut loader = EbpfLoader::new();
+        for layout in &layouts {
+            loader.map_max_entries(layout.name, layout.max_entries);
+        }
+        if pins.is_some() {
+            for (name, path) in &paths {
+                loader.map_pin_path(name, path.as_path());
+            }
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(EbpfError::Object)?;
+        load_programs(&mut ebpf)?;
+        Ok(Self {
+            ebpf,
+            attachments: Vec::new(),
+            pins,
         })
     }
 
@@ -133,16 +154,104 @@ impl Monitor {
             (program::EGRESS, program::INGRESS)
         };
         for (name, direction) in [(egress, Direction::Egress), (ingress, Direction::Ingress)] {
-            let attachment = attach::attach(
-                classifier(&mut self.ebpf, name)?,
-                name,
-                link,
-                direction,
-                mode,
-            )?;
+            let program = classifier(&mut self.ebpf, name)?;
+            let attachment = match (&self.pins, mode) {
+                (Some(pins), AttachMode::Auto | AttachMode::Tcx) => attach::attach_pinned(
+                    program,
+                    name,
+                    link,
+                    direction,
+                    &pins.link_path(&link.name, link.index, direction),
+                )?,
+                _ => attach::attach(program, name, link, direction, mode)?,
+            };
             self.attachments.push(attachment);
         }
         Ok(())
+    }
+
+    /// Forgets the attachments of an interface that was deleted (the kernel already
+    /// detached them) and returns its final counters, removing them from the map.
+    pub fn release_interface(&mut self, ifindex: u32) -> Result<IfaceCounters, EbpfError> {
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.attachments)
+            .into_iter()
+            .partition(|a| a.ifindex == ifindex);
+        self.attachments = kept;
+        for attachment in gone {
+            if let Some(path) = attachment.pin_path() {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        let last = maps::interface_counters(&self.ebpf)?
+            .remove(&ifindex)
+            .unwrap_or_default();
+        maps::unregister_interface(&mut self.ebpf, ifindex)?;
+        Ok(last)
+    }
+
+    /// Whether routemon's programs are attached to this interface.
+    pub fn is_attached(&self, ifindex: u32) -> bool {
+        self.attachments.iter().any(|a| a.ifindex == ifindex)
+    }
+
+    /// Creates zeroed counters for an interface; existing counters (of a previous
+    /// routemon, in pinned maps) are kept.
+    pub fn register_interface(&mut self, ifindex: u32) -> Result<(), EbpfError> {
+        maps::register_interfaces(&mut self.ebpf, std::iter::once(ifindex))
+    }
+
+    /// The route entries in the kernel's tries, with their route ids.
+    pub fn route_entries(&self) -> Result<Vec<(TrieKey, u32)>, EbpfError> {
+        maps::route_entries(&self.ebpf)
+    }
+
+    /// Writes (`Some(id)`) or removes (`None`) route trie entries.
+    pub fn update_route_entries(
+        &mut self,
+        changes: &[(TrieKey, Option<u32>)],
+    ) -> Result<(), EbpfError> {
+        maps::update_route_entries(&mut self.ebpf, changes)
+    }
+
+    /// Replaces the source rules (prefix → table slot).
+    pub fn replace_source_rules(
+        &mut self,
+        rules: &[crate::attribution::SourceRule],
+    ) -> Result<(), EbpfError> {
+        maps::replace_source_rules(&mut self.ebpf, rules)
+    }
+
+    /// Zeroes the counters of a route id before it is given to another route.
+    pub fn reset_route_counter(&mut self, id: u32) -> Result<(), EbpfError> {
+        maps::reset_route_counter(&mut self.ebpf, id)
+    }
+
+    /// Every address → owner entry of the cross-ENI map.
+    pub fn source_owners(&self) -> Result<Vec<(IpAddr, u32)>, EbpfError> {
+        maps::source_owners(&self.ebpf)
+    }
+
+    /// Time spent in and runs of each loaded program, when the kernel collects
+    /// statistics (`kernel.bpf_stats_enabled`): (program, nanoseconds, runs).
+    pub fn program_stats(&self) -> Vec<(&'static str, u64, u64)> {
+        PROGRAMS
+            .iter()
+            .filter_map(|name| {
+                let program: &SchedClassifier = self.ebpf.program(name)?.try_into().ok()?;
+                let info = program.info().ok()?;
+                let nanos = u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX);
+                Some((*name, nanos, info.run_count()))
+            })
+            .collect()
+    }
+
+    /// Ends this monitor but leaves pinned links attached and pinned maps in place,
+    /// for the next routemon to adopt. Unpinned attachments are detached.
+    pub async fn keep_pinned(
+        mut self,
+        netlink: &crate::model::dump::Netlink,
+    ) -> Result<(), EbpfError> {
+        self.detach_where(netlink, |a| a.pin_path().is_none()).await
     }
 
     /// Everything attached so far.
@@ -198,9 +307,30 @@ impl Monitor {
     /// Detaches every program, then removes the clsact qdiscs routemon created (if
     /// nothing else uses them). Attempts every step and reports the first failure.
     pub async fn detach(mut self, netlink: &crate::model::dump::Netlink) -> Result<(), EbpfError> {
+        self.detach_where(netlink, |_| true).await
+    }
+
+    /// Detaches routemon from one interface (it stays, but is no longer monitored).
+    pub async fn detach_interface(
+        &mut self,
+        netlink: &crate::model::dump::Netlink,
+        ifindex: u32,
+    ) -> Result<(), EbpfError> {
+        self.detach_where(netlink, |a| a.ifindex == ifindex).await
+    }
+
+    async fn detach_where(
+        &mut self,
+        netlink: &crate::model::dump::Netlink,
+        selected: impl Fn(&Attachment) -> bool,
+    ) -> Result<(), EbpfError> {
         let mut first_error = None;
         let mut created_clsact = Vec::new();
-        for attachment in std::mem::take(&mut self.attachments) {
+        let (chosen, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.attachments)
+            .into_iter()
+            .partition(|a| selected(a));
+        self.attachments = kept;
+        for attachment in chosen {
             if attachment.created_clsact {
                 created_clsact.push((attachment.ifindex, attachment.interface.clone()));
             }
@@ -243,6 +373,26 @@ impl SampleReader {
         }
         out
     }
+}
+
+/// routemon's TC programs.
+const PROGRAMS: [&str; 4] = [
+    program::EGRESS,
+    program::INGRESS,
+    program::EGRESS_L3,
+    program::INGRESS_L3,
+];
+
+fn load_programs(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
+    for name in PROGRAMS {
+        classifier(ebpf, name)?
+            .load()
+            .map_err(|source| EbpfError::Program {
+                program: name,
+                source,
+            })?;
+    }
+    Ok(())
 }
 
 fn classifier<'a>(

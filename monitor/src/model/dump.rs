@@ -3,12 +3,11 @@
 use std::collections::BTreeMap;
 
 use futures::TryStreamExt as _;
-use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::{AddressFamily, route::RouteMessage};
-use rtnetlink::{Handle, IpVersion, MulticastGroup, new_connection, new_multicast_connection};
+use rtnetlink::{Handle, IpVersion, new_connection};
 use thiserror::Error;
 
-use super::{Address, Family, Link, NetworkModel, convert};
+use super::{Address, Family, Link, NetworkModel, Route, Rule, convert};
 
 /// Failure to read the network state from the kernel.
 #[derive(Debug, Error)]
@@ -76,84 +75,62 @@ impl Netlink {
         Ok(messages)
     }
 
+    /// Dumps the addresses of every link.
+    pub async fn addresses(&self) -> Result<Vec<Address>, DumpError> {
+        let mut out = Vec::new();
+        let mut addresses = self.handle.address().get().execute();
+        while let Some(msg) = next(&mut addresses, "addresses").await? {
+            out.extend(convert::address(&msg));
+        }
+        Ok(out)
+    }
+
+    /// Dumps the routes of every table of one family, in the kernel's order;
+    /// `first_order` numbers the first one.
+    pub async fn routes(
+        &self,
+        family: Family,
+        first_order: usize,
+    ) -> Result<Vec<Route>, DumpError> {
+        Ok(self
+            .route_messages(family)
+            .await?
+            .iter()
+            .filter_map(|msg| convert::route(msg, 0))
+            .enumerate()
+            .map(|(i, route)| Route {
+                order: first_order + i,
+                ..route
+            })
+            .collect())
+    }
+
+    /// Dumps the policy rules of both families.
+    pub async fn rules(&self) -> Result<Vec<Rule>, DumpError> {
+        let mut out = Vec::new();
+        for (version, what) in [(IpVersion::V4, "IPv4 rules"), (IpVersion::V6, "IPv6 rules")] {
+            let mut rules = self.handle.rule().get(version).execute();
+            while let Some(msg) = next(&mut rules, what).await? {
+                out.extend(convert::rule(&msg));
+            }
+        }
+        Ok(out)
+    }
+
     /// Dumps links, addresses, routes of every table and policy rules.
     pub async fn dump(&self) -> Result<NetworkModel, DumpError> {
         let mut model = NetworkModel {
             links: self.links().await?,
+            addresses: self.addresses().await?,
             ..NetworkModel::default()
         };
-
-        let mut addresses = self.handle.address().get().execute();
-        while let Some(msg) = next(&mut addresses, "addresses").await? {
-            model.addresses.extend(convert::address(&msg));
-        }
-
         for family in [Family::Ipv4, Family::Ipv6] {
-            for msg in self.route_messages(family).await? {
-                let order = model.routes.len();
-                model.routes.extend(convert::route(&msg, order));
-            }
+            let routes = self.routes(family, model.routes.len()).await?;
+            model.routes.extend(routes);
         }
-
-        for (version, what) in [(IpVersion::V4, "IPv4 rules"), (IpVersion::V6, "IPv6 rules")] {
-            let mut rules = self.handle.rule().get(version).execute();
-            while let Some(msg) = next(&mut rules, what).await? {
-                model.rules.extend(convert::rule(&msg));
-            }
-        }
+        model.rules = self.rules().await?;
         model.rp_filter = super::sysctl::rp_filter(model.links.values());
         Ok(model)
-    }
-}
-
-/// A change to an interface address, announced by the kernel.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AddressChange {
-    /// An address was added.
-    Added(Address),
-    /// An address was removed.
-    Removed(Address),
-}
-
-/// Kernel notifications of address changes (`RTNLGRP_IPV4_IFADDR`, `…IPV6_IFADDR`).
-pub struct AddressEvents {
-    messages: futures::channel::mpsc::UnboundedReceiver<(
-        netlink_packet_core::NetlinkMessage<RouteNetlinkMessage>,
-        netlink_sys::SocketAddr,
-    )>,
-}
-
-impl AddressEvents {
-    /// Subscribes; notifications queue up from this moment on.
-    pub fn subscribe() -> Result<Self, DumpError> {
-        let (connection, _, messages) =
-            new_multicast_connection(&[MulticastGroup::Ipv4Ifaddr, MulticastGroup::Ipv6Ifaddr])
-                .map_err(DumpError::Socket)?;
-        tokio::spawn(connection);
-        Ok(Self { messages })
-    }
-
-    /// The next address change; `None` when the subscription ended.
-    pub async fn next(&mut self) -> Option<AddressChange> {
-        use futures::StreamExt as _;
-        loop {
-            let (message, _) = self.messages.next().await?;
-            if let netlink_packet_core::NetlinkPayload::InnerMessage(inner) = message.payload {
-                match inner {
-                    RouteNetlinkMessage::NewAddress(msg) => {
-                        if let Some(addr) = convert::address(&msg) {
-                            return Some(AddressChange::Added(addr));
-                        }
-                    }
-                    RouteNetlinkMessage::DelAddress(msg) => {
-                        if let Some(addr) = convert::address(&msg) {
-                            return Some(AddressChange::Removed(addr));
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
     }
 }
 

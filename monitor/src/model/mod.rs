@@ -6,6 +6,8 @@
 
 pub mod convert;
 pub mod dump;
+pub mod events;
+pub mod live;
 mod names;
 pub mod sysctl;
 

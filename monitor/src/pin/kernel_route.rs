@@ -94,6 +94,22 @@ impl fmt::Display for RouteKey {
     }
 }
 
+impl RouteKey {
+    /// The default route with the interface's name from `model`.
+    pub fn describe(&self, model: &crate::model::NetworkModel) -> String {
+        let mut out = format!("{} default", self.family);
+        if let Some(gateway) = self.gateway {
+            out.push_str(&format!(" via {gateway}"));
+        }
+        out.push_str(&format!(
+            " dev {} metric {}",
+            model.link_name(self.ifindex),
+            self.metric
+        ));
+        out
+    }
+}
+
 /// A single-path route as the kernel reported it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KernelRoute {

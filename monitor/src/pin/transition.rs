@@ -38,6 +38,18 @@ impl fmt::Display for Action {
     }
 }
 
+impl Action {
+    /// The action with interface names from `model`, e.g. `added   ipv4 default via
+    /// 10.0.1.1 dev ens5 metric 1000 (read back)`.
+    pub fn describe(&self, model: &crate::model::NetworkModel) -> String {
+        let (verb, key, note) = match self {
+            Self::Added(key) => ("added  ", key, "read back"),
+            Self::Deleted(key) => ("deleted", key, "read back as gone"),
+        };
+        format!("{verb} {} ({note})", key.describe(model))
+    }
+}
+
 /// A replacement that failed, and what rolling back did.
 #[derive(Debug, Error)]
 #[error("{cause}; {rollback}")]

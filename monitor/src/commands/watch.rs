@@ -1,0 +1,31 @@
+//! `routemon watch`: the command-line front of [`crate::watch`].
+
+use crate::{
+    cli::{EventFormat, WatchArgs},
+    watch::{self, WatchOptions},
+};
+
+/// Runs `watch`.
+pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
+    if args.listen.ip().is_unspecified() {
+        tracing::warn!(
+            listen = %args.listen,
+            "metrics are served on every address of the node; restrict access with a firewall"
+        );
+    }
+    watch::run(WatchOptions {
+        patterns: args.interfaces.clone(),
+        primary: args.primary.clone(),
+        listen: (!args.no_metrics).then_some(args.listen),
+        events: args.events == EventFormat::Json,
+        guard: args
+            .guard
+            .then(|| (args.primary.clone().unwrap_or_default(), args.metric)),
+        pin_dir: (!args.no_pin).then(|| args.pin_dir.clone()),
+        keep_pinned: args.keep_pinned,
+        attach: args.attach,
+        interval: args.interval,
+        netlink_buffer: args.netlink_buffer,
+    })
+    .await
+}

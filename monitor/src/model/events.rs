@@ -1,0 +1,196 @@
+//! Kernel notifications of network changes (rtnetlink multicast groups), decoded
+//! into the model's types.
+//!
+//! The kernel does not wait for a slow reader: when the socket's receive buffer is
+//! full, notifications are lost and the next read fails with `ENOBUFS`. That
+//! arrives here as [`Notification::Overrun`]; the subscriber must then re-read the
+//! state it keeps (a resync). The buffer is raised at subscription to make that rare.
+
+use std::os::fd::AsRawFd as _;
+
+use futures::{FutureExt as _, StreamExt as _, channel::mpsc::UnboundedReceiver};
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::RouteNetlinkMessage;
+use rtnetlink::{MulticastGroup, new_multicast_connection};
+
+use super::{Address, Link, Route, convert, dump::DumpError};
+
+/// Receive buffer asked for by default: room for tens of thousands of route
+/// notifications between two reads.
+pub const DEFAULT_RECEIVE_BUFFER: usize = 8 << 20;
+
+/// Which notifications to receive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Groups {
+    /// Address changes only (IPv4 and IPv6).
+    Addresses,
+    /// Links, addresses, IPv4/IPv6 routes and IPv4/IPv6 rules.
+    Everything,
+}
+
+impl Groups {
+    fn multicast(self) -> &'static [MulticastGroup] {
+        match self {
+            Self::Addresses => &[MulticastGroup::Ipv4Ifaddr, MulticastGroup::Ipv6Ifaddr],
+            Self::Everything => &[
+                MulticastGroup::Link,
+                MulticastGroup::Ipv4Ifaddr,
+                MulticastGroup::Ipv6Ifaddr,
+                MulticastGroup::Ipv4Route,
+                MulticastGroup::Ipv6Route,
+                MulticastGroup::Ipv4Rule,
+                MulticastGroup::Ipv6Rule,
+            ],
+        }
+    }
+}
+
+/// One change announced by the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notification {
+    /// A link appeared or changed (name, state, flags).
+    LinkChanged(Link),
+    /// A link was deleted.
+    LinkRemoved(Link),
+    /// An address was added.
+    AddressAdded(Address),
+    /// An address was removed.
+    AddressRemoved(Address),
+    /// A route was added; `replace` when it replaced the route with its key
+    /// (`NLM_F_REPLACE`). Its `order` is 0.
+    RouteAdded {
+        /// The route.
+        route: Route,
+        /// Whether it replaced an existing route.
+        replace: bool,
+    },
+    /// A route was deleted. Its `order` is 0.
+    RouteRemoved(Route),
+    /// A policy rule was added or deleted.
+    RulesChanged,
+    /// Notifications were lost (`ENOBUFS`): what the subscriber keeps is stale.
+    Overrun,
+}
+
+/// A subscription to rtnetlink notifications.
+pub struct Subscription {
+    messages: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, netlink_sys::SocketAddr)>,
+    receive_buffer: usize,
+}
+
+impl Subscription {
+    /// Subscribes with the default receive buffer; notifications queue up from this
+    /// moment on.
+    pub fn subscribe(groups: Groups) -> Result<Self, DumpError> {
+        Self::with_receive_buffer(groups, DEFAULT_RECEIVE_BUFFER)
+    }
+
+    /// Subscribes asking for `bytes` of receive buffer (`SO_RCVBUFFORCE` with
+    /// CAP_NET_ADMIN, else `SO_RCVBUF`, which `net.core.rmem_max` caps).
+    pub fn with_receive_buffer(groups: Groups, bytes: usize) -> Result<Self, DumpError> {
+        let (mut connection, _, messages) =
+            new_multicast_connection(groups.multicast()).map_err(DumpError::Socket)?;
+        let fd = connection.socket_mut().as_raw_fd();
+        let receive_buffer = set_receive_buffer(fd, bytes);
+        tokio::spawn(connection);
+        Ok(Self {
+            messages,
+            receive_buffer,
+        })
+    }
+
+    /// The receive buffer the kernel granted, in bytes (as `SO_RCVBUF` reports it).
+    pub fn receive_buffer(&self) -> usize {
+        self.receive_buffer
+    }
+
+    /// The next notification; `None` when the subscription ended.
+    pub async fn next(&mut self) -> Option<Notification> {
+        loop {
+            let (message, _) = self.messages.next().await?;
+            if let Some(notification) = decode(message) {
+                return Some(notification);
+            }
+        }
+    }
+
+    /// The next notification if one is already queued, without waiting.
+    pub fn try_next(&mut self) -> Option<Notification> {
+        loop {
+            let (message, _) = self.messages.next().now_or_never()??;
+            if let Some(notification) = decode(message) {
+                return Some(notification);
+            }
+        }
+    }
+}
+
+/// Decodes one message; `None` for messages routemon does not follow.
+fn decode(message: NetlinkMessage<RouteNetlinkMessage>) -> Option<Notification> {
+    let replace = message.header.flags & netlink_packet_core::NLM_F_REPLACE != 0;
+    let inner = match message.payload {
+        NetlinkPayload::Overrun(_) => return Some(Notification::Overrun),
+        NetlinkPayload::InnerMessage(inner) => inner,
+        _ => return None,
+    };
+    match inner {
+        RouteNetlinkMessage::NewLink(msg) => convert::link(&msg).map(Notification::LinkChanged),
+        RouteNetlinkMessage::DelLink(msg) => convert::link(&msg).map(Notification::LinkRemoved),
+        RouteNetlinkMessage::NewAddress(msg) => {
+            convert::address(&msg).map(Notification::AddressAdded)
+        }
+        RouteNetlinkMessage::DelAddress(msg) => {
+            convert::address(&msg).map(Notification::AddressRemoved)
+        }
+        RouteNetlinkMessage::NewRoute(msg) => {
+            convert::route(&msg, 0).map(|route| Notification::RouteAdded { route, replace })
+        }
+        RouteNetlinkMessage::DelRoute(msg) => {
+            convert::route(&msg, 0).map(Notification::RouteRemoved)
+        }
+        RouteNetlinkMessage::NewRule(_) | RouteNetlinkMessage::DelRule(_) => {
+            Some(Notification::RulesChanged)
+        }
+        _ => None,
+    }
+}
+
+/// Sets the socket's receive buffer and returns what the kernel granted.
+fn set_receive_buffer(fd: std::os::fd::RawFd, bytes: usize) -> usize {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    let set = |option| {
+        // SAFETY: a valid socket fd and a c_int option value of the right size.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                option,
+                (&raw const value).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        }
+    };
+    if set(libc::SO_RCVBUFFORCE) != 0 && set(libc::SO_RCVBUF) != 0 {
+        tracing::warn!(
+            "could not set the netlink receive buffer: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let mut granted: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: valid fd, output buffer and length.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&raw mut granted).cast(),
+            &raw mut len,
+        )
+    };
+    if ret == 0 {
+        usize::try_from(granted).unwrap_or(0)
+    } else {
+        0
+    }
+}

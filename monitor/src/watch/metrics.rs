@@ -1,0 +1,451 @@
+//! The Prometheus text exposition of `routemon watch` (format 0.0.4), with names
+//! in node_exporter style: `routemon_<subsystem>_<what>_<unit>[_total]`.
+
+use std::fmt::{Display, Write as _};
+
+use monitor_common::{IfaceCounters, PacketCounters};
+
+use super::events::RouteLabels;
+use crate::findings::{Finding, FindingKind};
+
+/// Everything one scrape shows.
+#[derive(Debug, Default)]
+pub struct MetricsInput<'a> {
+    /// Per interface (by name): counters, and whether it is attached now.
+    pub interfaces: Vec<(String, IfaceCounters, bool)>,
+    /// Counted routes and their egress counters.
+    pub routes: Vec<(RouteLabels, PacketCounters)>,
+    /// Default routes and whether the kernel prefers each.
+    pub default_routes: Vec<(RouteLabels, bool)>,
+    /// Active findings.
+    pub findings: Vec<&'a Finding>,
+    /// Cross-ENI egress: (egress interface, source interface, counters).
+    pub cross_eni: Vec<(String, String, PacketCounters)>,
+    /// Asymmetric egress: (ingress interface, egress interface, counters).
+    pub asymmetric: Vec<(String, String, PacketCounters)>,
+    /// Netlink resyncs since start.
+    pub resyncs: u64,
+    /// Netlink notifications received since start.
+    pub notifications: u64,
+    /// Routes that could not get a counter (capacity reached).
+    pub uncounted_routes: usize,
+    /// Per program: (name, nanoseconds, runs), when the kernel collects stats.
+    pub program_stats: Vec<(&'static str, u64, u64)>,
+    /// Guard re-pins since start.
+    pub guard_repins: u64,
+    /// Events emitted since start.
+    pub events: u64,
+}
+
+/// Builds an exposition: `# HELP`/`# TYPE` once per family, then samples.
+#[derive(Default)]
+struct Exposition {
+    out: String,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (key, value)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{key}=\"{}\"", escape(value));
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+
+    /// A family whose samples all come from one list.
+    fn each<T>(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        items: &[T],
+        sample: impl Fn(&T) -> (Vec<(&str, String)>, String),
+    ) {
+        self.family(name, kind, help);
+        for item in items {
+            let (labels, value) = sample(item);
+            let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            self.sample(name, &labels, value);
+        }
+    }
+}
+
+/// Escapes a label value: backslash, double quote and newline.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn route_labels(route: &RouteLabels) -> Vec<(&'static str, String)> {
+    vec![
+        ("family", route.family.clone()),
+        ("table", route.table.clone()),
+        ("destination", route.destination.clone()),
+        ("gateway", route.gateway.clone()),
+        ("interface", route.interface.clone()),
+        ("metric", route.metric.to_string()),
+    ]
+}
+
+/// The labels that identify a finding of each kind (bounded cardinality: no
+/// counts, no per-flow labels).
+fn finding_labels(finding: &Finding) -> Vec<(&'static str, String)> {
+    let mut labels = match &finding.kind {
+        FindingKind::EqualMetricDefaultRoutes {
+            family,
+            table,
+            metric,
+            interfaces,
+            ..
+        } => vec![
+            ("family", family.to_string()),
+            ("table", table.clone()),
+            ("metric", metric.to_string()),
+            ("interfaces", interfaces.join(",")),
+        ],
+        FindingKind::PrimaryNotPreferred {
+            family,
+            table,
+            primary,
+            preferred,
+            ..
+        } => vec![
+            ("family", family.to_string()),
+            ("table", table.clone()),
+            ("primary", primary.clone()),
+            ("preferred_interface", preferred.dev.clone()),
+        ],
+        FindingKind::StrictRpFilter { interface, .. } => vec![("interface", interface.clone())],
+        FindingKind::CrossEniEgress {
+            egress_interface,
+            source_interface,
+            ..
+        } => vec![
+            ("egress_interface", egress_interface.clone()),
+            ("source_interface", source_interface.clone()),
+        ],
+        FindingKind::AsymmetricFlow {
+            ingress_interface,
+            egress_interface,
+            ..
+        } => vec![
+            ("ingress_interface", ingress_interface.clone()),
+            ("egress_interface", egress_interface.clone()),
+        ],
+    };
+    labels.push(("severity", finding.severity.to_string()));
+    labels
+}
+
+/// Finding kinds, each exported as `routemon_finding_<kind>`.
+const FINDING_KINDS: [(&str, &str); 5] = [
+    (
+        "equal_metric_default_routes",
+        "Default routes of one table and family that share a metric (1 per tie).",
+    ),
+    (
+        "primary_not_preferred",
+        "The kernel prefers a default route that does not leave by the primary interface.",
+    ),
+    (
+        "strict_rp_filter",
+        "Strict reverse-path filtering on an uplink without the preferred default route.",
+    ),
+    (
+        "cross_eni_egress",
+        "Egress with another interface's source address seen in the last window.",
+    ),
+    (
+        "asymmetric_flow",
+        "Flows that left by another interface than they arrived on in the last window (value: flows).",
+    ),
+];
+
+/// Renders the exposition.
+pub fn render(input: &MetricsInput<'_>) -> String {
+    let mut x = Exposition::default();
+    x.family(
+        "routemon_build_info",
+        "gauge",
+        "routemon's version; always 1.",
+    );
+    x.sample(
+        "routemon_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1,
+    );
+
+    type Field = fn(&IfaceCounters) -> u64;
+    let interface_counters: [(&str, &str, Field); 6] = [
+        (
+            "routemon_interface_egress_packets_total",
+            "Packets seen leaving the interface (TC egress).",
+            |c| c.egress_packets,
+        ),
+        (
+            "routemon_interface_egress_bytes_total",
+            "Bytes seen leaving the interface, link-layer header included.",
+            |c| c.egress_bytes,
+        ),
+        (
+            "routemon_interface_ingress_packets_total",
+            "Packets seen arriving on the interface (TC ingress).",
+            |c| c.ingress_packets,
+        ),
+        (
+            "routemon_interface_ingress_bytes_total",
+            "Bytes seen arriving on the interface, link-layer header included.",
+            |c| c.ingress_bytes,
+        ),
+        (
+            "routemon_interface_egress_unattributed_packets_total",
+            "Egress packets no route of the interface matched (ARP, policy routing, bound sockets).",
+            |c| c.egress_unattributed_packets,
+        ),
+        (
+            "routemon_interface_egress_unattributed_bytes_total",
+            "Bytes of routemon_interface_egress_unattributed_packets_total.",
+            |c| c.egress_unattributed_bytes,
+        ),
+    ];
+    for (name, help, field) in interface_counters {
+        x.each(name, "counter", help, &input.interfaces, |(iface, c, _)| {
+            (vec![("interface", iface.clone())], field(c).to_string())
+        });
+    }
+    x.each(
+        "routemon_interface_attached",
+        "gauge",
+        "1 while routemon's programs are attached to the interface, 0 after it went away (its counters are kept).",
+        &input.interfaces,
+        |(iface, _, attached)| {
+            (
+                vec![("interface", iface.clone())],
+                u8::from(*attached).to_string(),
+            )
+        },
+    );
+
+    x.each(
+        "routemon_route_egress_packets_total",
+        "counter",
+        "Egress packets attributed to the route (most specific route of the egress interface for the destination).",
+        &input.routes,
+        |(route, c)| (route_labels(route), c.packets.to_string()),
+    );
+    x.each(
+        "routemon_route_egress_bytes_total",
+        "counter",
+        "Egress bytes attributed to the route, link-layer header included.",
+        &input.routes,
+        |(route, c)| (route_labels(route), c.bytes.to_string()),
+    );
+    x.each(
+        "routemon_default_route_info",
+        "gauge",
+        "Default routes of every table; preferred=\"true\" for those the kernel uses. Always 1.",
+        &input.default_routes,
+        |(route, preferred)| {
+            let mut labels = route_labels(route);
+            labels.retain(|(k, _)| *k != "destination");
+            labels.push(("preferred", preferred.to_string()));
+            (labels, "1".to_owned())
+        },
+    );
+
+    for (kind, help) in FINDING_KINDS {
+        let name = format!("routemon_finding_{kind}");
+        let mut asymmetric_pairs: std::collections::BTreeMap<Vec<(&str, String)>, u64> =
+            std::collections::BTreeMap::new();
+        let active: Vec<&&Finding> = input
+            .findings
+            .iter()
+            .filter(|f| f.kind_name() == kind)
+            .collect();
+        for finding in &active {
+            *asymmetric_pairs.entry(finding_labels(finding)).or_default() += 1;
+        }
+        let rows: Vec<_> = asymmetric_pairs.into_iter().collect();
+        x.each(&name, "gauge", help, &rows, |(labels, n)| {
+            (labels.clone(), n.to_string())
+        });
+    }
+    let mut by_severity =
+        std::collections::BTreeMap::from([("critical", 0u64), ("warning", 0), ("info", 0)]);
+    for finding in &input.findings {
+        let severity = match finding.severity {
+            crate::findings::Severity::Critical => "critical",
+            crate::findings::Severity::Warning => "warning",
+            crate::findings::Severity::Info => "info",
+        };
+        *by_severity.entry(severity).or_default() += 1;
+    }
+    let rows: Vec<_> = by_severity.into_iter().collect();
+    x.each(
+        "routemon_findings",
+        "gauge",
+        "Active findings by severity.",
+        &rows,
+        |(severity, n)| (vec![("severity", (*severity).to_owned())], n.to_string()),
+    );
+
+    for (name, help, rows, first) in [
+        (
+            "routemon_cross_eni_egress",
+            "leaving by egress_interface with a source address of source_interface (dropped by the VPC's source/destination check)",
+            &input.cross_eni,
+            "egress_interface",
+        ),
+        (
+            "routemon_asymmetric_egress",
+            "of flows that arrived on ingress_interface and left by egress_interface",
+            &input.asymmetric,
+            "ingress_interface",
+        ),
+    ] {
+        let second = if first == "egress_interface" {
+            "source_interface"
+        } else {
+            "egress_interface"
+        };
+        x.each(
+            &format!("{name}_packets_total"),
+            "counter",
+            &format!("Packets {help}."),
+            rows,
+            |(a, b, c)| {
+                (
+                    vec![(first, a.clone()), (second, b.clone())],
+                    c.packets.to_string(),
+                )
+            },
+        );
+        x.each(
+            &format!("{name}_bytes_total"),
+            "counter",
+            &format!("Bytes {help}."),
+            rows,
+            |(a, b, c)| {
+                (
+                    vec![(first, a.clone()), (second, b.clone())],
+                    c.bytes.to_string(),
+                )
+            },
+        );
+    }
+
+    for (name, kind, help, value) in [
+        (
+            "routemon_netlink_resyncs_total",
+            "counter",
+            "Full re-reads of the routing state after lost netlink notifications (ENOBUFS).",
+            input.resyncs,
+        ),
+        (
+            "routemon_netlink_notifications_total",
+            "counter",
+            "rtnetlink notifications received.",
+            input.notifications,
+        ),
+        (
+            "routemon_routes_uncounted",
+            "gauge",
+            "Routes of monitored interfaces without a counter because every route id is in use.",
+            input.uncounted_routes as u64,
+        ),
+        (
+            "routemon_guard_repins_total",
+            "counter",
+            "Times the guard re-applied the pinned metric.",
+            input.guard_repins,
+        ),
+        (
+            "routemon_events_total",
+            "counter",
+            "Events emitted.",
+            input.events,
+        ),
+    ] {
+        x.family(name, kind, help);
+        x.sample(name, &[], value);
+    }
+
+    if input.program_stats.iter().any(|(_, _, runs)| *runs > 0) {
+        x.each(
+            "routemon_bpf_program_run_seconds_total",
+            "counter",
+            "Time the kernel spent in routemon's eBPF program (kernel.bpf_stats_enabled=1 only).",
+            &input.program_stats,
+            |(program, nanos, _)| {
+                (
+                    vec![("program", (*program).to_owned())],
+                    format!("{:.9}", *nanos as f64 / 1e9),
+                )
+            },
+        );
+        x.each(
+            "routemon_bpf_program_runs_total",
+            "counter",
+            "Runs of routemon's eBPF program (kernel.bpf_stats_enabled=1 only).",
+            &input.program_stats,
+            |(program, _, runs)| (vec![("program", (*program).to_owned())], runs.to_string()),
+        );
+    }
+    x.out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_escaped_and_families_typed() {
+        let input = MetricsInput {
+            interfaces: vec![(
+                "we\"ird\\".to_owned(),
+                IfaceCounters {
+                    egress_packets: 3,
+                    ..IfaceCounters::default()
+                },
+                true,
+            )],
+            ..MetricsInput::default()
+        };
+        let text = render(&input);
+        assert!(
+            text.contains(
+                "routemon_interface_egress_packets_total{interface=\"we\\\"ird\\\\\"} 3\n"
+            )
+        );
+        assert!(text.contains("# TYPE routemon_interface_egress_packets_total counter\n"));
+        assert!(text.contains("routemon_findings{severity=\"critical\"} 0\n"));
+        assert!(
+            !text.contains("routemon_bpf_program"),
+            "no run-time metrics without stats"
+        );
+        // Every sample's family is declared before it.
+        let mut declared = std::collections::HashSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                declared.insert(rest.split(' ').next().unwrap().to_owned());
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap();
+                assert!(declared.contains(name), "{name} undeclared");
+            }
+        }
+    }
+}
