@@ -456,6 +456,40 @@ mod tests {
     }
 
     #[test]
+    fn watch_options_are_checked() {
+        let parse = |args: &[&str]| {
+            let mut full = vec!["routemon", "watch"];
+            full.extend_from_slice(args);
+            Cli::try_parse_from(full)
+        };
+        let Command::Watch(args) = parse(&[]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(
+            args.listen.to_string(),
+            "127.0.0.1:9987",
+            "loopback by default"
+        );
+        assert_eq!(args.interval, Duration::from_secs(10));
+        assert!(!args.keep_pinned && !args.no_pin && !args.guard);
+        assert!(parse(&["--guard"]).is_err(), "--guard needs --primary");
+        assert!(parse(&["--guard", "--primary", "ens5", "--metric", "1024"]).is_err());
+        assert!(
+            parse(&["--metric", "900"]).is_err(),
+            "--metric belongs to --guard"
+        );
+        assert!(parse(&["--guard", "--primary", "ens5", "--metric", "900"]).is_ok());
+        assert!(
+            parse(&["--listen", "localhost"]).is_err(),
+            "an address and a port"
+        );
+        assert!(parse(&["--no-pin", "--keep-pinned"]).is_err());
+        assert!(parse(&["--no-metrics", "--listen", "0.0.0.0:9987"]).is_err());
+        assert!(parse(&["--interval", "100ms"]).is_err());
+        assert!(parse(&["--events", "xml"]).is_err());
+    }
+
+    #[test]
     fn interface_patterns_parse_at_the_cli() {
         let cli = Cli::try_parse_from(["routemon", "routes", "-i", "ens*", "--interface", "eth0"])
             .unwrap();

@@ -228,11 +228,27 @@ impl EksNode {
         )?;
         let args = self.nsenter_args("dbus-daemon", &["--system", "--nofork", "--nopidfile"]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.dbus = Some(Daemon::spawn("dbus-daemon", "nsenter", &args, None)?);
         let socket = PathBuf::from(format!("/proc/{pid}/root/run/dbus/system_bus_socket"));
-        wait_until(Duration::from_secs(10), "the node's D-Bus socket", || {
-            socket.exists()
-        })
+        let log = self.scratch().join("dbus.log");
+        // dbus-daemon rarely fails to come up on a loaded machine: one more try,
+        // with its log in the error if that fails too.
+        let mut failures = Vec::new();
+        for _ in 0..2 {
+            let mut dbus = Daemon::spawn("dbus-daemon", "nsenter", &args, Some(&log))?;
+            let up = wait_until(Duration::from_secs(10), "the node's D-Bus socket", || {
+                socket.exists()
+            });
+            if up.is_ok() {
+                self.dbus = Some(dbus);
+                return Ok(());
+            }
+            dbus.stop();
+            failures.push(std::fs::read_to_string(&log).unwrap_or_default());
+        }
+        bail!(
+            "the node's D-Bus did not start; its log:\n{}",
+            failures.join("\n---\n")
+        )
     }
 
     /// The command prefix that runs a program inside the node: its network and
