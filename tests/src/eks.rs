@@ -34,6 +34,16 @@ pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 100, 2);
 /// The VPC router's address on the client's subnet.
 pub const CLIENT_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 100, 1);
 
+/// `routemon pin` of ens5 with networkd persistence, applied.
+pub const PIN_ENS5: [&str; 6] = [
+    "pin",
+    "--primary",
+    "ens5",
+    "--persist",
+    "networkd",
+    "--apply",
+];
+
 /// systemd-networkd's binary on Debian and Amazon Linux.
 pub const NETWORKD: &str = "/lib/systemd/systemd-networkd";
 

@@ -264,6 +264,19 @@ impl Watch {
     }
 }
 
+impl Watch {
+    /// SIGTERM, then checks that the exit was clean (status 0 within 2 s) and that
+    /// no routemon program is left in the kernel. Returns how long the exit took.
+    pub fn stop_cleanly(self) -> Result<Duration> {
+        let (status, took) = self.stop(Signal::SIGTERM, Duration::from_secs(5))?;
+        anyhow::ensure!(status.success(), "routemon watch exited with {status}");
+        anyhow::ensure!(took < Duration::from_secs(2), "the exit took {took:?}");
+        let left = crate::kernel::routemon_programs_after(Duration::from_secs(5))?;
+        anyhow::ensure!(left.is_empty(), "left in the kernel: {left:?}");
+        Ok(took)
+    }
+}
+
 impl Drop for Watch {
     fn drop(&mut self) {
         if let Some(child) = self.child.as_mut() {

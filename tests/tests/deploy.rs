@@ -7,11 +7,9 @@ use std::{
     time::Duration,
 };
 
-use nix::sys::signal::Signal;
 use routemon_testbed::{
     Testbed,
     cmd::require_root,
-    kernel::routemon_programs_after,
     routemon::binary,
     watch::{PinDir, Watch, net_launcher},
 };
@@ -35,6 +33,17 @@ fn unit_capabilities() -> Vec<String> {
         .collect()
 }
 
+/// Runs a validator: (success, stdout and stderr).
+fn tool(command: &mut Command) -> (bool, String) {
+    let out = command.output().expect("the validator runs");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), report)
+}
+
 #[test]
 fn systemd_unit_passes_systemd_analyze_verify() {
     let dir = std::env::temp_dir().join(format!("routemon-unit-{}", std::process::id()));
@@ -46,18 +55,9 @@ fn systemd_unit_passes_systemd_analyze_verify() {
         unit().replace("/usr/local/bin/routemon", &binary().display().to_string()),
     )
     .unwrap();
-    let out = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let (ok, report) = tool(Command::new("systemd-analyze").arg("verify").arg(&path));
     let _ = std::fs::remove_dir_all(&dir);
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{report}");
+    assert!(ok, "{report}");
     // verify exits 0 on unknown keys and bad values, but reports them.
     assert!(
         !report.contains("routemon.service"),
@@ -98,13 +98,7 @@ fn the_units_capabilities_are_enough_and_needed() {
             e["event"] == "interface_attached" && e["interface"] == "ens5"
         })
         .unwrap();
-    let (status, _) = watch.stop(Signal::SIGTERM, Duration::from_secs(5)).unwrap();
-    assert!(status.success());
-    assert!(
-        routemon_programs_after(Duration::from_secs(5))
-            .unwrap()
-            .is_empty()
-    );
+    watch.stop_cleanly().unwrap();
 
     let launcher = with(&["net_admin", "perfmon", "sys_resource"]);
     let out = routemon_testbed::routemon::run_with(&launcher, &["watch", "--pin-dir", &pins.arg()])
@@ -122,17 +116,8 @@ fn kubernetes_manifests_validate_against_the_api_schemas() {
         validator.display()
     );
     let manifest = repo().join("deploy/kubernetes/routemon.yaml");
-    let out = Command::new(&validator)
-        .arg("--strict")
-        .arg(&manifest)
-        .output()
-        .unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{report}");
+    let (ok, report) = tool(Command::new(&validator).arg("--strict").arg(&manifest));
+    assert!(ok, "{report}");
     assert!(
         report.contains("passed for resource daemonset/routemon"),
         "{report}"

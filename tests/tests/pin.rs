@@ -13,7 +13,7 @@ use std::{
 use routemon_testbed::{
     INTERNET_V4, Testbed, UplinkSpec,
     cmd::require_root,
-    eks::{EksNode, wait_until},
+    eks::{EksNode, PIN_ENS5, wait_until},
     kernel::RouteMonitor,
     routemon::{Finished, run, run_with},
     traffic::{HttpLoop, HttpLoopResult},
@@ -103,16 +103,6 @@ fn two_enis() -> EksNode {
 fn internet() -> SocketAddr {
     SocketAddr::new(INTERNET_V4.into(), 80)
 }
-
-/// `pin` of ens5 with networkd persistence, applied.
-const PIN_ENS5: [&str; 6] = [
-    "pin",
-    "--primary",
-    "ens5",
-    "--persist",
-    "networkd",
-    "--apply",
-];
 
 /// Runs routemon inside the node while an HTTP client loop requests the
 /// "internet" host throughout, and records the kernel's route events. Asserts

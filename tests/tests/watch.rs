@@ -9,7 +9,7 @@ use nix::sys::signal::Signal;
 use routemon_testbed::{
     Testbed, UplinkSpec,
     cmd::require_root,
-    eks::{EksNode, wait_until},
+    eks::{EksNode, PIN_ENS5, wait_until},
     kernel::{link_stats, routemon_programs_after, routemon_tcx_links, tc_filters, wait_quiet},
     routemon::run,
     traffic::{UdpBurst, send_udp},
@@ -99,15 +99,8 @@ fn hot_attached_eni_is_attached_reported_and_counted() {
         "{after}"
     );
 
-    let (status, took) = watch.stop(Signal::SIGTERM, Duration::from_secs(5)).unwrap();
-    assert!(status.success(), "{status}");
-    assert!(took < Duration::from_secs(2), "exit took {took:?}");
+    let took = watch.stop_cleanly().unwrap();
     println!("SIGTERM → exit in {took:?}");
-    assert!(
-        routemon_programs_after(Duration::from_secs(5))
-            .unwrap()
-            .is_empty()
-    );
     assert!(!pins.path().exists(), "nothing pinned after a plain exit");
 }
 
@@ -179,8 +172,7 @@ fn prometheus_scrapes_rates_and_findings_and_promtool_accepts_the_metrics() {
     assert_eq!(finding[0]["metric"]["interfaces"], "ens5,ens6");
     assert_eq!(finding[0]["value"][1], "1");
     drop(prometheus);
-    let (status, _) = watch.stop(Signal::SIGTERM, Duration::from_secs(5)).unwrap();
-    assert!(status.success());
+    watch.stop_cleanly().unwrap();
 }
 
 /// A Prometheus server inside the node's network namespace, scraping routemon
@@ -273,18 +265,7 @@ fn guard_repins_after_networkd_restart_without_the_drop_in() {
     require_root();
     let mut eks = EksNode::boot("ens*", "ens5").unwrap();
     eks.attach_eni("ens6").unwrap();
-    run_with_node(
-        &eks,
-        &[
-            "pin",
-            "--primary",
-            "ens5",
-            "--persist",
-            "networkd",
-            "--apply",
-            "--reload",
-        ],
-    );
+    run_with_node(&eks, &[&PIN_ENS5[..], &["--reload"]].concat());
     let pins = PinDir::new();
     let mut watch = Watch::start(
         &eks.launcher(),
@@ -337,8 +318,7 @@ fn guard_repins_after_networkd_restart_without_the_drop_in() {
     );
     let metrics = scrape(&eks.node).unwrap();
     assert!(sample(&metrics, "routemon_guard_repins_total", &[]).unwrap() >= 1.0);
-    let (status, _) = watch.stop(Signal::SIGTERM, Duration::from_secs(5)).unwrap();
-    assert!(status.success());
+    watch.stop_cleanly().unwrap();
 }
 
 fn run_with_node(eks: &EksNode, args: &[&str]) {
@@ -424,7 +404,8 @@ fn restart_under_traffic_continues_the_counters_without_a_gap() {
 
     let (status, _) = watch.stop(Signal::SIGTERM, Duration::from_secs(5)).unwrap();
     assert!(status.success());
-    // Without --keep-pinned? This run kept them: cleanup removes everything.
+    assert_eq!(routemon_tcx_links().unwrap(), 4, "--keep-pinned again");
+    // `routemon cleanup` removes everything routemon left.
     let out = run(None, &["cleanup", "--pin-dir", &pins.arg()])
         .unwrap()
         .success();
@@ -468,13 +449,7 @@ fn kill_9_then_restart_adopts_without_duplicates() {
             "stale clsact filter: {filters}"
         );
     }
-    let (status, _) = watch.stop(Signal::SIGTERM, Duration::from_secs(5)).unwrap();
-    assert!(status.success());
-    assert!(
-        routemon_programs_after(Duration::from_secs(5))
-            .unwrap()
-            .is_empty()
-    );
+    watch.stop_cleanly().unwrap();
     assert!(!pins.path().exists());
 }
 
@@ -567,8 +542,7 @@ fn route_churn_ends_in_the_kernels_final_state() {
         .filter(|e| e["event"] == "netlink_resync")
         .count();
     assert_eq!(resync_events as f64, resyncs);
-    let (status, _) = watch.stop(Signal::SIGTERM, Duration::from_secs(5)).unwrap();
-    assert!(status.success());
+    watch.stop_cleanly().unwrap();
 }
 
 /// The detection latency of an equal-metric tie: from the `ip route` command to
@@ -613,6 +587,5 @@ fn equal_metric_tie_is_reported_promptly() {
         latencies[latencies.len() - 1],
         latencies.len()
     );
-    let (status, _) = watch.stop(Signal::SIGTERM, Duration::from_secs(5)).unwrap();
-    assert!(status.success());
+    watch.stop_cleanly().unwrap();
 }

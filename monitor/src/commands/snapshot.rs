@@ -51,10 +51,7 @@ pub async fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
 
     let source_owners: Vec<(std::net::IpAddr, u32)> = found
         .model
-        .addresses
-        .iter()
-        .filter(|a| found.monitored.contains(&a.ifindex))
-        .map(|a| (a.addr.addr(), a.ifindex))
+        .owned_addresses(|i| found.monitored.contains(&i))
         .collect();
     let mut monitor = Monitor::load(&plan, &links, &source_owners)?;
     for link in &links {

@@ -134,6 +134,21 @@ fn tcx_supported() -> bool {
     KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
 }
 
+/// The error of a failed attach, given its reason.
+fn attach_error(
+    program: &'static str,
+    link: &Link,
+    direction: Direction,
+) -> impl Fn(String) -> EbpfError {
+    let interface = link.name.clone();
+    move |reason| EbpfError::Attach {
+        program,
+        interface: interface.clone(),
+        direction,
+        reason,
+    }
+}
+
 /// Attaches `program` to `link` in `direction`.
 pub fn attach(
     program: &mut SchedClassifier,
@@ -142,12 +157,7 @@ pub fn attach(
     direction: Direction,
     mode: AttachMode,
 ) -> Result<Attachment, EbpfError> {
-    let fail = |reason: String| EbpfError::Attach {
-        program: name,
-        interface: link.name.clone(),
-        direction,
-        reason,
-    };
+    let fail = attach_error(name, link, direction);
     let use_tcx = match mode {
         AttachMode::Tcx => true,
         AttachMode::Clsact => false,
@@ -168,7 +178,7 @@ pub fn attach(
             }
         }
     } else {
-        let created = ensure_clsact(&link.name).map_err(fail)?;
+        let created = ensure_clsact(&link.name).map_err(&fail)?;
         let options = TcAttachOptions::Netlink(NlOptions::default());
         let id = program
             .attach_with_options(&link.name, direction.into(), options)
@@ -198,12 +208,7 @@ pub fn attach_pinned(
     direction: Direction,
     path: &Path,
 ) -> Result<Attachment, EbpfError> {
-    let fail = |reason: String| EbpfError::Attach {
-        program: name,
-        interface: link.name.clone(),
-        direction,
-        reason,
-    };
+    let fail = attach_error(name, link, direction);
     let make = |fd_link: FdLink, adopted: bool| Attachment {
         program: name,
         interface: link.name.clone(),

@@ -123,6 +123,19 @@ pub fn update_route_entries(
     ebpf: &mut Ebpf,
     changes: &[(TrieKey, Option<u32>)],
 ) -> Result<(), EbpfError> {
+    fn apply<K: aya::Pod>(
+        ebpf: &mut Ebpf,
+        name: &'static str,
+        lpm: &Key<K>,
+        id: Option<u32>,
+    ) -> Result<(), EbpfError> {
+        let mut map = trie::<K>(ebpf, name)?;
+        match id {
+            Some(id) => map.insert(lpm, id, 0),
+            None => ignore_missing(map.remove(lpm)),
+        }
+        .map_err(map_error(name))
+    }
     let bits = |prefix_len: u8| ROUTE_KEY_PREFIX_BITS + u32::from(prefix_len);
     for (key, id) in changes {
         match key.prefix {
@@ -132,13 +145,12 @@ pub fn update_route_entries(
                     table_slot: key.table_slot,
                     addr: net.network().octets(),
                 };
-                let lpm = Key::new(bits(net.prefix_len()), data);
-                let mut map = trie::<RouteKeyV4>(ebpf, ROUTES_V4_MAP)?;
-                match id {
-                    Some(id) => map.insert(&lpm, *id, 0),
-                    None => ignore_missing(map.remove(&lpm)),
-                }
-                .map_err(map_error(ROUTES_V4_MAP))?;
+                apply(
+                    ebpf,
+                    ROUTES_V4_MAP,
+                    &Key::new(bits(net.prefix_len()), data),
+                    *id,
+                )?;
             }
             IpNet::V6(net) => {
                 let data = RouteKeyV6 {
@@ -146,13 +158,12 @@ pub fn update_route_entries(
                     table_slot: key.table_slot,
                     addr: net.network().octets(),
                 };
-                let lpm = Key::new(bits(net.prefix_len()), data);
-                let mut map = trie::<RouteKeyV6>(ebpf, ROUTES_V6_MAP)?;
-                match id {
-                    Some(id) => map.insert(&lpm, *id, 0),
-                    None => ignore_missing(map.remove(&lpm)),
-                }
-                .map_err(map_error(ROUTES_V6_MAP))?;
+                apply(
+                    ebpf,
+                    ROUTES_V6_MAP,
+                    &Key::new(bits(net.prefix_len()), data),
+                    *id,
+                )?;
             }
         }
     }
@@ -265,32 +276,12 @@ fn fill_trie<K: aya::Pod>(
 
 /// Writes the plan's entries into the per-family LPM tries.
 pub fn load_routes(ebpf: &mut Ebpf, plan: &AttributionPlan) -> Result<(), EbpfError> {
-    let bits = |prefix_len: u8| ROUTE_KEY_PREFIX_BITS + u32::from(prefix_len);
-    let v4 = plan.entries.iter().filter_map(|e| match e.prefix {
-        IpNet::V4(net) => {
-            let key = RouteKeyV4 {
-                ifindex: e.ifindex,
-                table_slot: e.table_slot,
-                addr: net.network().octets(),
-            };
-            Some((bits(net.prefix_len()), key, e.route_id))
-        }
-        IpNet::V6(_) => None,
-    });
-    fill_trie(ebpf, ROUTES_V4_MAP, v4)?;
-    let v6 = plan.entries.iter().filter_map(|e| match e.prefix {
-        IpNet::V6(net) => {
-            let key = RouteKeyV6 {
-                ifindex: e.ifindex,
-                table_slot: e.table_slot,
-                addr: net.network().octets(),
-            };
-            Some((bits(net.prefix_len()), key, e.route_id))
-        }
-        IpNet::V4(_) => None,
-    });
-    fill_trie(ebpf, ROUTES_V6_MAP, v6)?;
-
+    let entries: Vec<(TrieKey, Option<u32>)> = plan
+        .entries
+        .iter()
+        .map(|e| (TrieKey::from(e), Some(e.route_id)))
+        .collect();
+    update_route_entries(ebpf, &entries)?;
     fill_source_rules(ebpf, &plan.source_rules)
 }
 

@@ -311,6 +311,17 @@ impl NetworkModel {
         self.addresses.iter().filter(move |a| a.ifindex == ifindex)
     }
 
+    /// Every address of the links in `ifindexes`, with its owner.
+    pub fn owned_addresses<'a>(
+        &'a self,
+        ifindexes: impl Fn(u32) -> bool + 'a,
+    ) -> impl Iterator<Item = (IpAddr, u32)> + 'a {
+        self.addresses
+            .iter()
+            .filter(move |a| ifindexes(a.ifindex))
+            .map(|a| (a.addr.addr(), a.ifindex))
+    }
+
     /// Default routes that forward traffic, of every table and family.
     pub fn default_routes(&self) -> impl Iterator<Item = &Route> {
         self.routes

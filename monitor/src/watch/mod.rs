@@ -448,10 +448,7 @@ impl Watcher {
     fn sync_owners(&mut self) {
         let wanted: HashMap<IpAddr, u32> = self
             .model
-            .addresses
-            .iter()
-            .filter(|a| self.attached.contains_key(&a.ifindex))
-            .map(|a| (a.addr.addr(), a.ifindex))
+            .owned_addresses(|i| self.attached.contains_key(&i))
             .collect();
         let removed: Vec<IpAddr> = self
             .owners
