@@ -589,3 +589,159 @@ fn equal_metric_tie_is_reported_promptly() {
     );
     watch.stop_cleanly().unwrap();
 }
+
+/// The guard does not fight: when something keeps undoing the pin, it re-pins
+/// three times, then backs off and says so, leaving the routes alone.
+#[test]
+fn guard_backs_off_when_something_keeps_undoing_the_pin() {
+    require_root();
+    let bed = Testbed::ens5_ens6(1000, 1024).unwrap();
+    let pins = PinDir::new();
+    let mut watch = Watch::start(
+        &net_launcher(&bed.node),
+        &[
+            "--pin-dir",
+            &pins.arg(),
+            "--guard",
+            "--primary",
+            "ens5",
+            "--metric",
+            "1000",
+        ],
+    )
+    .unwrap();
+    let gw5 = bed.uplink("ens5").gw4.to_string();
+    let undo = || {
+        // An operator (or another agent) puts ens5 back on networkd's metric.
+        bed.delete_default("ens5", &gw5, 1000).unwrap();
+        bed.set_default("ens5", &gw5, 1024).unwrap();
+    };
+    for round in 1..=3 {
+        undo();
+        watch
+            .wait_for("a re-pin", EVENT_TIMEOUT, |e| e["event"] == "pin_reapplied")
+            .unwrap();
+        watch.forget();
+        println!("re-pin {round}");
+    }
+    undo();
+    let blocked = watch
+        .wait_for("the back-off", EVENT_TIMEOUT, |e| {
+            e["event"] == "pin_guard_blocked"
+        })
+        .unwrap();
+    assert_eq!(blocked["retry_in_seconds"], 30, "{blocked}");
+    assert!(
+        blocked["reason"]
+            .as_str()
+            .unwrap()
+            .contains("Not fighting it"),
+        "{blocked}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let defaults = bed.node.ip(&["-4", "route", "show", "default"]).unwrap();
+    assert!(
+        defaults.contains("dev ens5 proto dhcp metric 1024"),
+        "the operator's change stays: {defaults}"
+    );
+    assert!(
+        !watch.events().iter().any(|e| e["event"] == "pin_reapplied"),
+        "no re-pin during the back-off"
+    );
+    let metrics = scrape(&bed.node).unwrap();
+    assert_eq!(
+        sample(&metrics, "routemon_guard_repins_total", &[]),
+        Some(3.0)
+    );
+    watch.stop_cleanly().unwrap();
+}
+
+/// A pinned map whose layout is not routemon's (another version, another tool) is
+/// replaced, not reused; logs are JSON lines with --log-format json; with
+/// kernel.bpf_stats_enabled the programs' run time is exported.
+#[test]
+fn foreign_pinned_map_is_replaced_and_run_time_is_exported() {
+    require_root();
+    let bed = Testbed::ens5_ens6(1000, 1024).unwrap();
+    let pins = PinDir::new();
+    let maps = pins.path().join("maps-v1");
+    std::fs::create_dir_all(&maps).unwrap();
+    routemon_testbed::cmd::run(
+        "bpftool",
+        &[
+            "map",
+            "create",
+            maps.join("IFACE_COUNTERS").to_str().unwrap(),
+            "type",
+            "hash",
+            "key",
+            "4",
+            "value",
+            "8",
+            "entries",
+            "16",
+            "name",
+            "IFACE_COUNTERS",
+        ],
+    )
+    .unwrap();
+    let stats = StatsEnabled::new();
+    let mut watch = Watch::start(
+        &net_launcher(&bed.node),
+        &["--pin-dir", &pins.arg(), "--log-format", "json"],
+    )
+    .unwrap();
+    let started = watch
+        .wait_for("started", EVENT_TIMEOUT, |e| e["event"] == "started")
+        .unwrap();
+    assert_eq!(started["reused_maps"], 0, "{started}");
+    let log = watch.stderr();
+    let replaced = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("replacing it"))
+        })
+        .unwrap_or_else(|| panic!("no replacement logged:\n{log}"));
+    assert_eq!(replaced["map"], "IFACE_COUNTERS");
+    assert_eq!(replaced["level"], "WARN");
+
+    let gw = bed.uplink("ens5").gw4;
+    send_udp(&bed.node, &udp(gw.into(), "ens5", 300)).unwrap();
+    let mut metrics = String::new();
+    wait_until(EVENT_TIMEOUT, "ens5's 300 datagrams", || {
+        metrics = scrape(&bed.node).unwrap();
+        egress_packets(&metrics, "ens5") >= 300.0
+    })
+    .unwrap();
+    let runs = sample(
+        &metrics,
+        "routemon_bpf_program_runs_total",
+        &[("program", "routemon_tx")],
+    )
+    .expect("run counts exported while stats are enabled");
+    assert!(runs >= 300.0, "{runs}");
+    drop(stats);
+    watch.stop_cleanly().unwrap();
+}
+
+/// `kernel.bpf_stats_enabled=1` while alive, restored on drop.
+struct StatsEnabled(String);
+
+impl StatsEnabled {
+    const PATH: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    fn new() -> Self {
+        let before = std::fs::read_to_string(Self::PATH).unwrap();
+        std::fs::write(Self::PATH, "1").unwrap();
+        Self(before.trim().to_owned())
+    }
+}
+
+impl Drop for StatsEnabled {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, &self.0);
+    }
+}
