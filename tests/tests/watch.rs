@@ -745,3 +745,55 @@ impl Drop for StatsEnabled {
         let _ = std::fs::write(Self::PATH, &self.0);
     }
 }
+
+/// `routemon cleanup` (and a plain exit) remove routemon's pins only: another
+/// tool's pin in the same directory stays, and so does the directory.
+#[test]
+fn cleanup_removes_only_routemons_pins() {
+    require_root();
+    let bed = Testbed::ens5_ens6(1000, 1024).unwrap();
+    let pins = PinDir::new();
+    std::fs::create_dir_all(pins.path()).unwrap();
+    let foreign = pins.path().join("someone_elses_map");
+    routemon_testbed::cmd::run(
+        "bpftool",
+        &[
+            "map",
+            "create",
+            foreign.to_str().unwrap(),
+            "type",
+            "array",
+            "key",
+            "4",
+            "value",
+            "4",
+            "entries",
+            "1",
+            "name",
+            "foreign",
+        ],
+    )
+    .unwrap();
+    let args = ["--pin-dir", &pins.arg(), "--keep-pinned"];
+    let watch = Watch::start(&net_launcher(&bed.node), &args).unwrap();
+    let (status, _) = watch.stop(Signal::SIGTERM, Duration::from_secs(5)).unwrap();
+    assert!(status.success());
+    assert_eq!(pins.links().len(), 4);
+    let out = run(None, &["cleanup", "--pin-dir", &pins.arg()])
+        .unwrap()
+        .success();
+    println!("{}", out.stdout);
+    assert!(out.stdout.contains("16 pinned object(s)"), "{}", out.stdout);
+    assert!(foreign.exists(), "another tool's pin was removed");
+    let left: Vec<_> = std::fs::read_dir(pins.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["someone_elses_map"]);
+    assert!(
+        routemon_programs_after(Duration::from_secs(5))
+            .unwrap()
+            .is_empty()
+    );
+    std::fs::remove_file(&foreign).unwrap();
+}

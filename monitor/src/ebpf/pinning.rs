@@ -298,29 +298,51 @@ impl PinStore {
         names
     }
 
-    /// Removes everything under the pin directory, and the directory. Links whose
-    /// pins go away are detached by the kernel once no process holds them.
+    /// Removes routemon's pins under `dir` — links named like routemon's and the
+    /// `maps-v*` directories — then `dir` itself if nothing else is in it. Other
+    /// pins are never touched, whatever directory is given. Links whose pins go
+    /// away are detached by the kernel once no process holds them.
     pub fn remove_all(dir: &Path) -> io::Result<Vec<PathBuf>> {
         let mut removed = Vec::new();
         if !dir.exists() {
             return Ok(removed);
         }
-        for sub in fs::read_dir(dir)? {
-            let sub = sub?.path();
-            if sub.is_dir() {
-                for entry in fs::read_dir(&sub)? {
-                    let path = entry?.path();
+        for entry in fs::read_dir(dir)? {
+            let sub = entry?.path();
+            let name = sub
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let ours: fn(&str) -> bool = match name.as_str() {
+                "links" => |f| parse_link_name(f).is_some(),
+                n if n.starts_with("maps-v") => |_| true,
+                _ => continue,
+            };
+            if !sub.is_dir() {
+                continue;
+            }
+            for file in fs::read_dir(&sub)? {
+                let path = file?.path();
+                if path.file_name().is_some_and(|f| ours(&f.to_string_lossy())) {
                     fs::remove_file(&path)?;
                     removed.push(path);
                 }
-                fs::remove_dir(&sub)?;
-            } else {
-                fs::remove_file(&sub)?;
-                removed.push(sub);
             }
+            remove_dir_if_empty(&sub)?;
         }
-        fs::remove_dir(dir)?;
+        remove_dir_if_empty(dir)?;
         Ok(removed)
+    }
+}
+
+/// Removes `dir` unless something is left in it.
+fn remove_dir_if_empty(dir: &Path) -> io::Result<()> {
+    match fs::remove_dir(dir) {
+        Err(err) if err.raw_os_error() == Some(libc::ENOTEMPTY) => {
+            tracing::info!(dir = %dir.display(), "kept: it holds pins that are not routemon's");
+            Ok(())
+        }
+        other => other,
     }
 }
 
