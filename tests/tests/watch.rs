@@ -43,6 +43,19 @@ fn event_time(event: &Value) -> SystemTime {
     humantime::parse_rfc3339(event["ts"].as_str().expect("ts")).expect("RFC 3339 ts")
 }
 
+/// Two uplinks with default routes of `metrics` (ens5, ens6) and `watch` running
+/// on them with its own pin directory and `args`.
+fn two_uplinks_watched(metrics: (u32, u32), args: &[&str]) -> (Testbed, PinDir, Watch) {
+    require_root();
+    let bed = Testbed::ens5_ens6(metrics.0, metrics.1).unwrap();
+    let pins = PinDir::new();
+    let mut all = vec!["--pin-dir".to_owned(), pins.arg()];
+    all.extend(args.iter().map(|a| (*a).to_owned()));
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    let watch = Watch::start(&net_launcher(&bed.node), &all).unwrap();
+    (bed, pins, watch)
+}
+
 /// Test 1: on the real-networkd node, a hot-attached ENI is attached to and
 /// reported (JSON events for the attach and the critical tie), and its counters grow
 /// with traffic; SIGTERM detaches everything and exits 0 within 2 s.
@@ -550,10 +563,7 @@ fn route_churn_ends_in_the_kernels_final_state() {
 /// target is held by the benchmark).
 #[test]
 fn equal_metric_tie_is_reported_promptly() {
-    require_root();
-    let bed = Testbed::ens5_ens6(1024, 1000).unwrap();
-    let pins = PinDir::new();
-    let mut watch = Watch::start(&net_launcher(&bed.node), &["--pin-dir", &pins.arg()]).unwrap();
+    let (bed, _pins, mut watch) = two_uplinks_watched((1024, 1000), &[]);
     let gw6 = bed.uplink("ens6").gw4.to_string();
     let mut latencies = Vec::new();
     for trial in 0..20 {
@@ -594,22 +604,10 @@ fn equal_metric_tie_is_reported_promptly() {
 /// three times, then backs off and says so, leaving the routes alone.
 #[test]
 fn guard_backs_off_when_something_keeps_undoing_the_pin() {
-    require_root();
-    let bed = Testbed::ens5_ens6(1000, 1024).unwrap();
-    let pins = PinDir::new();
-    let mut watch = Watch::start(
-        &net_launcher(&bed.node),
-        &[
-            "--pin-dir",
-            &pins.arg(),
-            "--guard",
-            "--primary",
-            "ens5",
-            "--metric",
-            "1000",
-        ],
-    )
-    .unwrap();
+    let (bed, _pins, mut watch) = two_uplinks_watched(
+        (1000, 1024),
+        &["--guard", "--primary", "ens5", "--metric", "1000"],
+    );
     let gw5 = bed.uplink("ens5").gw4.to_string();
     let undo = || {
         // An operator (or another agent) puts ens5 back on networkd's metric.
