@@ -119,6 +119,8 @@ pub fn routes_json(ns: &NetNs, args: &[&str]) -> Value {
 /// A `routemon snapshot` running in the background. Killed if dropped unfinished.
 pub struct Running {
     child: Option<Child>,
+    /// Reads stdout while routemon runs, so a large report never blocks it.
+    stdout: Option<thread::JoinHandle<String>>,
     stderr_lines: mpsc::Receiver<String>,
     stderr_seen: Vec<String>,
 }
@@ -137,6 +139,12 @@ impl Running {
             .spawn()
             .context("spawning routemon")?;
         let stderr = child.stderr.take().context("stderr")?;
+        let mut out = child.stdout.take().context("stdout")?;
+        let stdout = thread::spawn(move || {
+            let mut text = String::new();
+            let _ = out.read_to_string(&mut text);
+            text
+        });
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -147,6 +155,7 @@ impl Running {
         });
         let mut running = Self {
             child: Some(child),
+            stdout: Some(stdout),
             stderr_lines: rx,
             stderr_seen: Vec::new(),
         };
@@ -200,10 +209,11 @@ impl Running {
             }
             thread::sleep(Duration::from_millis(20));
         };
-        let mut stdout = String::new();
-        if let Some(mut out) = child.stdout.take() {
-            out.read_to_string(&mut stdout)?;
-        }
+        let stdout = self
+            .stdout
+            .take()
+            .map(|reader| reader.join().unwrap_or_default())
+            .unwrap_or_default();
         // The reader thread ends at EOF; give it a moment to hand over the last lines.
         while let Ok(line) = self.stderr_lines.recv_timeout(Duration::from_millis(200)) {
             self.stderr_seen.push(line);

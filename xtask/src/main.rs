@@ -1,5 +1,6 @@
 //! `cargo xtask`: everything needed to go from a fresh clone to a running routemon.
 
+mod bench;
 mod demo;
 mod setup;
 mod util;
@@ -44,6 +45,14 @@ enum Task {
     },
     /// Check formatting and clippy (warnings are errors).
     Lint,
+    /// Measure routemon's cost next to the alternatives (kernel ns/packet,
+    /// throughput vs nftables and tc counters, daemon footprint, netlink scale,
+    /// detection latency); writes target/bench/results.json and summary.md (root).
+    Bench {
+        /// A short run that checks the bench works (CI); the full run takes minutes.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Show routemon on a simulated EKS node with two ENIs, in network namespaces
     /// that are removed afterwards (needs root; under a minute).
     Demo,
@@ -58,6 +67,9 @@ fn main() -> ExitCode {
         Task::Run { args } => run(&args),
         Task::Test { filter } => test(filter.as_deref()),
         Task::Lint => lint(),
+        Task::Bench { quick } => setup::run()
+            .and_then(|()| build())
+            .and_then(|()| bench::run(quick)),
         Task::Demo => setup::run()
             .and_then(|()| build())
             .and_then(|()| demo::run()),

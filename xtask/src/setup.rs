@@ -57,6 +57,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "python3 -m venv: a private environment for the Python tools below",
     ),
     (
+        "iperf3",
+        "iperf3: the bench's TCP and small-packet UDP traffic",
+    ),
+    (
         "prometheus",
         "prometheus, promtool: a real server scrapes `watch`, promtool checks /metrics",
     ),
