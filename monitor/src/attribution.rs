@@ -27,7 +27,10 @@ use ipnet::IpNet;
 
 use monitor_common::MAIN_TABLE_SLOT;
 
-use crate::model::{NetworkModel, Route, Rule, table};
+use crate::{
+    model::{NetworkModel, Route, Rule, table},
+    preference::FastHash,
+};
 
 /// Priority of the stock `lookup main` rule: source rules that matter come before it.
 const MAIN_RULE_PRIORITY: u32 = 32766;
@@ -66,7 +69,7 @@ pub struct AttributionPlan {
     /// under `id`.
     pub route_ids: Vec<usize>,
     /// The inverse of `route_ids`.
-    id_by_route: HashMap<usize, u32>,
+    id_by_route: HashMap<usize, u32, FastHash>,
 }
 
 impl AttributionPlan {
@@ -74,7 +77,7 @@ impl AttributionPlan {
     pub fn build(model: &NetworkModel, monitored: &BTreeSet<u32>) -> Self {
         let (slots, source_rules) = table_slots(&model.rules);
         // (ifindex, table slot, prefix) → index of the winning route in model.routes
-        let mut winners: HashMap<(u32, u32, IpNet), usize> = HashMap::new();
+        let mut winners: HashMap<(u32, u32, IpNet), usize, FastHash> = HashMap::default();
         for (index, route) in model.routes.iter().enumerate() {
             if !route.forwards() || route.table == table::LOCAL {
                 continue;

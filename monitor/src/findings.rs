@@ -265,7 +265,7 @@ impl Finding {
 /// routes the kernel prefers (see [`crate::preference`]).
 pub fn evaluate(
     model: &NetworkModel,
-    preferred: &HashSet<usize>,
+    preferred: &crate::preference::RouteIndexSet,
     primary: Option<&Primary>,
 ) -> Vec<Finding> {
     let mut findings = equal_metric_default_routes(model, primary);
@@ -434,7 +434,10 @@ fn equal_metric_default_routes(model: &NetworkModel, primary: Option<&Primary>) 
 /// `rp_filter` mode that the preferred IPv4 default route does not use drops every
 /// packet arriving on it from a source the node would route out of another
 /// interface — which is every internet source.
-fn strict_rp_filter(model: &NetworkModel, preferred: &HashSet<usize>) -> Vec<Finding> {
+fn strict_rp_filter(
+    model: &NetworkModel,
+    preferred: &crate::preference::RouteIndexSet,
+) -> Vec<Finding> {
     let defaults: Vec<(usize, &Route)> = model
         .routes
         .iter()
@@ -490,7 +493,7 @@ fn strict_rp_filter(model: &NetworkModel, preferred: &HashSet<usize>) -> Vec<Fin
 
 fn primary_not_preferred(
     model: &NetworkModel,
-    preferred: &HashSet<usize>,
+    preferred: &crate::preference::RouteIndexSet,
     primary: Option<&Primary>,
 ) -> Vec<Finding> {
     let Some(primary) = primary else {

@@ -10,6 +10,12 @@
 
 use std::collections::{HashMap, HashSet};
 
+/// A fast hasher for routemon's own indexes and keys (not attacker-controlled).
+pub type FastHash = foldhash::fast::RandomState;
+
+/// Indexes into `NetworkModel::routes`.
+pub type RouteIndexSet = HashSet<usize, FastHash>;
+
 use ipnet::IpNet;
 
 use crate::model::{Family, NetworkModel, Route};
@@ -42,8 +48,8 @@ fn group_key(route: &Route) -> GroupKey {
 /// Indexes (into `model.routes`) of the routes the kernel uses: in every group of
 /// routes with the same family, table and prefix (and device, for device-scoped
 /// prefixes), those with the group's lowest metric.
-pub fn preferred_routes(model: &NetworkModel) -> HashSet<usize> {
-    let mut lowest: HashMap<GroupKey, u32> = HashMap::new();
+pub fn preferred_routes(model: &NetworkModel) -> RouteIndexSet {
+    let mut lowest: HashMap<GroupKey, u32, FastHash> = HashMap::default();
     for route in &model.routes {
         lowest
             .entry(group_key(route))

@@ -4,7 +4,7 @@
 //! Schema (version 1): see README.md, section "JSON output". Fields are only ever
 //! added; counters are integers and appear only where routemon measured them.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use monitor_common::{IfaceCounters, PacketCounters};
 use serde::Serialize;
@@ -194,7 +194,7 @@ pub struct ReportInput<'a> {
     /// The primary interface.
     pub primary: Option<&'a Primary>,
     /// Indexes of preferred routes.
-    pub preferred: &'a HashSet<usize>,
+    pub preferred: &'a crate::preference::RouteIndexSet,
     /// Findings.
     pub findings: Vec<Finding>,
     /// Counters, for snapshots.

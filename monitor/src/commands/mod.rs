@@ -6,7 +6,7 @@ pub mod routes;
 pub mod snapshot;
 pub mod watch;
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 
 use crate::{
     cli::SelectionArgs,
@@ -28,7 +28,7 @@ pub struct Investigation {
     /// The primary interface.
     pub primary: Option<Primary>,
     /// Indexes of preferred routes in `model.routes`.
-    pub preferred: HashSet<usize>,
+    pub preferred: crate::preference::RouteIndexSet,
     /// Findings.
     pub findings: Vec<Finding>,
 }

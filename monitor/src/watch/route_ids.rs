@@ -14,6 +14,7 @@ use crate::{
     attribution::AttributionPlan,
     ebpf::TrieKey,
     model::{Family, NetworkModel, NextHop, Route},
+    preference::FastHash,
 };
 
 /// What makes a route the same route for counting.
@@ -64,13 +65,13 @@ pub struct Assignment {
 #[derive(Debug)]
 pub struct RouteIds {
     capacity: u32,
-    by_identity: HashMap<Identity, u32>,
+    by_identity: HashMap<Identity, u32, FastHash>,
     routes: BTreeMap<u32, CountedRoute>,
     free: Vec<u32>,
     next: u32,
-    trie: HashMap<TrieKey, u32>,
+    trie: HashMap<TrieKey, u32, FastHash>,
     /// Ids found in a pinned trie at start, by trie key: honoured once each.
-    inherited: HashMap<TrieKey, u32>,
+    inherited: HashMap<TrieKey, u32, FastHash>,
 }
 
 impl RouteIds {
@@ -79,7 +80,7 @@ impl RouteIds {
     pub fn new(capacity: u32, inherited: Vec<(TrieKey, u32)>) -> Self {
         Self {
             capacity,
-            by_identity: HashMap::new(),
+            by_identity: HashMap::default(),
             routes: BTreeMap::new(),
             free: Vec::new(),
             next: 0,
@@ -105,8 +106,8 @@ impl RouteIds {
     /// make in the kernel.
     pub fn assign(&mut self, model: &NetworkModel, plan: &AttributionPlan) -> Assignment {
         let mut out = Assignment::default();
-        let mut wanted: HashMap<TrieKey, u32> = HashMap::new();
-        let mut live: HashMap<Identity, u32> = HashMap::new();
+        let mut wanted: HashMap<TrieKey, u32, FastHash> = HashMap::default();
+        let mut live: HashMap<Identity, u32, FastHash> = HashMap::default();
         let mut uncounted_routes = std::collections::HashSet::new();
         for entry in &plan.entries {
             let key = TrieKey::from(entry);
