@@ -8,6 +8,31 @@ use std::{
 };
 
 use serde::Serialize;
+use thiserror::Error;
+
+/// Reading or writing a file failed: what was being done, to which file.
+#[derive(Debug, Error)]
+#[error("{action} {path}: {source}")]
+pub struct FileError {
+    /// What was being done (`reading`, `backing up to`, …).
+    pub action: &'static str,
+    /// The file.
+    pub path: PathBuf,
+    /// The error.
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl FileError {
+    /// The error of `action` on `path`.
+    pub fn new(action: &'static str, path: &Path, source: std::io::Error) -> Self {
+        Self {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
 
 /// A planned change to one file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

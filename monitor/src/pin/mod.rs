@@ -136,16 +136,8 @@ pub enum PinError {
         source: std::io::Error,
     },
     /// Reading a file failed.
-    #[error("{action} {path}: {source}")]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] files::FileError),
     /// `unpin` found no state.
     #[error("nothing to unpin: no pin state in {0} (routemon pin --apply saves it there)")]
     NoPinState(PathBuf),

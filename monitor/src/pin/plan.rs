@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::{
     PinError,
-    files::{FileChange, read_optional},
+    files::{FileChange, FileError, read_optional},
     kernel_route::{DefaultRoutes, RouteKey},
     networkd::{self, ConfigFile, LinkFacts, NetworkdConfig, UnmanageMatch},
     transition::Replacement,
@@ -383,20 +383,12 @@ pub fn plan_files(input: &FilePlanInput<'_>) -> Result<Vec<FileChange>, PinError
 }
 
 fn read(path: &Path) -> Result<Option<String>, PinError> {
-    read_optional(path).map_err(|source| PinError::Io {
-        action: "reading",
-        path: path.to_path_buf(),
-        source,
-    })
+    read_optional(path).map_err(|source| FileError::new("reading", path, source).into())
 }
 
 /// A failure to read networkd's configuration for `dir`.
 pub fn config_error(dir: &Path, source: std::io::Error) -> PinError {
-    PinError::Io {
-        action: "reading the networkd configuration in",
-        path: dir.to_path_buf(),
-        source,
-    }
+    FileError::new("reading the networkd configuration in", dir, source).into()
 }
 
 /// An existing file routemon did not write is never overwritten.

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::{
-    files::write_atomically,
+    files::{FileError, write_atomically},
     kernel_route::{KernelRoute, RouteKey},
 };
 
@@ -26,16 +26,8 @@ const VERSION: u32 = 1;
 #[derive(Debug, Error)]
 pub enum StateError {
     /// Reading or writing failed.
-    #[error("{action} {path}: {source}")]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FileError),
     /// The file is not a pin state routemon understands.
     #[error("{path} is not a routemon pin state ({reason}); move it away to start afresh")]
     Invalid {
@@ -111,11 +103,7 @@ impl PinState {
             Ok(text) => text,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => {
-                return Err(StateError::Io {
-                    action: "reading",
-                    path,
-                    source,
-                });
+                return Err(FileError::new("reading", &path, source).into());
             }
         };
         let state: Self = serde_json::from_str(&text).map_err(|err| StateError::Invalid {
@@ -134,11 +122,7 @@ impl PinState {
     /// Writes the state to `dir` atomically, creating the directory.
     pub fn save(&self, dir: &Path) -> Result<(), StateError> {
         let path = dir.join(STATE_FILE);
-        let io = |action, source| StateError::Io {
-            action,
-            path: path.clone(),
-            source,
-        };
+        let io = |action, source| StateError::from(FileError::new(action, &path, source));
         fs::create_dir_all(dir).map_err(|e| io("creating the directory of", e))?;
         let text = serde_json::to_string_pretty(self).expect("the state serialises");
         write_atomically(&path, &text).map_err(|e| io("writing", e))
@@ -157,11 +141,7 @@ impl PinState {
             if let Err(source) = result
                 && source.kind() != std::io::ErrorKind::NotFound
             {
-                return Err(StateError::Io {
-                    action: "removing",
-                    path: target.clone(),
-                    source,
-                });
+                return Err(FileError::new("removing", target, source).into());
             }
         }
         Ok(())
@@ -197,11 +177,7 @@ impl PinState {
                     .trim_start_matches('/')
                     .replace('/', "_");
                 let backup = dir.join(BACKUP_DIR).join(name);
-                let io = |action, source| StateError::Io {
-                    action,
-                    path: backup.clone(),
-                    source,
-                };
+                let io = |action, source| StateError::from(FileError::new(action, &backup, source));
                 fs::create_dir_all(dir.join(BACKUP_DIR)).map_err(|e| io("creating", e))?;
                 write_atomically(&backup, content).map_err(|e| io("backing up to", e))?;
                 Some(backup)
