@@ -216,12 +216,7 @@ impl Watch {
 
     /// The daemon's resident set size in KiB (`VmRSS`).
     pub fn rss_kib(&self) -> Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .context("no VmRSS")
+        crate::kernel::proc_status_kib(self.pid(), "VmRSS:")
     }
 
     /// What routemon logged so far.

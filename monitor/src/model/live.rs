@@ -41,6 +41,15 @@ impl Stale {
         self != Self::default()
     }
 
+    /// Adds what `other` marks stale.
+    pub fn merge(&mut self, other: Self) {
+        self.links |= other.links;
+        self.addresses |= other.addresses;
+        self.ipv4_routes |= other.ipv4_routes;
+        self.ipv6_routes |= other.ipv6_routes;
+        self.rules |= other.rules;
+    }
+
     fn routes(&mut self, family: Family) {
         match family {
             Family::Ipv4 => self.ipv4_routes = true,
@@ -49,33 +58,12 @@ impl Stale {
     }
 }
 
-/// What a batch of notifications changed, for the reader to re-derive.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Changed {
-    /// Links appeared, disappeared or changed.
-    pub links: bool,
-    /// Addresses changed.
-    pub addresses: bool,
-    /// Routes changed.
-    pub routes: bool,
-    /// Rules changed.
-    pub rules: bool,
-}
-
-impl Changed {
-    /// Whether anything changed.
-    pub fn any(self) -> bool {
-        self != Self::default()
-    }
-}
-
 /// Applies one notification to `model`, returning what must be re-read because
 /// the notification does not say it exactly.
-pub fn apply(model: &mut NetworkModel, notification: Notification, changed: &mut Changed) -> Stale {
+pub fn apply(model: &mut NetworkModel, notification: Notification) -> Stale {
     let mut stale = Stale::default();
     match notification {
         Notification::LinkChanged(link) => {
-            changed.links = true;
             let went_down = model
                 .links
                 .get(&link.index)
@@ -91,7 +79,6 @@ pub fn apply(model: &mut NetworkModel, notification: Notification, changed: &mut
             model.links.insert(link.index, link);
         }
         Notification::LinkRemoved(link) => {
-            changed.links = true;
             model.links.remove(&link.index);
             model.addresses.retain(|a| a.ifindex != link.index);
             model.rp_filter.remove(&link.index);
@@ -102,18 +89,15 @@ pub fn apply(model: &mut NetworkModel, notification: Notification, changed: &mut
             };
         }
         Notification::AddressAdded(address) => {
-            changed.addresses = true;
             if !model.addresses.contains(&address) {
                 model.addresses.push(address);
             }
         }
         Notification::AddressRemoved(address) => {
-            changed.addresses = true;
             model.addresses.retain(|a| *a != address);
             stale.routes(Family::of(&address.addr.addr()));
         }
         Notification::RouteAdded { route, replace } => {
-            changed.routes = true;
             if needs_reread(model, &route) {
                 stale.routes(route.family);
             } else {
@@ -121,7 +105,6 @@ pub fn apply(model: &mut NetworkModel, notification: Notification, changed: &mut
             }
         }
         Notification::RouteRemoved(route) => {
-            changed.routes = true;
             if needs_reread(model, &route) {
                 stale.routes(route.family);
             } else if let Some(index) = model.routes.iter().position(|r| same_route(r, &route)) {
@@ -129,7 +112,6 @@ pub fn apply(model: &mut NetworkModel, notification: Notification, changed: &mut
             }
         }
         Notification::RulesChanged => {
-            changed.rules = true;
             stale.rules = true;
         }
         Notification::Overrun => stale = Stale::ALL,
@@ -210,7 +192,6 @@ mod tests {
     #[test]
     fn ordinary_routes_apply_and_defaults_are_reread() {
         let mut model = model_with_links(&["lo", "ens5"]);
-        let mut changed = Changed::default();
         let r = route("10.1.0.0/16", 2, None, 100, 254);
         let stale = apply(
             &mut model,
@@ -218,10 +199,8 @@ mod tests {
                 route: r.clone(),
                 replace: false,
             },
-            &mut changed,
         );
         assert!(!stale.any());
-        assert!(changed.routes);
         assert_eq!(model.routes.len(), 1);
         // The same notification twice does not duplicate it.
         apply(
@@ -230,10 +209,9 @@ mod tests {
                 route: r.clone(),
                 replace: false,
             },
-            &mut changed,
         );
         assert_eq!(model.routes.len(), 1);
-        let stale = apply(&mut model, Notification::RouteRemoved(r), &mut changed);
+        let stale = apply(&mut model, Notification::RouteRemoved(r));
         assert!(!stale.any());
         assert!(model.routes.is_empty());
 
@@ -244,7 +222,6 @@ mod tests {
                 route: default,
                 replace: false,
             },
-            &mut changed,
         );
         assert!(stale.ipv4_routes && !stale.ipv6_routes);
     }
@@ -257,14 +234,10 @@ mod tests {
             addr: "10.0.2.10/24".parse().unwrap(),
         });
         let link = model.links[&3].clone();
-        let mut changed = Changed::default();
-        let stale = apply(&mut model, Notification::LinkRemoved(link), &mut changed);
+        let stale = apply(&mut model, Notification::LinkRemoved(link));
         assert!(model.addresses.is_empty());
         assert!(!model.links.contains_key(&3));
         assert!(stale.ipv4_routes && stale.ipv6_routes);
-        assert_eq!(
-            apply(&mut model, Notification::Overrun, &mut changed),
-            Stale::ALL
-        );
+        assert_eq!(apply(&mut model, Notification::Overrun), Stale::ALL);
     }
 }

@@ -1,12 +1,15 @@
 //! The Prometheus text exposition of `routemon watch` (format 0.0.4), with names
 //! in node_exporter style: `routemon_<subsystem>_<what>_<unit>[_total]`.
 
-use std::fmt::{Display, Write as _};
+use std::{
+    collections::BTreeMap,
+    fmt::{Display, Write as _},
+};
 
 use monitor_common::{IfaceCounters, PacketCounters};
 
 use super::events::RouteLabels;
-use crate::findings::{Finding, FindingKind};
+use crate::findings::{Finding, FindingKind, Severity};
 
 /// Everything one scrape shows.
 #[derive(Debug, Default)]
@@ -269,30 +272,23 @@ pub fn render(input: &MetricsInput<'_>) -> String {
 
     for (kind, help) in FINDING_KINDS {
         let name = format!("routemon_finding_{kind}");
-        let mut asymmetric_pairs: std::collections::BTreeMap<Vec<(&str, String)>, u64> =
-            std::collections::BTreeMap::new();
-        let active: Vec<&&Finding> = input
-            .findings
-            .iter()
-            .filter(|f| f.kind_name() == kind)
-            .collect();
-        for finding in &active {
-            *asymmetric_pairs.entry(finding_labels(finding)).or_default() += 1;
+        // One series per distinct label set; asymmetric flows of one interface pair
+        // share theirs, so the value counts them.
+        let mut by_labels: BTreeMap<Vec<(&str, String)>, u64> = BTreeMap::new();
+        for finding in input.findings.iter().filter(|f| f.kind_name() == kind) {
+            *by_labels.entry(finding_labels(finding)).or_default() += 1;
         }
-        let rows: Vec<_> = asymmetric_pairs.into_iter().collect();
+        let rows: Vec<_> = by_labels.into_iter().collect();
         x.each(&name, "gauge", help, &rows, |(labels, n)| {
             (labels.clone(), n.to_string())
         });
     }
-    let mut by_severity =
-        std::collections::BTreeMap::from([("critical", 0u64), ("warning", 0), ("info", 0)]);
+    let mut by_severity: BTreeMap<String, u64> =
+        [Severity::Critical, Severity::Warning, Severity::Info]
+            .map(|s| (s.to_string(), 0))
+            .into();
     for finding in &input.findings {
-        let severity = match finding.severity {
-            crate::findings::Severity::Critical => "critical",
-            crate::findings::Severity::Warning => "warning",
-            crate::findings::Severity::Info => "info",
-        };
-        *by_severity.entry(severity).or_default() += 1;
+        *by_severity.entry(finding.severity.to_string()).or_default() += 1;
     }
     let rows: Vec<_> = by_severity.into_iter().collect();
     x.each(
@@ -300,7 +296,7 @@ pub fn render(input: &MetricsInput<'_>) -> String {
         "gauge",
         "Active findings by severity.",
         &rows,
-        |(severity, n)| (vec![("severity", (*severity).to_owned())], n.to_string()),
+        |(severity, n)| (vec![("severity", severity.clone())], n.to_string()),
     );
 
     for (name, help, rows, first) in [

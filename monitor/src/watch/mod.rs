@@ -45,7 +45,7 @@ use crate::{
         NetworkModel,
         dump::Netlink,
         events::{Groups, Notification, Subscription},
-        live::{self, Changed, Stale},
+        live::{self, Stale},
     },
     preference, preflight,
     samples::SampleCollector,
@@ -244,7 +244,6 @@ struct Watcher {
     sample_reader: Option<crate::ebpf::SampleReader>,
     guard: Option<Guard>,
     stale: Stale,
-    changed: Changed,
     overrun: bool,
     last_resync: Option<Instant>,
     resyncs: u64,
@@ -292,7 +291,6 @@ impl Watcher {
                 .map(|(primary, metric)| Guard::new(primary.clone(), *metric)),
             // The first reconcile re-reads nothing: the model was just dumped.
             stale: Stale::default(),
-            changed: Changed::default(),
             overrun: false,
             last_resync: None,
             resyncs: 0,
@@ -306,8 +304,7 @@ impl Watcher {
         if notification == Notification::Overrun {
             self.overrun = true;
         }
-        let stale = live::apply(&mut self.model, notification, &mut self.changed);
-        self.stale = merge(self.stale, stale);
+        self.stale.merge(live::apply(&mut self.model, notification));
     }
 
     /// When the loop must call [`Self::reconcile`] although nothing arrived: a
@@ -351,7 +348,6 @@ impl Watcher {
             }
             self.stale = Stale::default();
         }
-        self.changed = Changed::default();
         self.sync_interfaces(netlink).await;
         self.sync_owners();
         self.sync_routes();
@@ -381,7 +377,8 @@ impl Watcher {
             if still_there && wanted.contains(&ifindex) {
                 continue;
             }
-            let reason = if still_there || self.model.links.contains_key(&ifindex) {
+            // Renamed or no longer matching (the device stays) versus deleted.
+            let reason = if self.model.links.contains_key(&ifindex) {
                 if let Err(err) = self.monitor.detach_interface(netlink, ifindex).await {
                     tracing::warn!(interface = %name, "detaching failed: {err}");
                 }
@@ -613,13 +610,15 @@ impl Watcher {
             .route_ids
             .routes()
             .iter()
-            .map(|(id, counted)| {
+            .map(|(id, route)| {
                 (
-                    RouteLabels::of(&self.model, &counted.route),
+                    RouteLabels::of(&self.model, route),
                     counters.get(*id as usize).copied().unwrap_or_default(),
                 )
             })
             .collect();
+        // Recomputed from the model as it is now (a scrape may fall inside a
+        // rate-limited resync, when the last evaluation's indexes are stale).
         let preferred = preference::preferred_routes(&self.model);
         let default_routes = self
             .model
@@ -666,15 +665,5 @@ impl Watcher {
             guard_repins: self.guard.as_ref().map_or(0, Guard::repins),
             events: self.events.written(),
         })
-    }
-}
-
-fn merge(a: Stale, b: Stale) -> Stale {
-    Stale {
-        links: a.links || b.links,
-        addresses: a.addresses || b.addresses,
-        ipv4_routes: a.ipv4_routes || b.ipv4_routes,
-        ipv6_routes: a.ipv6_routes || b.ipv6_routes,
-        rules: a.rules || b.rules,
     }
 }

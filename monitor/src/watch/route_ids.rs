@@ -43,13 +43,6 @@ impl Identity {
     }
 }
 
-/// A counted route as metrics label it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CountedRoute {
-    /// The route when it was last seen.
-    pub route: Route,
-}
-
 /// The result of mapping a plan onto stable ids.
 #[derive(Debug, Default)]
 pub struct Assignment {
@@ -66,7 +59,8 @@ pub struct Assignment {
 pub struct RouteIds {
     capacity: u32,
     by_identity: HashMap<Identity, u32, FastHash>,
-    routes: BTreeMap<u32, CountedRoute>,
+    /// Counted routes by id, as last seen (for labelling their counters).
+    routes: BTreeMap<u32, Route>,
     free: Vec<u32>,
     next: u32,
     trie: HashMap<TrieKey, u32, FastHash>,
@@ -93,7 +87,7 @@ impl RouteIds {
     }
 
     /// Counted routes by id.
-    pub fn routes(&self) -> &BTreeMap<u32, CountedRoute> {
+    pub fn routes(&self) -> &BTreeMap<u32, Route> {
         &self.routes
     }
 
@@ -125,12 +119,7 @@ impl RouteIds {
                 continue;
             };
             live.insert(identity, id);
-            self.routes.insert(
-                id,
-                CountedRoute {
-                    route: route.clone(),
-                },
-            );
+            self.routes.insert(id, route.clone());
             wanted.insert(key, id);
         }
         out.uncounted = uncounted_routes.len();

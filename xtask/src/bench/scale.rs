@@ -9,15 +9,13 @@ use std::{
 use anyhow::{Context as _, Result};
 use routemon_testbed::{
     Testbed,
+    kernel::proc_status_kib,
     netns::NetNs,
     routemon::binary,
     watch::{Watch, net_launcher},
 };
 
-use super::{
-    Figure, Plan, Stats,
-    traffic::{fill_routes, status_kib},
-};
+use super::{Figure, Plan, Stats, traffic::fill_routes};
 
 /// Wall time and peak RSS (KiB) of one `routemon <args>` run inside `ns`.
 fn timed_run(ns: &NetNs, args: &[&str]) -> Result<(Duration, u64)> {
@@ -88,7 +86,7 @@ pub fn netlink_scale(plan: Plan) -> Result<Vec<Figure>> {
                 &["--no-pin", "--no-metrics", "-i", "ens5"],
             )?;
             daemon_ms.push(started.elapsed().as_secs_f64() * 1e3);
-            daemon_rss.push(status_kib(watch.pid(), "VmHWM:")? as f64 / 1024.0);
+            daemon_rss.push(proc_status_kib(watch.pid(), "VmHWM:")? as f64 / 1024.0);
             watch.stop_cleanly()?;
         }
         let label = |what: &str| format!("{what}, {size} routes");

@@ -11,6 +11,7 @@ use anyhow::{Context as _, Result, bail};
 use routemon_testbed::{
     INTERNET_V4, Testbed, UplinkSpec,
     daemon::Daemon,
+    kernel::proc_status_kib,
     netns::NetNs,
     watch::{Watch, net_launcher},
 };
@@ -284,7 +285,7 @@ pub fn footprint(plan: Plan) -> Result<Vec<Figure>> {
         let handle = std::thread::spawn(move || {
             let mut rss = Vec::new();
             while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                if let Ok(kib) = rss_kib(pid) {
+                if let Ok(kib) = proc_status_kib(pid, "VmRSS:") {
                     rss.push(kib as f64 / 1024.0);
                 }
                 std::thread::sleep(Duration::from_millis(500));
@@ -334,19 +335,4 @@ pub fn cpu_ticks(pid: u32) -> Result<u64> {
     let utime: u64 = fields.get(11).context("utime")?.parse()?;
     let stime: u64 = fields.get(12).context("stime")?.parse()?;
     Ok(utime + stime)
-}
-
-/// A process's resident set in KiB.
-pub fn rss_kib(pid: u32) -> Result<u64> {
-    status_kib(pid, "VmRSS:")
-}
-
-/// A `/proc/<pid>/status` field in KiB (`VmRSS:`, `VmHWM:`).
-pub fn status_kib(pid: u32, field: &str) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .with_context(|| format!("no {field}"))
 }
