@@ -251,15 +251,11 @@ impl PinStore {
     /// Pinned links whose interface no longer exists (deleted, or its index reused
     /// by another name); their pins are removed. Returns how many.
     pub fn remove_orphan_links(&self) -> usize {
-        let Ok(entries) = fs::read_dir(self.links_dir()) else {
-            return 0;
-        };
         let mut removed = 0;
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
+        for name in Self::pinned_links(&self.dir) {
             let alive = parse_link_name(&name)
                 .is_some_and(|(ifname, ifindex)| super::attach::interface_exists(ifindex, ifname));
-            if !alive && fs::remove_file(entry.path()).is_ok() {
+            if !alive && fs::remove_file(self.links_dir().join(&name)).is_ok() {
                 tracing::info!(link = %name, "removed the pin of a link whose interface is gone");
                 removed += 1;
             }
