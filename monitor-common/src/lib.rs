@@ -184,7 +184,10 @@ pub struct CrossEniKey {
 /// use the first 4 bytes of `src`/`dst`, the rest zero. For ICMP echo, both ports
 /// hold the echo identifier (so a request and its reply match); other ICMP messages
 /// and non-first fragments have ports 0.
-#[repr(C)]
+///
+/// Aligned to 8 bytes (its size is a multiple of 8 anyway) so the eBPF programs
+/// copy and compare it in words, not bytes; the layout is that of plain `repr(C)`.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
     /// 4 or 6.

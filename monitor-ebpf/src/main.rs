@@ -227,40 +227,36 @@ fn count_egress(ctx: &TcContext, link_layer: LinkLayer) {
 
     let packet = parse(ctx, link_layer);
     let route = match &packet {
-        Some(Packet {
-            addresses: Addresses::V4 { src, dst },
-            flow,
-        }) => {
-            let tables = Tables {
-                owners: &SOURCE_OWNERS_V4,
-                rules: &SOURCE_RULES_V4,
-                routes: &ROUTES_V4,
-                addr_bits: 32,
-            };
-            let key = |table_slot| RouteKeyV4 {
-                ifindex,
-                table_slot,
-                addr: *dst,
-            };
-            tables.egress(ifindex, src, flow, len, key)
-        }
-        Some(Packet {
-            addresses: Addresses::V6 { src, dst },
-            flow,
-        }) => {
-            let tables = Tables {
-                owners: &SOURCE_OWNERS_V6,
-                rules: &SOURCE_RULES_V6,
-                routes: &ROUTES_V6,
-                addr_bits: 128,
-            };
-            let key = |table_slot| RouteKeyV6 {
-                ifindex,
-                table_slot,
-                addr: *dst,
-            };
-            tables.egress(ifindex, src, flow, len, key)
-        }
+        Some(packet) => match packet.v4() {
+            Some((src, dst)) => {
+                let tables = Tables {
+                    owners: &SOURCE_OWNERS_V4,
+                    rules: &SOURCE_RULES_V4,
+                    routes: &ROUTES_V4,
+                    addr_bits: 32,
+                };
+                let key = |table_slot| RouteKeyV4 {
+                    ifindex,
+                    table_slot,
+                    addr: dst,
+                };
+                tables.egress(ifindex, &src, &packet.flow, len, key)
+            }
+            None => {
+                let tables = Tables {
+                    owners: &SOURCE_OWNERS_V6,
+                    rules: &SOURCE_RULES_V6,
+                    routes: &ROUTES_V6,
+                    addr_bits: 128,
+                };
+                let key = |table_slot| RouteKeyV6 {
+                    ifindex,
+                    table_slot,
+                    addr: packet.flow.dst,
+                };
+                tables.egress(ifindex, &packet.flow.src, &packet.flow, len, key)
+            }
+        },
         None => None,
     };
     if let Some(packet) = &packet
@@ -383,16 +379,58 @@ fn count_asymmetric(flow: FlowKey, ingress: u32, egress: u32, len: u64) {
     add_packet!(ASYMMETRIC_FLOWS, &key, len);
 }
 
-/// What the programs read from an IP packet.
+/// What the programs read from an IP packet: its 5-tuple, whose addresses are the
+/// packet's (IPv4 in the first 4 bytes of each).
 struct Packet {
-    addresses: Addresses,
     flow: FlowKey,
 }
 
-/// Source and destination addresses of an IP packet.
-enum Addresses {
-    V4 { src: [u8; 4], dst: [u8; 4] },
-    V6 { src: [u8; 16], dst: [u8; 16] },
+impl Packet {
+    /// The IPv4 source and destination, for an IPv4 packet.
+    #[inline(always)]
+    fn v4(&self) -> Option<([u8; 4], [u8; 4])> {
+        let f = &self.flow;
+        (f.ip_version == 4).then(|| {
+            (
+                [f.src[0], f.src[1], f.src[2], f.src[3]],
+                [f.dst[0], f.dst[1], f.dst[2], f.dst[3]],
+            )
+        })
+    }
+}
+
+/// Reads `N` bytes at `offset` of the packet: straight from the linear data when
+/// they are there (no helper call, no copy through the stack), else with
+/// `bpf_skb_load_bytes` (headers in paged data, rare on the TC hooks).
+#[inline(always)]
+fn bytes<const N: usize>(ctx: &TcContext, offset: usize) -> Option<[u8; N]> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + N <= end {
+        // SAFETY: the N bytes are inside the linear packet data (checked just above,
+        // and again by the verifier); [u8; N] has no alignment requirement.
+        Some(unsafe { ((start + offset) as *const [u8; N]).read() })
+    } else {
+        ctx.load(offset).ok()
+    }
+}
+
+/// `N` bytes of `header` from `at`.
+#[inline(always)]
+fn field<const N: usize, const H: usize>(header: &[u8; H], at: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    out.copy_from_slice(&header[at..at + N]);
+    out
+}
+
+/// An IPv4 address of `header` at `at`, in the first 4 bytes of a 16-byte slot.
+/// Built from words, which the compiler stores whole (byte-wise zeroing of the
+/// other 12 would be a call to a memset subprogram).
+#[inline(always)]
+fn v4_in_v6_slot<const H: usize>(header: &[u8; H], at: usize) -> [u8; 16] {
+    let words = [u32::from_ne_bytes(field(header, at)), 0, 0, 0];
+    // SAFETY: [u32; 4] and [u8; 16] have the same size and every bit pattern is valid.
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) }
 }
 
 /// Reads the IP header and the ports (or ICMP echo identifier) of a packet.
@@ -403,43 +441,41 @@ fn parse(ctx: &TcContext, link_layer: LinkLayer) -> Option<Packet> {
         // skb->protocol holds the ethertype in network byte order in its low 16 bits.
         LinkLayer::None => (u16::from_be(ctx.skb.protocol() as u16), 0),
     };
-    let mut flow = FlowKey::default();
     match ethertype {
         ETH_P_IP => {
-            let header: [u8; IPV4_HLEN] = ctx.load(l3_offset).ok()?;
-            let src = [header[12], header[13], header[14], header[15]];
-            let dst = [header[16], header[17], header[18], header[19]];
-            flow.ip_version = 4;
-            flow.protocol = header[9];
-            flow.src[..4].copy_from_slice(&src);
-            flow.dst[..4].copy_from_slice(&dst);
+            let header: [u8; IPV4_HLEN] = bytes(ctx, l3_offset)?;
+            // Built whole (no field-by-field zeroing, which costs a memset call).
+            let mut flow = FlowKey {
+                ip_version: 4,
+                protocol: header[9],
+                pad: [0; 2],
+                src_port: 0,
+                dst_port: 0,
+                src: v4_in_v6_slot(&header, 12),
+                dst: v4_in_v6_slot(&header, 16),
+            };
             // Only the first fragment carries the transport header.
             let fragment_offset = u16::from_be_bytes([header[6] & 0x1f, header[7]]);
             if fragment_offset == 0 {
                 let header_len = usize::from(header[0] & 0x0f) * 4;
                 read_ports(ctx, l3_offset + header_len, IPPROTO_ICMP, &mut flow);
             }
-            Some(Packet {
-                addresses: Addresses::V4 { src, dst },
-                flow,
-            })
+            Some(Packet { flow })
         }
         ETH_P_IPV6 => {
-            let header: [u8; IPV6_HLEN] = ctx.load(l3_offset).ok()?;
-            let mut src = [0u8; 16];
-            let mut dst = [0u8; 16];
-            src.copy_from_slice(&header[8..24]);
-            dst.copy_from_slice(&header[24..40]);
-            flow.ip_version = 6;
-            // The next header; with extension headers in between, ports stay 0.
-            flow.protocol = header[6];
-            flow.src = src;
-            flow.dst = dst;
+            let header: [u8; IPV6_HLEN] = bytes(ctx, l3_offset)?;
+            let mut flow = FlowKey {
+                ip_version: 6,
+                // The next header; with extension headers in between, ports stay 0.
+                protocol: header[6],
+                pad: [0; 2],
+                src_port: 0,
+                dst_port: 0,
+                src: field(&header, 8),
+                dst: field(&header, 24),
+            };
             read_ports(ctx, l3_offset + IPV6_HLEN, IPPROTO_ICMPV6, &mut flow);
-            Some(Packet {
-                addresses: Addresses::V6 { src, dst },
-                flow,
-            })
+            Some(Packet { flow })
         }
         _ => None,
     }
@@ -451,13 +487,13 @@ fn parse(ctx: &TcContext, link_layer: LinkLayer) -> Option<Packet> {
 fn read_ports(ctx: &TcContext, offset: usize, icmp: u8, flow: &mut FlowKey) {
     match flow.protocol {
         IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => {
-            if let Ok(ports) = ctx.load::<[u8; 4]>(offset) {
+            if let Some(ports) = bytes::<4>(ctx, offset) {
                 flow.src_port = u16::from_be_bytes([ports[0], ports[1]]);
                 flow.dst_port = u16::from_be_bytes([ports[2], ports[3]]);
             }
         }
         protocol if protocol == icmp => {
-            if let Ok(header) = ctx.load::<[u8; 6]>(offset) {
+            if let Some(header) = bytes::<6>(ctx, offset) {
                 // Echo request/reply: 8/0 for ICMP, 128/129 for ICMPv6.
                 if matches!(header[0], 0 | 8 | 128 | 129) {
                     let id = u16::from_be_bytes([header[4], header[5]]);
@@ -477,7 +513,7 @@ fn ethertype_and_l3_offset(ctx: &TcContext) -> Option<(u16, usize)> {
     let mut type_offset = ETH_TYPE_OFFSET;
     let mut l3_offset = ETH_HLEN;
     for _ in 0..=MAX_VLAN_TAGS {
-        let ethertype = u16::from_be_bytes(ctx.load(type_offset).ok()?);
+        let ethertype = u16::from_be_bytes(bytes(ctx, type_offset)?);
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
             return Some((ethertype, l3_offset));
         }

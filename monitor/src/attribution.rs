@@ -77,18 +77,15 @@ impl AttributionPlan {
     pub fn build(model: &NetworkModel, monitored: &BTreeSet<u32>) -> Self {
         let (slots, source_rules) = table_slots(&model.rules);
         // (ifindex, table slot, prefix) → index of the winning route in model.routes
-        let mut winners: HashMap<(u32, u32, IpNet), usize, FastHash> = HashMap::default();
+        let mut winners: HashMap<(u32, u32, IpNet), usize, FastHash> =
+            HashMap::with_capacity_and_hasher(model.routes.len(), FastHash::default());
         for (index, route) in model.routes.iter().enumerate() {
             if !route.forwards() || route.table == table::LOCAL {
                 continue;
             }
             let prefix = route.dst.trunc();
             let table_slot = slots.get(&route.table).copied().unwrap_or(MAIN_TABLE_SLOT);
-            for ifindex in route
-                .ifindexes()
-                .into_iter()
-                .filter(|i| monitored.contains(i))
-            {
+            for ifindex in route.ifindexes().filter(|i| monitored.contains(i)) {
                 match winners.entry((ifindex, table_slot, prefix)) {
                     Entry::Vacant(entry) => {
                         entry.insert(index);
@@ -108,7 +105,9 @@ impl AttributionPlan {
         };
         let mut keys: Vec<_> = winners.into_iter().collect();
         // Deterministic ids: in the order the kernel listed the routes.
-        keys.sort_by_key(|((ifindex, slot, prefix), index)| (*index, *ifindex, *slot, *prefix));
+        keys.sort_unstable_by_key(|((ifindex, slot, prefix), index)| {
+            (*index, *ifindex, *slot, *prefix)
+        });
         for ((ifindex, table_slot, prefix), index) in keys {
             let next_id = u32::try_from(plan.route_ids.len()).expect("fewer than 2^32 routes");
             let route_id = *plan.id_by_route.entry(index).or_insert(next_id);

@@ -294,12 +294,7 @@ fn default_route_groups(model: &NetworkModel) -> BTreeMap<(Family, u32), Vec<(us
 }
 
 fn describe(model: &NetworkModel, route: &Route) -> String {
-    let dev = route
-        .ifindexes()
-        .iter()
-        .map(|i| model.link_name(*i))
-        .collect::<Vec<_>>()
-        .join("+");
+    let dev = model.route_devices(route);
     match route.gateway() {
         Some(gw) => format!("via {gw} dev {dev}"),
         None => format!("dev {dev}"),
@@ -531,7 +526,7 @@ fn primary_not_preferred(
                 primary: primary.name.clone(),
                 primary_metric,
                 preferred: RouteRef {
-                    dev: chosen.ifindexes().iter().map(|i| model.link_name(*i)).collect::<Vec<_>>().join("+"),
+                    dev: model.route_devices(chosen),
                     gateway: chosen.gateway().map(|g| g.to_string()),
                     metric: chosen.metric,
                 },

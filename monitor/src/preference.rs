@@ -49,19 +49,37 @@ fn group_key(route: &Route) -> GroupKey {
 /// routes with the same family, table and prefix (and device, for device-scoped
 /// prefixes), those with the group's lowest metric.
 pub fn preferred_routes(model: &NetworkModel) -> RouteIndexSet {
-    let mut lowest: HashMap<GroupKey, u32, FastHash> = HashMap::default();
-    for route in &model.routes {
-        lowest
-            .entry(group_key(route))
-            .and_modify(|m| *m = (*m).min(route.metric))
-            .or_insert(route.metric);
-    }
-    model
+    preferred_among(model, |_| true)
+}
+
+/// [`preferred_routes`] restricted to default routes: what the findings and the
+/// daemon's default-route metrics need, without grouping every route of a large
+/// table on each change.
+pub fn preferred_default_routes(model: &NetworkModel) -> RouteIndexSet {
+    preferred_among(model, Route::is_default)
+}
+
+/// Preferred routes among those `selected`, which must select whole groups (a
+/// property of the prefix, such as being a default route).
+fn preferred_among(model: &NetworkModel, selected: impl Fn(&Route) -> bool) -> RouteIndexSet {
+    let keyed: Vec<(usize, GroupKey, u32)> = model
         .routes
         .iter()
         .enumerate()
-        .filter(|(_, route)| lowest[&group_key(route)] == route.metric)
-        .map(|(index, _)| index)
+        .filter(|(_, route)| selected(route))
+        .map(|(index, route)| (index, group_key(route), route.metric))
+        .collect();
+    let mut lowest: HashMap<&GroupKey, u32, FastHash> = HashMap::default();
+    for (_, key, metric) in &keyed {
+        lowest
+            .entry(key)
+            .and_modify(|m| *m = (*m).min(*metric))
+            .or_insert(*metric);
+    }
+    keyed
+        .iter()
+        .filter(|(_, key, metric)| lowest[key] == *metric)
+        .map(|(index, _, _)| *index)
         .collect()
 }
 

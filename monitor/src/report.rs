@@ -245,12 +245,11 @@ impl Report {
             .iter()
             .enumerate()
             .filter(|(_, r)| {
-                r.ifindexes().iter().any(|i| monitored.contains(i))
-                    || (r.is_default() && r.forwards())
+                r.ifindexes().any(|i| monitored.contains(&i)) || (r.is_default() && r.forwards())
             })
             .map(|(index, route)| {
                 let counters = measured.as_ref().and_then(|m| {
-                    if !route.ifindexes().iter().any(|i| monitored.contains(i)) {
+                    if !route.ifindexes().any(|i| monitored.contains(&i)) {
                         return None;
                     }
                     Some(

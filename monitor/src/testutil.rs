@@ -38,7 +38,7 @@ pub fn route(dst: &str, ifindex: u32, gateway: Option<&str>, metric: u32, table:
         family: Family::of(&dst.addr()),
         table,
         dst,
-        nexthops: vec![NextHop {
+        nexthops: smallvec::smallvec![NextHop {
             gateway,
             ifindex: Some(ifindex),
         }],

@@ -19,6 +19,6 @@ pub async fn run(args: &RoutesArgs) -> anyhow::Result<()> {
         findings: found.findings.clone(),
         measured: None,
     });
-    print_report(&report, &args.selection);
+    print_report(&report, &args.selection)?;
     Ok(())
 }

@@ -161,7 +161,7 @@ pub async fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
         routes_removed_during: changes.routes_removed,
         interfaces_added_during: changes.interfaces_added,
     });
-    print_report(&report, &args.selection);
+    print_report(&report, &args.selection)?;
     detached.context("detaching routemon's programs")?;
     Ok(())
 }

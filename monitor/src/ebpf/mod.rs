@@ -4,6 +4,7 @@
 mod attach;
 mod maps;
 pub mod pinning;
+pub mod test_run;
 
 use std::{collections::BTreeMap, net::IpAddr};
 
@@ -243,6 +244,33 @@ impl Monitor {
                 Some((*name, nanos, info.run_count()))
             })
             .collect()
+    }
+
+    /// Runs the loaded program `name` on `frame` `repeat` times in the kernel,
+    /// without attaching it (see [`test_run`]).
+    pub fn test_run(
+        &self,
+        name: &'static str,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<test_run::TestRun, EbpfError> {
+        let program: &SchedClassifier = self
+            .ebpf
+            .program(name)
+            .ok_or_else(|| {
+                EbpfError::Other(format!("program {name} missing from the eBPF object"))
+            })?
+            .try_into()
+            .map_err(|source| EbpfError::Program {
+                program: name,
+                source,
+            })?;
+        let fd = program.fd().map_err(|source| EbpfError::Program {
+            program: name,
+            source,
+        })?;
+        test_run::test_run(std::os::fd::AsFd::as_fd(fd), frame, repeat)
+            .map_err(|err| EbpfError::Other(format!("test run of {name}: {err}")))
     }
 
     /// Ends this monitor but leaves pinned links attached and pinned maps in place,

@@ -15,7 +15,9 @@ use netlink_packet_route::{
     rule::{RuleAction, RuleAttribute, RuleMessage},
 };
 
-use super::{Address, Family, Link, LinkLayer, NextHop, OperState, Route, RouteKind, Rule};
+use super::{
+    Address, Family, Link, LinkLayer, NextHop, NextHops, OperState, Route, RouteKind, Rule,
+};
 
 fn family(af: AddressFamily) -> Option<Family> {
     match af {
@@ -140,7 +142,7 @@ pub fn route(msg: &RouteMessage, order: usize) -> Option<Route> {
         gateway: None,
         ifindex: None,
     };
-    let mut multipath = Vec::new();
+    let mut multipath = NextHops::new();
     for attr in &msg.attributes {
         match attr {
             RouteAttribute::Destination(addr) => dst_addr = route_ip(addr),
@@ -174,9 +176,9 @@ pub fn route(msg: &RouteMessage, order: usize) -> Option<Route> {
     let nexthops = if !multipath.is_empty() {
         multipath
     } else if single.gateway.is_some() || single.ifindex.is_some() {
-        vec![single]
+        smallvec::smallvec![single]
     } else {
-        Vec::new()
+        NextHops::new()
     };
     Some(Route {
         family,
@@ -277,7 +279,7 @@ mod tests {
         assert_eq!(route.table, 254);
         assert_eq!(route.protocol, 16);
         assert_eq!(route.gateway(), Some("10.0.1.1".parse().unwrap()));
-        assert_eq!(route.ifindexes(), vec![2]);
+        assert_eq!(route.ifindexes().collect::<Vec<_>>(), vec![2]);
         assert_eq!(route.pref_src, Some("10.0.1.10".parse().unwrap()));
         assert_eq!(route.order, 7);
     }
@@ -323,7 +325,7 @@ mod tests {
             ])],
         );
         let route = route(&msg, 0).unwrap();
-        assert_eq!(route.ifindexes(), vec![2, 3]);
+        assert_eq!(route.ifindexes().collect::<Vec<_>>(), vec![2, 3]);
         assert!(route.uses_ifindex(3));
         assert_eq!(route.nexthops[1].gateway, Some("10.0.2.1".parse().unwrap()));
     }

@@ -60,6 +60,19 @@ impl Netlink {
 
     /// Dumps the routes of every table of one family, as the kernel's messages.
     pub async fn route_messages(&self, family: Family) -> Result<Vec<RouteMessage>, DumpError> {
+        let mut messages = Vec::new();
+        self.each_route_message(family, |msg| messages.push(msg))
+            .await?;
+        Ok(messages)
+    }
+
+    /// Dumps the routes of every table of one family, handing each message to
+    /// `each` as it arrives (a million-route table is never held as messages).
+    async fn each_route_message(
+        &self,
+        family: Family,
+        mut each: impl FnMut(RouteMessage),
+    ) -> Result<(), DumpError> {
         let (address_family, what) = match family {
             Family::Ipv4 => (AddressFamily::Inet, "IPv4 routes"),
             Family::Ipv6 => (AddressFamily::Inet6, "IPv6 routes"),
@@ -68,11 +81,10 @@ impl Netlink {
         // Table 0 (RT_TABLE_UNSPEC) and no attributes: every table is dumped.
         request.header.address_family = address_family;
         let mut routes = self.handle.route().get(request).execute();
-        let mut messages = Vec::new();
         while let Some(msg) = next(&mut routes, what).await? {
-            messages.push(msg);
+            each(msg);
         }
-        Ok(messages)
+        Ok(())
     }
 
     /// Dumps the addresses of every link.
@@ -92,17 +104,13 @@ impl Netlink {
         family: Family,
         first_order: usize,
     ) -> Result<Vec<Route>, DumpError> {
-        Ok(self
-            .route_messages(family)
-            .await?
-            .iter()
-            .filter_map(|msg| convert::route(msg, 0))
-            .enumerate()
-            .map(|(i, route)| Route {
-                order: first_order + i,
-                ..route
-            })
-            .collect())
+        let mut routes = Vec::new();
+        self.each_route_message(family, |msg| {
+            routes.extend(convert::route(&msg, first_order + routes.len()));
+        })
+        .await?;
+        routes.shrink_to_fit();
+        Ok(routes)
     }
 
     /// Dumps the policy rules of both families.

@@ -146,6 +146,10 @@ pub struct Address {
     pub addr: IpNet,
 }
 
+/// A route's next hops, stored inline for the usual single hop (no allocation per
+/// route in a table of a million).
+pub type NextHops = smallvec::SmallVec<[NextHop; 1]>;
+
 /// One next hop of a route.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct NextHop {
@@ -203,7 +207,7 @@ pub struct Route {
     pub dst: IpNet,
     /// Next hops: one for an ordinary route, several for a multipath route, none for
     /// blackhole/unreachable routes.
-    pub nexthops: Vec<NextHop>,
+    pub nexthops: NextHops,
     /// Metric (`RTA_PRIORITY`); 0 when absent. Lower is preferred.
     pub metric: u32,
     /// Who installed the route (`RTPROT_*`).
@@ -232,14 +236,16 @@ impl Route {
     }
 
     /// The output interfaces of the route, in next-hop order, without duplicates.
-    pub fn ifindexes(&self) -> Vec<u32> {
-        let mut out: Vec<u32> = Vec::with_capacity(self.nexthops.len());
-        for ifindex in self.nexthops.iter().filter_map(|nh| nh.ifindex) {
-            if !out.contains(&ifindex) {
-                out.push(ifindex);
-            }
-        }
-        out
+    pub fn ifindexes(&self) -> impl Iterator<Item = u32> + '_ {
+        // No allocation: this runs for every route on every reconcile, and next-hop
+        // lists are short, so the quadratic de-duplication costs nothing.
+        self.nexthops.iter().enumerate().filter_map(|(i, nh)| {
+            let ifindex = nh.ifindex?;
+            let seen = self.nexthops[..i]
+                .iter()
+                .any(|p| p.ifindex == Some(ifindex));
+            (!seen).then_some(ifindex)
+        })
     }
 
     /// Whether one of the route's next hops leaves by `ifindex`.
@@ -304,6 +310,16 @@ impl NetworkModel {
         self.links
             .get(&ifindex)
             .map_or_else(|| format!("if{ifindex}"), |link| link.name.clone())
+    }
+
+    /// The names of the links a route leaves by, joined with `+` (`ens5+ens6` for
+    /// a multipath route).
+    pub fn route_devices(&self, route: &Route) -> String {
+        route
+            .ifindexes()
+            .map(|i| self.link_name(i))
+            .collect::<Vec<_>>()
+            .join("+")
     }
 
     /// Addresses of one link, in dump order.

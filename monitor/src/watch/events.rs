@@ -38,12 +38,7 @@ impl RouteLabels {
             table: crate::model::table_name(route.table),
             destination: route.dst.to_string(),
             gateway: route.gateway().map(|g| g.to_string()).unwrap_or_default(),
-            interface: route
-                .ifindexes()
-                .iter()
-                .map(|i| model.link_name(*i))
-                .collect::<Vec<_>>()
-                .join("+"),
+            interface: model.route_devices(route),
             metric: route.metric,
         }
     }

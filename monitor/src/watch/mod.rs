@@ -87,6 +87,34 @@ pub struct WatchOptions {
     pub netlink_buffer: usize,
 }
 
+/// Loads the programs, with their maps pinned under `pin_dir` (taking over what a
+/// previous routemon left there) or unpinned; returns how many maps were reused.
+fn load_monitor(pin_dir: Option<&std::path::Path>) -> anyhow::Result<(Monitor, usize)> {
+    match pin_dir {
+        Some(dir) => {
+            let (store, state) = PinStore::open(dir)?;
+            store.remove_orphan_links();
+            Ok((
+                Monitor::load_long_running(Some(store))?,
+                state.reused_maps.len(),
+            ))
+        }
+        None => {
+            let default_dir = std::path::Path::new(crate::ebpf::pinning::DEFAULT_PIN_DIR);
+            let leftover = PinStore::pinned_links(default_dir);
+            anyhow::ensure!(
+                leftover.is_empty(),
+                "routemon's programs are still attached and pinned under {} ({}); \
+                 --no-pin would count every packet twice. Run `routemon cleanup` first, \
+                 or drop --no-pin to take them over",
+                default_dir.display(),
+                leftover.join(", ")
+            );
+            Ok((Monitor::load_long_running(None)?, 0))
+        }
+    }
+}
+
 /// Runs the daemon until SIGINT/SIGTERM/SIGHUP.
 pub async fn run(options: WatchOptions) -> anyhow::Result<()> {
     let mut shutdown = Shutdown::install().context("installing signal handlers")?;
@@ -105,6 +133,12 @@ pub async fn run(options: WatchOptions) -> anyhow::Result<()> {
         })?),
         None => None,
     };
+    // The eBPF object loads (BTF, verifier) on a blocking thread while the routing
+    // tables are dumped: with many routes both take about as long.
+    let loading = tokio::task::spawn_blocking({
+        let pin_dir = options.pin_dir.clone();
+        move || load_monitor(pin_dir.as_deref())
+    });
     let model = netlink.dump().await?;
     for pattern in &options.patterns {
         if !model.links.values().any(|l| pattern.matches(&l.name)) {
@@ -114,30 +148,7 @@ pub async fn run(options: WatchOptions) -> anyhow::Result<()> {
             );
         }
     }
-
-    let (monitor, reused_maps) = match &options.pin_dir {
-        Some(dir) => {
-            let (store, state) = PinStore::open(dir)?;
-            store.remove_orphan_links();
-            (
-                Monitor::load_long_running(Some(store))?,
-                state.reused_maps.len(),
-            )
-        }
-        None => {
-            let leftover =
-                PinStore::pinned_links(std::path::Path::new(crate::ebpf::pinning::DEFAULT_PIN_DIR));
-            anyhow::ensure!(
-                leftover.is_empty(),
-                "routemon's programs are still attached and pinned under {} ({}); \
-                 --no-pin would count every packet twice. Run `routemon cleanup` first, \
-                 or drop --no-pin to take them over",
-                crate::ebpf::pinning::DEFAULT_PIN_DIR,
-                leftover.join(", ")
-            );
-            (Monitor::load_long_running(None)?, 0)
-        }
-    };
+    let (monitor, reused_maps) = loading.await.context("loading the eBPF object")??;
     let mut watcher = Watcher::new(monitor, model, &options)?;
     let started = Instant::now();
     watcher.reconcile(&netlink, started).await;
@@ -498,7 +509,7 @@ impl Watcher {
     }
 
     fn evaluate_routing(&mut self) {
-        let preferred = preference::preferred_routes(&self.model);
+        let preferred = preference::preferred_default_routes(&self.model);
         let primary = self.primary();
         let now: BTreeMap<String, Finding> =
             findings::evaluate(&self.model, &preferred, primary.as_ref())
@@ -619,7 +630,7 @@ impl Watcher {
             .collect();
         // Recomputed from the model as it is now (a scrape may fall inside a
         // rate-limited resync, when the last evaluation's indexes are stale).
-        let preferred = preference::preferred_routes(&self.model);
+        let preferred = preference::preferred_default_routes(&self.model);
         let default_routes = self
             .model
             .routes

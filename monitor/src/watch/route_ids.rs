@@ -24,7 +24,8 @@ struct Identity {
     table: u32,
     dst: IpNet,
     metric: u32,
-    nexthops: Vec<(Option<std::net::IpAddr>, Option<u32>)>,
+    /// Inline for one hop: an identity is built for every route on every change.
+    nexthops: smallvec::SmallVec<[(Option<std::net::IpAddr>, Option<u32>); 1]>,
 }
 
 impl Identity {
@@ -102,7 +103,9 @@ impl RouteIds {
         let mut out = Assignment::default();
         let mut wanted: HashMap<TrieKey, u32, FastHash> = HashMap::default();
         let mut live: HashMap<Identity, u32, FastHash> = HashMap::default();
-        let mut uncounted_routes = std::collections::HashSet::new();
+        // Plan route ids (one per route, whatever its number of trie entries).
+        let mut uncounted_routes: std::collections::HashSet<u32, FastHash> =
+            std::collections::HashSet::default();
         for entry in &plan.entries {
             let key = TrieKey::from(entry);
             let route = &model.routes[plan.route_ids[entry.route_id as usize]];
@@ -115,7 +118,7 @@ impl RouteIds {
                 None => self.allocate(&key, &mut out.fresh_ids),
             };
             let Some(id) = id else {
-                uncounted_routes.insert(identity);
+                uncounted_routes.insert(entry.route_id);
                 continue;
             };
             live.insert(identity, id);

@@ -10,6 +10,7 @@
 
 mod kernel;
 mod measure;
+mod program;
 mod report;
 mod scale;
 mod traffic;
@@ -44,6 +45,8 @@ pub fn run(quick: bool) -> Result<()> {
     let plan = Plan { quick };
     let started = std::time::Instant::now();
     let mut figures = Vec::new();
+    println!("bench: program cost alone (BPF_PROG_TEST_RUN, next to an empty program)");
+    figures.extend(program::cost_alone(plan)?);
     println!("bench: kernel cost per packet (BPF program stats)");
     figures.extend(kernel::cost_per_packet(plan)?);
     println!("bench: throughput, interleaved: no program / routemon / nftables counters");

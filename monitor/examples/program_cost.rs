@@ -1,0 +1,213 @@
+//! The cost of routemon's TC programs alone, measured in the kernel with
+//! `BPF_PROG_TEST_RUN`: no network stack, no traffic generator, no BPF statistics
+//! around them, so the figures are the programs' own (and an empty program's time
+//! says what any TC program costs here).
+//!
+//! Runs in a private network namespace it creates (the routes go on its loopback,
+//! which is the device of every test run), and prints one JSON object per case:
+//! `{"program", "frame", "routes", "flow_table", "ns": [mean ns of each round]}`.
+//!
+//! `cargo xtask bench` runs it; by hand (as root):
+//! `cargo run --release --example program_cost -- --routes 10 --routes 100000`.
+
+use std::{collections::BTreeSet, net::Ipv4Addr, os::fd::AsFd as _, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+use routemon::{
+    attribution::AttributionPlan,
+    ebpf::{
+        Monitor,
+        test_run::{load_empty_classifier, test_run},
+    },
+    model::{Link, dump::Netlink},
+};
+
+/// Where the measured egress frames go: covered by the default route only.
+const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+/// The namespace's own address (lo's), the source of egress frames.
+const LOCAL: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
+/// Distinct flows sent through ingress to fill the flow table (it holds 65 536).
+const FLOWS_TO_FILL: u16 = 65_535;
+
+struct Options {
+    routes: Vec<usize>,
+    rounds: usize,
+    repeat: u32,
+}
+
+fn options() -> Result<Options> {
+    let mut options = Options {
+        routes: Vec::new(),
+        rounds: 5,
+        repeat: 200_000,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--routes" => options.routes.push(value()?.parse()?),
+            "--rounds" => options.rounds = value()?.parse()?,
+            "--repeat" => options.repeat = value()?.parse()?,
+            other => bail!("unknown argument {other}; see the source's doc comment"),
+        }
+    }
+    if options.routes.is_empty() {
+        options.routes = vec![10, 1_000, 100_000];
+    }
+    Ok(options)
+}
+
+fn main() -> Result<()> {
+    let options = options()?;
+    // SAFETY: called before any thread exists; the process gets its own namespace.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("unshare(CLONE_NEWNET); run as root");
+    }
+    ip(&["link", "set", "lo", "up"])?;
+    ip(&["route", "add", "default", "dev", "lo"])?;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(measure_all(&options))
+}
+
+async fn measure_all(options: &Options) -> Result<()> {
+    let empty = load_empty_classifier().context("loading the empty program")?;
+    let netlink = Netlink::connect()?;
+    let mut installed = 1; // the default route
+    for &routes in &options.routes {
+        add_host_routes(installed, routes)?;
+        installed = installed.max(routes);
+        let model = netlink.dump().await?;
+        let monitored = BTreeSet::from([1]);
+        let plan = AttributionPlan::build(&model, &monitored);
+        let lo: Vec<&Link> = model.links.get(&1).into_iter().collect();
+        let owners: Vec<_> = model.owned_addresses(|i| i == 1).collect();
+        let monitor = Monitor::load(&plan, &lo, &owners)?;
+
+        let frames = [
+            ("64 B UDP", udp_frame(LOCAL, REMOTE, 40_000, 5201, 64)),
+            ("MTU TCP", tcp_frame(LOCAL, REMOTE, 40_000, 5201, 1514)),
+        ];
+        let report = |program: &str, frame: &str, flow_table: &str, ns: Vec<u32>| {
+            let line = serde_json::json!({
+                "program": program, "frame": frame, "routes": plan.entries.len(),
+                "flow_table": flow_table, "ns": ns,
+            });
+            println!("{line}");
+        };
+        for (name, frame) in &frames {
+            let reply = reversed(frame);
+            // Interleaved round by round, so noise hits the three alike.
+            let mut ns: [Vec<u32>; 3] = Default::default();
+            for _ in 0..options.rounds {
+                ns[0].push(test_run(empty.as_fd(), frame, options.repeat)?.mean_ns);
+                ns[1].push(
+                    monitor
+                        .test_run("routemon_tx", frame, options.repeat)?
+                        .mean_ns,
+                );
+                ns[2].push(
+                    monitor
+                        .test_run("routemon_rx", &reply, options.repeat)?
+                        .mean_ns,
+                );
+            }
+            let [empty_ns, tx_ns, rx_ns] = ns;
+            report("empty", name, "empty", empty_ns);
+            report("routemon_tx", name, "empty", tx_ns);
+            report("routemon_rx", name, "empty", rx_ns);
+        }
+        // Full flow table: egress looks up its flow among 65 536 others.
+        for port in 0..FLOWS_TO_FILL {
+            let frame = udp_frame(REMOTE, LOCAL, 1024 + port % 60_000, port, 64);
+            monitor.test_run("routemon_rx", &frame, 1)?;
+        }
+        let (name, frame) = &frames[0];
+        let mut ns: [Vec<u32>; 2] = Default::default();
+        for _ in 0..options.rounds {
+            ns[0].push(test_run(empty.as_fd(), frame, options.repeat)?.mean_ns);
+            ns[1].push(
+                monitor
+                    .test_run("routemon_tx", frame, options.repeat)?
+                    .mean_ns,
+            );
+        }
+        let [empty_ns, tx_ns] = ns;
+        report("empty", name, "full", empty_ns);
+        report("routemon_tx", name, "full", tx_ns);
+    }
+    Ok(())
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let status = Command::new("ip")
+        .args(args)
+        .status()
+        .context("running ip")?;
+    anyhow::ensure!(status.success(), "ip {} failed", args.join(" "));
+    Ok(())
+}
+
+/// Adds /32 routes via lo in 100.64.0.0/10 so that the table has `to` of them.
+fn add_host_routes(from: usize, to: usize) -> Result<()> {
+    if to <= from {
+        return Ok(());
+    }
+    let base = u32::from(Ipv4Addr::new(100, 64, 0, 0));
+    let mut batch = String::new();
+    for i in from..to {
+        let addr = Ipv4Addr::from(base + u32::try_from(i)?);
+        batch.push_str(&format!("route add {addr}/32 dev lo\n"));
+    }
+    let path = std::env::temp_dir().join(format!("program-cost-{}.batch", std::process::id()));
+    std::fs::write(&path, batch)?;
+    let result = ip(&["-batch", path.to_str().context("temp path")?]);
+    let _ = std::fs::remove_file(&path);
+    result
+}
+
+/// An Ethernet + IPv4 frame of `len` bytes carrying `protocol` with the ports.
+fn ipv4_frame(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    protocol: u8,
+    ports: (u16, u16),
+    len: usize,
+) -> Vec<u8> {
+    let mut frame = vec![0u8; len];
+    frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip = &mut frame[14..];
+    ip[0] = 0x45;
+    let total = u16::try_from(len - 14).unwrap_or(u16::MAX);
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = protocol;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    ip[20..22].copy_from_slice(&ports.0.to_be_bytes());
+    ip[22..24].copy_from_slice(&ports.1.to_be_bytes());
+    frame
+}
+
+/// A UDP datagram with `payload` bytes of data.
+fn udp_frame(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: usize) -> Vec<u8> {
+    ipv4_frame(src, dst, 17, (sport, dport), 14 + 20 + 8 + payload)
+}
+
+/// A TCP segment in a frame of `len` bytes.
+fn tcp_frame(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, len: usize) -> Vec<u8> {
+    let mut frame = ipv4_frame(src, dst, 6, (sport, dport), len);
+    frame[14 + 20 + 12] = 0x50; // data offset 5 words
+    frame
+}
+
+/// The same frame in the other direction (addresses and ports swapped).
+fn reversed(frame: &[u8]) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    out[26..30].copy_from_slice(&frame[30..34]);
+    out[30..34].copy_from_slice(&frame[26..30]);
+    out[34..36].copy_from_slice(&frame[36..38]);
+    out[36..38].copy_from_slice(&frame[34..36]);
+    out
+}
