@@ -146,7 +146,31 @@ detaches a TCX link when its pin is gone and no process holds it) and routemon's
 filters on every interface. Safe to run when nothing is left: it reports what it removed."
     )]
     Cleanup(CleanupArgs),
+    /// Check a node's bootstrap user data (NodeConfig) and its systemd-networkd
+    /// configuration before they fail; exit 0 healthy, 1 warnings, 2 errors.
+    #[command(long_about = DOCTOR_ABOUT)]
+    Doctor(DoctorArgs),
 }
+
+const DOCTOR_ABOUT: &str = "Check a node's configuration before it fails, on the node or on \
+files in CI. Exit code: 0 healthy, 1 warnings, 2 errors.\n\n\
+--user-data: the EC2 user data nodeadm reads — a NodeConfig YAML document, a MIME multipart \
+message whose application/node.eks.aws parts hold NodeConfig (other parts, such as shell \
+scripts, are reported and skipped), or base64 of either. Checked: apiVersion \
+node.eks.aws/v1alpha1, kind NodeConfig, spec.cluster.name, apiServerEndpoint (https URL), \
+certificateAuthority (base64 of a PEM certificate), cidr (the field whose absence fails \
+nodeadm-config.service), unrendered ${...} placeholders (errors) and unknown fields \
+(warnings), each with its YAML path and line.\n\n\
+networkd: reads the .network files and drop-ins of --networkd-dir (repeatable, highest \
+precedence first; default: networkd's own directories) with networkd's rules and predicts, for \
+each ENI — present or future (ens*, enp*s0, eth*) — which file manages it and the metric of \
+its DHCPv4 default route. Equal best metrics on two ENIs (the Cilium failure) are an error; \
+secondaries networkd would manage, deprecated [DHCP] sections and negated Name= matches that \
+also catch lo or veths are warnings.\n\n\
+--live adds the running node: its links are the present interfaces and its default routes \
+are compared with the prediction. --fix DIR writes the files that correct the networkd \
+problems into DIR (the same content `routemon pin --persist` writes); it never touches the \
+live configuration.";
 
 const PIN_ABOUT: &str = "Pin the primary interface's default-route metric so that exactly one \
 default route is the best, the fix for systemd-networkd's equal metric 1024 on every ENI.\n\n\
@@ -385,6 +409,33 @@ pub struct WatchArgs {
     /// under route churn (a loss triggers a full re-read).
     #[arg(long, value_name = "BYTES", default_value_t = crate::model::events::DEFAULT_RECEIVE_BUFFER)]
     pub netlink_buffer: usize,
+}
+
+/// `routemon doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// User data to check: a file, or `-` for stdin.
+    #[arg(long, value_name = "FILE|-")]
+    pub user_data: Option<PathBuf>,
+    /// A networkd configuration directory (repeatable, highest precedence first).
+    #[arg(long = "networkd-dir", value_name = "DIR")]
+    pub networkd_dirs: Vec<PathBuf>,
+    /// Skip the networkd checks (only --user-data).
+    #[arg(long, conflicts_with_all = ["networkd_dirs", "live"])]
+    pub no_networkd: bool,
+    /// Also check the running node's links and default routes.
+    #[arg(long)]
+    pub live: bool,
+    /// The primary ENI (default: the first of its naming scheme: ens5, eth0, enp39s0).
+    #[arg(long, value_name = "IF")]
+    pub primary: Option<String>,
+    /// Print every check as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Write the files that fix the networkd problems into DIR (not a live
+    /// networkd directory).
+    #[arg(long, value_name = "DIR")]
+    pub fix: Option<PathBuf>,
 }
 
 /// `routemon cleanup`.

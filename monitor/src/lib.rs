@@ -9,6 +9,7 @@
 pub mod attribution;
 pub mod cli;
 pub mod commands;
+pub mod doctor;
 pub mod ebpf;
 pub mod findings;
 pub mod model;

@@ -67,16 +67,17 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match &cli.command {
-            Command::Routes(args) => commands::routes::run(args).await,
-            Command::Snapshot(args) => commands::snapshot::run(args).await,
-            Command::Pin(args) => commands::pin::run_pin(args).await,
-            Command::Unpin(args) => commands::pin::run_unpin(args).await,
-            Command::Watch(args) => commands::watch::run(args).await,
-            Command::Cleanup(args) => commands::cleanup::run(args).await,
+            Command::Routes(args) => commands::routes::run(args).await.map(|()| 0),
+            Command::Snapshot(args) => commands::snapshot::run(args).await.map(|()| 0),
+            Command::Pin(args) => commands::pin::run_pin(args).await.map(|()| 0),
+            Command::Unpin(args) => commands::pin::run_unpin(args).await.map(|()| 0),
+            Command::Watch(args) => commands::watch::run(args).await.map(|()| 0),
+            Command::Cleanup(args) => commands::cleanup::run(args).await.map(|()| 0),
+            Command::Doctor(args) => commands::doctor::run(args).await,
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(err) => {
             eprintln!("routemon: error: {err:#}");
             ExitCode::from(exit_code(&err))

@@ -100,6 +100,15 @@ impl EksNode {
     /// Like [`Self::boot`], with extra `.network` files (name, content) in place
     /// before networkd starts — e.g. the documented `05-ens5.network` fix.
     pub fn boot_with(pattern: &str, primary: &str, files: &[(&str, &str)]) -> Result<Self> {
+        let ec2 = format!("[Match]\nName={pattern}\n\n[Network]\nDHCP=ipv4\n");
+        let mut all = vec![("80-ec2.network", ec2.as_str())];
+        all.extend_from_slice(files);
+        Self::boot_config(primary, &all)
+    }
+
+    /// Boots the node with exactly these `.network` files (name, content) and
+    /// attaches `primary`.
+    pub fn boot_config(primary: &str, files: &[(&str, &str)]) -> Result<Self> {
         crate::netns::cleanup_stale();
         let vpc = NetNs::new("v")?;
         let node = NetNs::new("n")?;
@@ -118,10 +127,6 @@ impl EksNode {
             vpc,
         };
         eks.setup_vpc()?;
-        eks.write_network_file(
-            "80-ec2.network",
-            &format!("[Match]\nName={pattern}\n\n[Network]\nDHCP=ipv4\n"),
-        )?;
         for (name, content) in files {
             eks.write_network_file(name, content)?;
         }
@@ -326,6 +331,14 @@ impl EksNode {
     /// subnet with its DHCP server and source check, then waits until networkd has
     /// installed its DHCP default route.
     pub fn attach_eni(&mut self, name: &str) -> Result<Eni> {
+        let eni = self.plug_eni(name)?;
+        self.wait_for_default(&eni, Duration::from_secs(30))?;
+        Ok(eni)
+    }
+
+    /// Like [`Self::attach_eni`] without waiting for networkd to configure it (an
+    /// ENI networkd leaves unmanaged never gets a default route).
+    pub fn plug_eni(&mut self, name: &str) -> Result<Eni> {
         let n = u8::try_from(self.enis.len() + 1).context("at most 254 ENIs")?;
         let eni = Eni {
             name: name.to_owned(),
@@ -374,7 +387,6 @@ impl EksNode {
         )?;
         self.dhcp.push(dnsmasq);
         self.enis.push(eni.clone());
-        self.wait_for_default(&eni, Duration::from_secs(30))?;
         Ok(eni)
     }
 

@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod fuzz;
 mod setup;
 mod util;
 
@@ -53,6 +54,16 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Run the cargo-fuzz targets (fuzz/) for a bounded time each: user data,
+    /// NodeConfig YAML, networkd files, command-line values, netlink messages.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+        /// Only this target.
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// Show routemon on a simulated EKS node with two ENIs, in network namespaces
     /// that are removed afterwards (needs root; under a minute).
     Demo,
@@ -70,6 +81,9 @@ fn main() -> ExitCode {
         Task::Bench { quick } => setup::run()
             .and_then(|()| build())
             .and_then(|()| bench::run(quick)),
+        Task::Fuzz { seconds, target } => setup::run()
+            .and_then(|()| fuzz::run(seconds, target.as_deref()))
+            .map(drop),
         Task::Demo => setup::run()
             .and_then(|()| build())
             .and_then(|()| demo::run()),
@@ -96,6 +110,9 @@ fn run(args: &[String]) -> Result<()> {
     let bin = util::workspace_root().join("target/release/routemon");
     util::exec_as_root(&bin, args)
 }
+
+/// Seconds per fuzz target in `cargo xtask test`.
+const FUZZ_SECONDS_IN_TEST: u32 = 20;
 
 fn test(filter: Option<&str>) -> Result<()> {
     setup::run()?;
@@ -125,6 +142,13 @@ fn test(filter: Option<&str>) -> Result<()> {
         unit_passed + passed,
         unit_failed + failed
     );
+    if filter.is_empty() {
+        // A short run of every fuzz target: none may crash on its seeds and what
+        // it finds in this time (`cargo xtask fuzz` runs longer).
+        let runs = fuzz::run(FUZZ_SECONDS_IN_TEST, None)?;
+        let total: u64 = runs.iter().map(|(_, n)| n).sum();
+        println!("fuzz: {} targets, {total} executions, no crash", runs.len());
+    }
     Ok(())
 }
 

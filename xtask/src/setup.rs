@@ -61,6 +61,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "iperf3: the bench's TCP and small-packet UDP traffic",
     ),
     (
+        "g++",
+        "c++: cargo-fuzz builds libFuzzer (C++) for the fuzz targets",
+    ),
+    (
         "prometheus",
         "prometheus, promtool: a real server scrapes `watch`, promtool checks /metrics",
     ),
@@ -83,12 +87,16 @@ pub fn run_build_only() -> Result<()> {
     Ok(())
 }
 
+/// cargo-fuzz release line (the fuzz targets in `fuzz/`).
+const CARGO_FUZZ_VERSION: &str = "~0.13";
+
 /// Runs every step.
 pub fn run() -> Result<()> {
     nightly_with_rust_src()?;
     bpf_linker()?;
     debian_packages()?;
     python_tools()?;
+    cargo_fuzz()?;
     println!("setup: ready");
     Ok(())
 }
@@ -199,6 +207,25 @@ fn bpf_linker() -> Result<()> {
         .context("bpf-linker was installed but does not run; is ~/.cargo/bin on PATH?")?;
     println!("setup: {version} installed");
     Ok(())
+}
+
+fn cargo_fuzz() -> Result<()> {
+    let works = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if works {
+        println!("setup: cargo-fuzz: ok");
+        return Ok(());
+    }
+    println!("setup: installing cargo-fuzz (about a minute)");
+    run_cmd(crate::util::cargo_command(&[], &[]).args([
+        "install",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ_VERSION,
+        "--locked",
+    ]))
 }
 
 fn package_installed(name: &str) -> bool {

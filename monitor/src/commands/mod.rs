@@ -1,6 +1,7 @@
 //! The subcommands.
 
 pub mod cleanup;
+pub mod doctor;
 pub mod pin;
 pub mod routes;
 pub mod snapshot;
@@ -52,9 +53,10 @@ impl Investigation {
 }
 
 /// Prints a report as JSON or tables on stdout.
-pub fn print_report(report: &Report, args: &SelectionArgs) {
+pub fn print_report(report: &Report, args: &SelectionArgs) -> anyhow::Result<()> {
     if args.json {
-        print!("{}", output::to_json(report));
+        output::write_json(report, std::io::stdout().lock())
+            .map_err(|err| anyhow::anyhow!("writing the report: {err}"))?;
     } else {
         print!(
             "{}",
@@ -66,4 +68,5 @@ pub fn print_report(report: &Report, args: &SelectionArgs) {
             )
         );
     }
+    Ok(())
 }

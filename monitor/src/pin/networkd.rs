@@ -216,6 +216,13 @@ impl NetworkdConfig {
         if !dirs.iter().any(|d| d == write_dir) {
             dirs.insert(0, write_dir.to_path_buf());
         }
+        Self::from_dirs(dirs)
+    }
+
+    /// Reads the `.network` files of `dirs`, highest precedence first, with
+    /// networkd's rules (a file masks same-named ones in later directories, a
+    /// symlink to /dev/null masks without configuring).
+    pub fn from_dirs(dirs: Vec<PathBuf>) -> std::io::Result<Self> {
         let mut files: Vec<ConfigFile> = Vec::new();
         for dir in &dirs {
             for (path, name) in dir_entries(dir, ".network")? {
