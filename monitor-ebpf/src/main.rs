@@ -415,6 +415,21 @@ fn bytes<const N: usize>(ctx: &TcContext, offset: usize) -> Option<[u8; N]> {
     }
 }
 
+/// A flow key without ports, built whole: field-by-field zeroing would cost a
+/// call to a memset subprogram on every packet.
+#[inline(always)]
+fn flow_key(ip_version: u8, protocol: u8, src: [u8; 16], dst: [u8; 16]) -> FlowKey {
+    FlowKey {
+        ip_version,
+        protocol,
+        pad: [0; 2],
+        src_port: 0,
+        dst_port: 0,
+        src,
+        dst,
+    }
+}
+
 /// `N` bytes of `header` from `at`.
 #[inline(always)]
 fn field<const N: usize, const H: usize>(header: &[u8; H], at: usize) -> [u8; N] {
@@ -444,16 +459,12 @@ fn parse(ctx: &TcContext, link_layer: LinkLayer) -> Option<Packet> {
     match ethertype {
         ETH_P_IP => {
             let header: [u8; IPV4_HLEN] = bytes(ctx, l3_offset)?;
-            // Built whole (no field-by-field zeroing, which costs a memset call).
-            let mut flow = FlowKey {
-                ip_version: 4,
-                protocol: header[9],
-                pad: [0; 2],
-                src_port: 0,
-                dst_port: 0,
-                src: v4_in_v6_slot(&header, 12),
-                dst: v4_in_v6_slot(&header, 16),
-            };
+            let mut flow = flow_key(
+                4,
+                header[9],
+                v4_in_v6_slot(&header, 12),
+                v4_in_v6_slot(&header, 16),
+            );
             // Only the first fragment carries the transport header.
             let fragment_offset = u16::from_be_bytes([header[6] & 0x1f, header[7]]);
             if fragment_offset == 0 {
@@ -464,16 +475,8 @@ fn parse(ctx: &TcContext, link_layer: LinkLayer) -> Option<Packet> {
         }
         ETH_P_IPV6 => {
             let header: [u8; IPV6_HLEN] = bytes(ctx, l3_offset)?;
-            let mut flow = FlowKey {
-                ip_version: 6,
-                // The next header; with extension headers in between, ports stay 0.
-                protocol: header[6],
-                pad: [0; 2],
-                src_port: 0,
-                dst_port: 0,
-                src: field(&header, 8),
-                dst: field(&header, 24),
-            };
+            // The next header; with extension headers in between, ports stay 0.
+            let mut flow = flow_key(6, header[6], field(&header, 8), field(&header, 24));
             read_ports(ctx, l3_offset + IPV6_HLEN, IPPROTO_ICMPV6, &mut flow);
             Some(Packet { flow })
         }

@@ -98,25 +98,14 @@ async fn measure_all(options: &Options) -> Result<()> {
         };
         for (name, frame) in &frames {
             let reply = reversed(frame);
-            // Interleaved round by round, so noise hits the three alike.
-            let mut ns: [Vec<u32>; 3] = Default::default();
-            for _ in 0..options.rounds {
-                ns[0].push(test_run(empty.as_fd(), frame, options.repeat)?.mean_ns);
-                ns[1].push(
-                    monitor
-                        .test_run("routemon_tx", frame, options.repeat)?
-                        .mean_ns,
-                );
-                ns[2].push(
-                    monitor
-                        .test_run("routemon_rx", &reply, options.repeat)?
-                        .mean_ns,
-                );
+            let cases = [
+                ("empty", frame.as_slice()),
+                ("routemon_tx", frame),
+                ("routemon_rx", &reply),
+            ];
+            for (program, ns) in interleaved(&monitor, &empty, &cases, options)? {
+                report(program, name, "empty", ns);
             }
-            let [empty_ns, tx_ns, rx_ns] = ns;
-            report("empty", name, "empty", empty_ns);
-            report("routemon_tx", name, "empty", tx_ns);
-            report("routemon_rx", name, "empty", rx_ns);
         }
         // Full flow table: egress looks up its flow among 65 536 others.
         for port in 0..FLOWS_TO_FILL {
@@ -124,20 +113,34 @@ async fn measure_all(options: &Options) -> Result<()> {
             monitor.test_run("routemon_rx", &frame, 1)?;
         }
         let (name, frame) = &frames[0];
-        let mut ns: [Vec<u32>; 2] = Default::default();
-        for _ in 0..options.rounds {
-            ns[0].push(test_run(empty.as_fd(), frame, options.repeat)?.mean_ns);
-            ns[1].push(
-                monitor
-                    .test_run("routemon_tx", frame, options.repeat)?
-                    .mean_ns,
-            );
+        let cases = [("empty", frame.as_slice()), ("routemon_tx", frame)];
+        for (program, ns) in interleaved(&monitor, &empty, &cases, options)? {
+            report(program, name, "full", ns);
         }
-        let [empty_ns, tx_ns] = ns;
-        report("empty", name, "full", empty_ns);
-        report("routemon_tx", name, "full", tx_ns);
     }
     Ok(())
+}
+
+/// Runs each (program, frame) case once per round, the cases interleaved round
+/// by round so that machine noise hits them alike; `empty` is the empty program.
+fn interleaved(
+    monitor: &Monitor,
+    empty: &std::os::fd::OwnedFd,
+    cases: &[(&'static str, &[u8])],
+    options: &Options,
+) -> Result<Vec<(&'static str, Vec<u32>)>> {
+    let mut out: Vec<(&'static str, Vec<u32>)> =
+        cases.iter().map(|(p, _)| (*p, Vec::new())).collect();
+    for _ in 0..options.rounds {
+        for ((program, frame), (_, ns)) in cases.iter().zip(&mut out) {
+            let run = match *program {
+                "empty" => test_run(empty.as_fd(), frame, options.repeat)?,
+                program => monitor.test_run(program, frame, options.repeat)?,
+            };
+            ns.push(run.mean_ns);
+        }
+    }
+    Ok(out)
 }
 
 fn ip(args: &[&str]) -> Result<()> {

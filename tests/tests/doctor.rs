@@ -225,6 +225,25 @@ fn corpus_files(dir: &Path) -> Vec<(String, String)> {
     files
 }
 
+/// The EKS node running the real networkd with `files`, ens5 configured and ens6
+/// hot-attached: waited for when `ens6_configured`, else given the time networkd
+/// takes to configure an ENI.
+fn boot_with_ens6(files: &[(String, String)], ens6_configured: bool) -> EksNode {
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(n, c)| (n.as_str(), c.as_str()))
+        .collect();
+    let mut eks = EksNode::boot_config("ens5", &files).unwrap();
+    let ens6 = eks.plug_eni("ens6").unwrap();
+    if ens6_configured {
+        eks.wait_for_default(&ens6, Duration::from_secs(20))
+            .unwrap();
+    } else {
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    eks
+}
+
 /// IPv4 default-route metric per interface on the node.
 fn live_metrics(eks: &EksNode) -> BTreeMap<String, u64> {
     let routes: Value = serde_json::from_str(
@@ -271,23 +290,7 @@ fn networkd_predictions_match_the_real_networkd() {
         }
 
         // The real networkd with the same files, ens5 at boot and ens6 hot-attached.
-        let files = corpus_files(&dir);
-        let files: Vec<(&str, &str)> = files
-            .iter()
-            .map(|(n, c)| (n.as_str(), c.as_str()))
-            .collect();
-        let mut eks = EksNode::boot_config("ens5", &files).unwrap();
-        let ens5 = eks.eni("ens5").clone();
-        eks.wait_for_default(&ens5, Duration::from_secs(20))
-            .unwrap();
-        let ens6 = eks.plug_eni("ens6").unwrap();
-        if case.metrics["ens6"].is_some() {
-            eks.wait_for_default(&ens6, Duration::from_secs(20))
-                .unwrap();
-        } else {
-            // Unmanaged: give networkd the time it takes to configure a managed one.
-            std::thread::sleep(Duration::from_secs(3));
-        }
+        let eks = boot_with_ens6(&corpus_files(&dir), case.metrics["ens6"].is_some());
         let live = live_metrics(&eks);
         for interface in ["ens5", "ens6"] {
             let actual = live.get(interface).copied();
@@ -380,16 +383,7 @@ fn fix_writes_files_that_real_networkd_turns_into_one_best_default() {
     let mut files = corpus_files(&corpus_dir);
     files.extend(corpus_files(&fix_dir));
     std::fs::remove_dir_all(&fix_dir).unwrap();
-    let files: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(n, c)| (n.as_str(), c.as_str()))
-        .collect();
-    let mut eks = EksNode::boot_config("ens5", &files).unwrap();
-    let ens5 = eks.eni("ens5").clone();
-    eks.wait_for_default(&ens5, Duration::from_secs(20))
-        .unwrap();
-    eks.plug_eni("ens6").unwrap();
-    std::thread::sleep(Duration::from_secs(3));
+    let eks = boot_with_ens6(&files, false);
     assert_eq!(
         live_metrics(&eks),
         BTreeMap::from([("ens5".to_owned(), 1000)]),

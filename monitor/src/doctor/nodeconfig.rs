@@ -124,10 +124,9 @@ impl Checker<'_> {
             return;
         };
         self.unknown_fields(cluster, "spec.cluster.", CLUSTER_FIELDS);
-        self.name(cluster);
-        self.endpoint(cluster);
-        self.certificate_authority(cluster);
-        self.cidr(cluster);
+        for field in &CLUSTER_CHECKS {
+            self.cluster_field(cluster, field);
+        }
     }
 
     /// `${...}` left by a template that was not rendered.
@@ -273,10 +272,11 @@ impl Checker<'_> {
         }
     }
 
-    /// The non-empty scalar at `spec.cluster.<key>`, or an error.
+    /// The non-empty scalar at `spec.cluster.<key>`, or an error under `id`.
     fn required_scalar<'n>(
         &mut self,
         cluster: &'n Node,
+        id: &'static str,
         key: &str,
         what: &str,
     ) -> Option<(&'n Node, &'n str)> {
@@ -298,7 +298,7 @@ impl Checker<'_> {
             },
             None => {
                 self.problem(
-                    field_id(key),
+                    id,
                     Status::Error,
                     Some(&path),
                     Some(cluster.line()),
@@ -310,115 +310,118 @@ impl Checker<'_> {
         }
     }
 
-    fn name(&mut self, cluster: &Node) {
-        if let Some((node, name)) = self.required_scalar(cluster, "name", "the EKS cluster's name")
-        {
-            self.passed(
-                "nodeconfig.name",
-                "spec.cluster.name",
-                node,
-                format!("cluster {name}"),
-            );
-        }
-    }
-
-    fn endpoint(&mut self, cluster: &Node) {
-        let Some((node, value)) =
-            self.required_scalar(cluster, "apiServerEndpoint", "the cluster's https endpoint")
+    /// Checks one required field of `spec.cluster` with its validator.
+    fn cluster_field(&mut self, cluster: &Node, field: &ClusterField) {
+        let Some((node, value)) = self.required_scalar(cluster, field.id, field.key, field.what)
         else {
             return;
         };
-        let path = "spec.cluster.apiServerEndpoint";
-        match url::Url::parse(value) {
-            Ok(url) if url.scheme() == "https" && url.host_str().is_some_and(|h| !h.is_empty()) => {
-                self.passed("nodeconfig.api_server_endpoint", path, node, format!("endpoint {url}"));
-            }
-            Ok(url) => self.problem(
-                "nodeconfig.api_server_endpoint",
-                Status::Error,
-                Some(path),
+        let path = format!("spec.cluster.{}", field.key);
+        match (field.validate)(value) {
+            Verdict::Fine(message) => self.passed(field.id, &path, node, message),
+            Verdict::Problem(status, message, fix) => self.problem(
+                field.id,
+                status,
+                Some(&path),
                 Some(node.line()),
-                &format!("{value} is a {} URL; the API server is reached over https", url.scheme()),
-                "use the https:// endpoint from `aws eks describe-cluster --query cluster.endpoint`",
-            ),
-            Err(err) => self.problem(
-                "nodeconfig.api_server_endpoint",
-                Status::Error,
-                Some(path),
-                Some(node.line()),
-                &format!("{value:?} is not a URL: {err}"),
-                "use the https:// endpoint from `aws eks describe-cluster --query cluster.endpoint`",
-            ),
-        }
-    }
-
-    fn certificate_authority(&mut self, cluster: &Node) {
-        let Some((node, value)) = self.required_scalar(
-            cluster,
-            "certificateAuthority",
-            "the base64 CA data of the cluster",
-        ) else {
-            return;
-        };
-        let path = "spec.cluster.certificateAuthority";
-        match certificate_problem(value) {
-            None => self.passed(
-                "nodeconfig.certificate_authority",
-                path,
-                node,
-                "base64 of a PEM certificate".into(),
-            ),
-            Some(problem) => self.problem(
-                "nodeconfig.certificate_authority",
-                Status::Error,
-                Some(path),
-                Some(node.line()),
-                &problem,
-                "use `aws eks describe-cluster --query cluster.certificateAuthority.data` as is (already base64)",
-            ),
-        }
-    }
-
-    fn cidr(&mut self, cluster: &Node) {
-        let Some((node, value)) = self.required_scalar(
-            cluster,
-            "cidr",
-            "the cluster's service CIDR (e.g. 10.100.0.0/16)",
-        ) else {
-            return;
-        };
-        let path = "spec.cluster.cidr";
-        match value.parse::<ipnet::IpNet>() {
-            Ok(net) if net.trunc() == net => {
-                self.passed("nodeconfig.cidr", path, node, format!("service CIDR {net}"));
-            }
-            Ok(net) => self.problem(
-                "nodeconfig.cidr",
-                Status::Warning,
-                Some(path),
-                Some(node.line()),
-                &format!("{value} has host bits set"),
-                &format!("write the network address, {}", net.trunc()),
-            ),
-            Err(_) => self.problem(
-                "nodeconfig.cidr",
-                Status::Error,
-                Some(path),
-                Some(node.line()),
-                &format!("{value:?} is not a CIDR (address/prefix length)"),
-                "use the cluster's service CIDR: `aws eks describe-cluster --query cluster.kubernetesNetworkConfig.serviceIpv4Cidr`",
+                &message,
+                &fix,
             ),
         }
     }
 }
 
-/// The check id of a missing cluster field.
-fn field_id(key: &str) -> &'static str {
-    match key {
-        "name" => "nodeconfig.name",
-        "apiServerEndpoint" => "nodeconfig.api_server_endpoint",
-        "certificateAuthority" => "nodeconfig.certificate_authority",
-        _ => "nodeconfig.cidr",
+/// What a field's value is worth: passed (with what was found), or a problem with
+/// its status, message and remediation.
+enum Verdict {
+    Fine(String),
+    Problem(Status, String, String),
+}
+
+/// A required field of `spec.cluster`.
+struct ClusterField {
+    id: &'static str,
+    key: &'static str,
+    /// What the value should be, for "add it" remediations.
+    what: &'static str,
+    validate: fn(&str) -> Verdict,
+}
+
+const CLUSTER_CHECKS: [ClusterField; 4] = [
+    ClusterField {
+        id: "nodeconfig.name",
+        key: "name",
+        what: "the EKS cluster's name",
+        validate: |name| Verdict::Fine(format!("cluster {name}")),
+    },
+    ClusterField {
+        id: "nodeconfig.api_server_endpoint",
+        key: "apiServerEndpoint",
+        what: "the cluster's https endpoint",
+        validate: endpoint,
+    },
+    ClusterField {
+        id: "nodeconfig.certificate_authority",
+        key: "certificateAuthority",
+        what: "the base64 CA data of the cluster",
+        validate: |value| match certificate_problem(value) {
+            None => Verdict::Fine("base64 of a PEM certificate".into()),
+            Some(problem) => Verdict::Problem(
+                Status::Error,
+                problem,
+                "use `aws eks describe-cluster --query cluster.certificateAuthority.data` as is \
+                 (already base64)"
+                    .into(),
+            ),
+        },
+    },
+    ClusterField {
+        id: "nodeconfig.cidr",
+        key: "cidr",
+        what: "the cluster's service CIDR (e.g. 10.100.0.0/16)",
+        validate: cidr,
+    },
+];
+
+/// `apiServerEndpoint`: an https URL with a host.
+fn endpoint(value: &str) -> Verdict {
+    let fix = "use the https:// endpoint from `aws eks describe-cluster --query cluster.endpoint`";
+    match url::Url::parse(value) {
+        Ok(url) if url.scheme() == "https" && url.host_str().is_some_and(|h| !h.is_empty()) => {
+            Verdict::Fine(format!("endpoint {url}"))
+        }
+        Ok(url) => Verdict::Problem(
+            Status::Error,
+            format!(
+                "{value} is a {} URL; the API server is reached over https",
+                url.scheme()
+            ),
+            fix.into(),
+        ),
+        Err(err) => Verdict::Problem(
+            Status::Error,
+            format!("{value:?} is not a URL: {err}"),
+            fix.into(),
+        ),
+    }
+}
+
+/// `cidr`: a network in CIDR notation, host bits clear.
+fn cidr(value: &str) -> Verdict {
+    match value.parse::<ipnet::IpNet>() {
+        Ok(net) if net.trunc() == net => Verdict::Fine(format!("service CIDR {net}")),
+        Ok(net) => Verdict::Problem(
+            Status::Warning,
+            format!("{value} has host bits set"),
+            format!("write the network address, {}", net.trunc()),
+        ),
+        Err(_) => Verdict::Problem(
+            Status::Error,
+            format!("{value:?} is not a CIDR (address/prefix length)"),
+            "use the cluster's service CIDR: `aws eks describe-cluster --query \
+             cluster.kubernetesNetworkConfig.serviceIpv4Cidr`"
+                .into(),
+        ),
     }
 }
 

@@ -35,6 +35,21 @@ struct TestRunAttr {
     pad: u32,
 }
 
+/// `bpf(cmd, attr, sizeof attr)`; the syscall's non-negative result.
+///
+/// # Safety
+/// `attr` must be the `union bpf_attr` member of `cmd` (padding included, zeroed),
+/// and every pointer in it valid for what the kernel reads or writes.
+unsafe fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+    // SAFETY: upheld by the caller; the size passed is the attribute's own.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
 /// What one test run returned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TestRun {
@@ -63,20 +78,9 @@ pub fn test_run(fd: BorrowedFd<'_>, frame: &[u8], repeat: u32) -> io::Result<Tes
         repeat,
         ..TestRunAttr::default()
     };
-    // SAFETY: `attr` is a valid bpf_attr prefix of the size passed; the kernel
-    // reads `frame` (data_size_in bytes) and writes at most data_size_out bytes
-    // into `output`, both alive for the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestRunAttr,
-            std::mem::size_of::<TestRunAttr>(),
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // SAFETY: the kernel reads `frame` (data_size_in bytes) and writes at most
+    // data_size_out bytes into `output`, both alive for the call.
+    unsafe { bpf(BPF_PROG_TEST_RUN, &mut attr) }?;
     output.truncate(attr.data_size_out as usize);
     Ok(TestRun {
         verdict: attr.retval as i32,
@@ -118,7 +122,7 @@ pub fn load_empty_classifier() -> io::Result<std::os::fd::OwnedFd> {
     let license = c"GPL";
     let mut name = [0u8; 16];
     name[..13].copy_from_slice(b"routemon_none");
-    let attr = ProgLoadAttr {
+    let mut attr = ProgLoadAttr {
         prog_type: BPF_PROG_TYPE_SCHED_CLS,
         insn_cnt: 2,
         insns: insns.as_ptr() as u64,
@@ -126,19 +130,9 @@ pub fn load_empty_classifier() -> io::Result<std::os::fd::OwnedFd> {
         prog_name: name,
         ..ProgLoadAttr::default()
     };
-    // SAFETY: `attr` is a valid bpf_attr prefix of the size passed; the kernel
-    // reads the instructions and the license, both alive for the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_LOAD,
-            &attr as *const ProgLoadAttr,
-            std::mem::size_of::<ProgLoadAttr>(),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // SAFETY: the kernel reads the instructions and the license, both alive for
+    // the call.
+    let fd = unsafe { bpf(BPF_PROG_LOAD, &mut attr) }?;
     let fd = i32::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
     // SAFETY: the syscall returned a new file descriptor that nothing else owns.
     Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
