@@ -417,9 +417,23 @@ fn unreadable_networkd_files_are_an_error_not_a_crash() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("10-bad.network"), [0xff, 0xfe, 0x00, b'[', 0x80]).unwrap();
     let (code, report, _) = doctor(&["--networkd-dir", dir.to_str().unwrap()]);
-    std::fs::remove_dir_all(&dir).unwrap();
-    assert_eq!(
-        (code, ids(&report, "error")),
-        (2, vec!["networkd.read".to_owned()])
+    let read_error = |report: &Value| {
+        assert_eq!(ids(report, "error"), vec!["networkd.read".to_owned()]);
+        report["checks"][0]["message"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(code, 2);
+    let message = read_error(&report);
+    assert!(
+        message.contains("10-bad.network"),
+        "names the file: {message}"
     );
+
+    // A huge file is refused, not loaded.
+    std::fs::remove_file(dir.join("10-bad.network")).unwrap();
+    std::fs::write(dir.join("20-huge.network"), "#".repeat(4 * 1024 * 1024)).unwrap();
+    let (code, report, _) = doctor(&["--networkd-dir", dir.to_str().unwrap()]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(code, 2);
+    let message = read_error(&report);
+    assert!(message.contains("larger than"), "{message}");
 }

@@ -233,7 +233,7 @@ impl NetworkdConfig {
                 let content = if masked {
                     String::new()
                 } else {
-                    fs::read_to_string(&path)?
+                    read_unit_file(&path)?
                 };
                 files.push(ConfigFile { path, content });
             }
@@ -273,7 +273,7 @@ impl NetworkdConfig {
         for dir in &self.dirs {
             for (path, name) in dir_entries(&dir.join(format!("{file_name}.d")), ".conf")? {
                 if found.iter().all(|f| f.file_name() != name) {
-                    let content = fs::read_to_string(&path)?;
+                    let content = read_unit_file(&path)?;
                     found.push(ConfigFile { path, content });
                 }
             }
@@ -281,6 +281,30 @@ impl NetworkdConfig {
         found.sort_by_key(ConfigFile::file_name);
         Ok(found)
     }
+}
+
+/// Largest configuration file read; networkd's are a few hundred bytes.
+const MAX_UNIT_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Reads a `.network` file or drop-in: UTF-8 text of at most
+/// [`MAX_UNIT_FILE_BYTES`], so a stray huge file is an error, not a memory spike.
+fn read_unit_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut content = String::new();
+    fs::File::open(path)?
+        .take(MAX_UNIT_FILE_BYTES + 1)
+        .read_to_string(&mut content)
+        .map_err(|err| std::io::Error::new(err.kind(), format!("{}: {err}", path.display())))?;
+    if content.len() as u64 > MAX_UNIT_FILE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "{} is larger than {MAX_UNIT_FILE_BYTES} bytes: not a networkd configuration file",
+                path.display()
+            ),
+        ));
+    }
+    Ok(content)
 }
 
 /// `(path, file name)` of the entries of `dir` whose name ends with `suffix`; an
