@@ -97,7 +97,7 @@ impl Monitor {
         let iface_capacity = u32::try_from(interfaces.len())
             .unwrap_or(u32::MAX)
             .saturating_add(64);
-        let mut ebpf = EbpfLoader::new()
+        let mut ebpf = loader()
             .map_max_entries(ROUTES_V4_MAP, capacity(v4))
             .map_max_entries(ROUTES_V6_MAP, capacity(v6))
             .map_max_entries(ROUTE_COUNTERS_MAP, capacity(plan.route_ids.len()))
@@ -129,7 +129,7 @@ impl Monitor {
             .iter()
             .flat_map(|store| layouts.iter().map(|l| (l.name, store.map_path(l.name))))
             .collect();
-        let mut loader = EbpfLoader::new();
+        let mut loader = loader();
         for layout in &layouts {
             loader.map_max_entries(layout.name, layout.max_entries);
         }
@@ -410,6 +410,15 @@ const PROGRAMS: [&str; 4] = [
     program::EGRESS_L3,
     program::INGRESS_L3,
 ];
+
+/// A loader that skips the kernel's BTF: the programs read only `__sk_buff` and
+/// packet data, with no CO-RE relocation to resolve, and parsing the kernel's
+/// several megabytes of BTF would only slow every start.
+fn loader() -> EbpfLoader<'static> {
+    let mut loader = EbpfLoader::new();
+    loader.btf(None);
+    loader
+}
 
 fn load_programs(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
     for name in PROGRAMS {
