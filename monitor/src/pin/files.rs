@@ -108,9 +108,13 @@ pub fn read_optional(path: &Path) -> std::io::Result<Option<String>> {
 
 /// Writes `content` to `path` so that readers see the old or the new file, never a
 /// part: a temporary file in the same directory, synced, renamed over the target,
-/// and the directory synced. The file gets mode 0644, as networkd expects.
+/// and the directory synced. The file gets mode 0644 whatever the umask, as
+/// networkd (which reads as its own user) expects. Nothing planted in the
+/// directory is followed: the temporary file is created exclusively (`O_EXCL`
+/// fails on any existing entry, symlinks included) and the rename replaces a
+/// symlink at `path` instead of writing through it.
 pub fn write_atomically(path: &Path, content: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let temp = dir.join(format!(".{name}.routemon-{}", std::process::id()));
@@ -119,7 +123,10 @@ pub fn write_atomically(path: &Path, content: &str) -> std::io::Result<()> {
             .write(true)
             .create_new(true)
             .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&temp)?;
+        // The umask may have cleared bits of the mode asked for at creation.
+        file.set_permissions(fs::Permissions::from_mode(0o644))?;
         file.write_all(content.as_bytes())?;
         file.sync_all()?;
         fs::rename(&temp, path)?;
@@ -162,6 +169,40 @@ mod tests {
         };
         assert!(same.is_noop());
         assert_eq!(same.diff(), "");
+    }
+
+    #[test]
+    fn atomic_write_is_0644_and_never_follows_planted_symlinks() {
+        use std::os::unix::fs::{PermissionsExt as _, symlink};
+        let dir = std::env::temp_dir().join(format!("routemon-files-safe-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let victim = dir.join("victim");
+        fs::write(&victim, "precious\n").unwrap();
+
+        // A symlink planted at the target is replaced, not written through.
+        let path = dir.join("05-ens5.network");
+        symlink(&victim, &path).unwrap();
+        // SAFETY: umask only changes this process's file-creation mask.
+        let old = unsafe { libc::umask(0o077) };
+        let written = write_atomically(&path, "[Match]\n");
+        // SAFETY: as above, restoring it.
+        unsafe { libc::umask(old) };
+        written.unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious\n");
+        let meta = fs::symlink_metadata(&path).unwrap();
+        assert!(meta.file_type().is_file());
+        assert_eq!(
+            meta.permissions().mode() & 0o777,
+            0o644,
+            "0644 despite umask 077"
+        );
+
+        // A symlink planted at the temporary name makes the write fail, untouched.
+        let temp = dir.join(format!(".06-x.network.routemon-{}", std::process::id()));
+        symlink(&victim, &temp).unwrap();
+        assert!(write_atomically(&dir.join("06-x.network"), "x").is_err());
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious\n");
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
