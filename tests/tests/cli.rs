@@ -149,10 +149,42 @@ fn without_privileges_snapshot_refuses_and_routes_still_works() {
         "nothing was loaded"
     );
 
+    // Every other command that changes the kernel refuses early, naming what is
+    // missing, and leaves nothing behind.
+    for (args, capability) in [
+        (&["watch", "--no-pin"][..], "CAP_BPF"),
+        (&["cleanup"][..], "CAP_BPF"),
+        (
+            &["pin", "--primary", "ens5", "--apply"][..],
+            "CAP_NET_ADMIN",
+        ),
+        (&["unpin", "--apply"][..], "CAP_NET_ADMIN"),
+    ] {
+        let out = run_as_nobody(&bed, &bin, args);
+        assert_fails(&out, 77, capability);
+    }
+    assert!(kernel::routemon_programs().unwrap().is_empty());
+
     // Reading routes over netlink needs no privilege.
     let out = run_as_nobody(&bed, &bin, &["routes", "--json"]);
     assert!(out.status.success(), "{}", out.stderr);
     let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(report["findings"][0]["kind"], "equal_metric_default_routes");
+
+    // Nor does doctor on files (copied where nobody can read them).
+    let corpus = bin.parent().unwrap().join("networkd");
+    std::fs::create_dir_all(&corpus).unwrap();
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/networkd/healthy");
+    for entry in std::fs::read_dir(source).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), corpus.join(entry.file_name())).unwrap();
+    }
+    std::fs::set_permissions(&corpus, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = run_as_nobody(
+        &bed,
+        &bin,
+        &["doctor", "--networkd-dir", corpus.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}{}", out.stdout, out.stderr);
     let _ = std::fs::remove_dir_all(bin.parent().unwrap());
 }

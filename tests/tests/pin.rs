@@ -552,3 +552,92 @@ fn ipv6_next_hop_is_pinned_and_restored() {
     );
     let _ = std::fs::remove_dir_all(&state);
 }
+
+/// Starts routemon inside the node (private state directory), without waiting.
+fn spawn_routemon(eks: &EksNode, state: &Path, args: &[&str]) -> std::process::Child {
+    let launcher = eks.launcher();
+    std::process::Command::new(&launcher[0])
+        .args(&launcher[1..])
+        .arg(routemon_testbed::routemon::binary())
+        .args(args)
+        .args(["--state-dir", state.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// SIGKILL at many points of `pin --apply` and of `unpin --apply` (spread over the
+/// time one takes here): every time the node keeps a default route, and the next
+/// `pin --apply` (then `unpin --apply`) runs to a consistent state: ens5 alone at
+/// the best metric (then no pin and no routemon file left).
+#[test]
+fn sigkill_at_any_point_of_apply_never_strands_the_node() {
+    require_root();
+    let eks = two_enis();
+    let state = state_dir("kill");
+    let started = std::time::Instant::now();
+    routemon(&eks, &state, &PIN_ENS5).success();
+    let apply = started.elapsed();
+    routemon(&eks, &state, &["unpin", "--apply"]).success();
+
+    // Kill points from the start to 1.5 × the apply time, pin and unpin alternating.
+    let points: u32 = 60;
+    let mut interrupted = 0;
+    let mut seen: std::collections::BTreeSet<Vec<(String, u64)>> = Default::default();
+    for i in 0..points {
+        let unpinning = i % 2 == 1;
+        if unpinning {
+            routemon(&eks, &state, &PIN_ENS5).success();
+        }
+        let args: &[&str] = if unpinning {
+            &["unpin", "--apply"]
+        } else {
+            &PIN_ENS5
+        };
+        let mut child = spawn_routemon(&eks, &state, args);
+        std::thread::sleep(apply * 3 * (i / 2) / points);
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        if status.code().is_none() {
+            interrupted += 1;
+        }
+        let after_kill = defaults(&eks);
+        seen.insert(after_kill.clone());
+        assert!(
+            !after_kill.is_empty(),
+            "kill point {i} ({args:?}): the node has no default route"
+        );
+
+        // The next run brings it to a consistent state.
+        routemon(&eks, &state, &PIN_ENS5).success();
+        assert_eq!(
+            defaults(&eks),
+            [("ens5".to_owned(), 1000), ("ens6".to_owned(), 1024)],
+            "kill point {i} ({args:?}), after the recovering pin (right after the kill: {after_kill:?})"
+        );
+        routemon(&eks, &state, &["unpin", "--apply"]).success();
+        let left = defaults(&eks);
+        assert!(
+            left.iter().all(|(_, metric)| *metric == 1024) && left.len() >= 2,
+            "kill point {i}: unpin left {left:?}"
+        );
+        assert!(
+            !network_files(&eks).contains_key("05-ens5.network"),
+            "kill point {i}: unpin removed routemon's file"
+        );
+    }
+    println!(
+        "{points} kill points over 1.5 × {apply:?}; {interrupted} runs killed before finishing; \
+         default-route states right after a kill: {seen:?}"
+    );
+    assert!(
+        interrupted >= points / 3,
+        "the kill points fell inside the runs"
+    );
+    // Kills landed before and after the change (and in between, when a state other
+    // than the tie and the pin shows up).
+    assert!(seen.len() >= 2, "{seen:?}");
+    let _ = std::fs::remove_dir_all(&state);
+}

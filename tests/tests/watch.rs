@@ -39,6 +39,33 @@ fn egress_packets(metrics: &str, interface: &str) -> f64 {
     .unwrap_or(0.0)
 }
 
+/// Sends 64-byte datagrams to `uplink`'s gateway from the node, one every 200 µs,
+/// for `duration`, on a thread; it returns how many the socket accepted.
+fn udp_stream(bed: &Testbed, uplink: &str, duration: Duration) -> std::thread::JoinHandle<u64> {
+    let gateway: IpAddr = bed.uplink(uplink).gw4.into();
+    let node_path = bed.node.path();
+    std::thread::spawn(move || {
+        let ns_file = std::fs::File::open(node_path).unwrap();
+        nix::sched::setns(&ns_file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        let deadline = Instant::now() + duration;
+        let mut sent = 0u64;
+        while Instant::now() < deadline {
+            if socket.send_to(&[0x5a; 64], (gateway, 9)).is_ok() {
+                sent += 1;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        sent
+    })
+}
+
+/// Number of BPF maps in the kernel, system-wide.
+fn bpf_map_count() -> usize {
+    let out = routemon_testbed::cmd::run("bpftool", &["-j", "map", "show"]).unwrap();
+    serde_json::from_str::<Vec<Value>>(&out).unwrap().len()
+}
+
 fn event_time(event: &Value) -> SystemTime {
     humantime::parse_rfc3339(event["ts"].as_str().expect("ts")).expect("RFC 3339 ts")
 }
@@ -359,24 +386,7 @@ fn restart_under_traffic_continues_the_counters_without_a_gap() {
     let kernel_before = link_stats(&bed.node, "ens5").unwrap();
     let counted_before = egress_packets(&scrape(&bed.node).unwrap(), "ens5");
 
-    let gateway: IpAddr = bed.uplink("ens5").gw4.into();
-    let sender = {
-        let node_path = bed.node.path();
-        std::thread::spawn(move || {
-            let ns_file = std::fs::File::open(node_path).unwrap();
-            nix::sched::setns(&ns_file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
-            let deadline = Instant::now() + Duration::from_secs(4);
-            let mut sent = 0u64;
-            while Instant::now() < deadline {
-                if socket.send_to(&[0x5a; 64], (gateway, 9)).is_ok() {
-                    sent += 1;
-                }
-                std::thread::sleep(Duration::from_micros(200));
-            }
-            sent
-        })
-    };
+    let sender = udp_stream(&bed, "ens5", Duration::from_secs(4));
     std::thread::sleep(Duration::from_millis(800));
     let (status, took) = watch.stop(Signal::SIGTERM, Duration::from_secs(5)).unwrap();
     assert!(status.success());
@@ -794,4 +804,145 @@ fn cleanup_removes_only_routemons_pins() {
             .is_empty()
     );
     std::fs::remove_file(&foreign).unwrap();
+}
+
+/// The metrics endpoint under a flood of idle (slowloris), malformed, oversized and
+/// non-GET clients on loopback: each gets its 4xx or is closed, the daemon keeps
+/// counting, its memory stays flat, and once the idle clients time out a scrape
+/// succeeds again.
+#[test]
+fn metrics_endpoint_survives_slow_and_malformed_clients() {
+    use std::io::{Read as _, Write as _};
+    let (bed, _pins, watch) = two_uplinks_watched((1024, 1000), &[]);
+    scrape(&bed.node).unwrap();
+    let rss_before = watch.rss_kib().unwrap();
+    let addr: std::net::SocketAddr = routemon_testbed::watch::METRICS_ADDR.parse().unwrap();
+
+    let answers = bed
+        .node
+        .run_in(move || {
+            let status = |request: &[u8]| -> u16 {
+                let Ok(mut stream) =
+                    std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                else {
+                    return 0;
+                };
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                let _ = stream.write_all(request);
+                let mut reply = String::new();
+                let _ = stream.read_to_string(&mut reply);
+                reply
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0)
+            };
+            let mut answers = Vec::new();
+            answers.push(status(b"POST /metrics HTTP/1.1\r\n\r\n"));
+            answers.push(status(b"GET /../../etc/passwd HTTP/1.1\r\n\r\n"));
+            answers.push(status(b"\x00\x01\x02garbage\r\n\r\n"));
+            let mut huge = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
+            huge.extend(std::iter::repeat_n(b'a', 64 * 1024));
+            answers.push(status(&huge));
+            // 200 idle connections: 64 are held until the read timeout, the rest
+            // are closed at once.
+            let idle: Vec<_> = (0..200)
+                .filter_map(|_| std::net::TcpStream::connect(addr).ok())
+                .collect();
+            answers.push(u16::try_from(idle.len()).unwrap());
+            std::thread::sleep(Duration::from_secs(1));
+            drop(idle);
+            answers
+        })
+        .unwrap();
+    assert_eq!(&answers[..4], &[405, 404, 405, 431], "{answers:?}");
+    assert_eq!(answers[4], 200, "the kernel accepted every connection");
+
+    // Still counting, and serving again once the held connections time out.
+    let sent = 300;
+    send_udp(
+        &bed.node,
+        &udp("198.51.100.10".parse().unwrap(), "ens5", sent),
+    )
+    .unwrap();
+    let mut last = String::new();
+    wait_until(
+        Duration::from_secs(15),
+        "a scrape after the flood",
+        || match scrape(&bed.node) {
+            Ok(metrics) => {
+                last = metrics;
+                egress_packets(&last, "ens5") >= sent as f64
+            }
+            Err(_) => false,
+        },
+    )
+    .unwrap();
+    let rss_after = watch.rss_kib().unwrap();
+    println!("RSS before the flood {rss_before} KiB, after {rss_after} KiB");
+    assert!(
+        rss_after < rss_before + 4096,
+        "memory stayed flat: {rss_before} → {rss_after} KiB"
+    );
+    watch.stop_cleanly().unwrap();
+}
+
+/// ENIs attached and removed 20 times while traffic leaves by ens5 and `watch`
+/// runs: every attach and detach is reported, no TCX link or map is left behind,
+/// and ens5's count stays exactly the kernel's.
+#[test]
+fn interface_churn_under_traffic_leaks_nothing_and_keeps_exact_counts() {
+    let (bed, _pins, mut watch) = two_uplinks_watched((1000, 1024), &[]);
+    wait_quiet(&bed.node, &["ens5"], 300).unwrap();
+    let (links_before, maps_before) = (routemon_tcx_links().unwrap(), bpf_map_count());
+    let kernel_before = link_stats(&bed.node, "ens5").unwrap();
+    let counted_before = egress_packets(&scrape(&bed.node).unwrap(), "ens5");
+
+    let cycles = 20;
+    let churn = Instant::now();
+    let sender = udp_stream(&bed, "ens5", Duration::from_secs(3));
+    for cycle in 0..cycles {
+        bed.node
+            .ip(&[
+                "link", "add", "ens7", "type", "veth", "peer", "name", "peer7",
+            ])
+            .unwrap();
+        bed.node.ip(&["link", "set", "ens7", "up"]).unwrap();
+        watch
+            .wait_for("ens7 attached", EVENT_TIMEOUT, |e| {
+                e["event"] == "interface_attached" && e["interface"] == "ens7"
+            })
+            .unwrap_or_else(|err| panic!("cycle {cycle}: {err}"));
+        assert_eq!(
+            routemon_tcx_links().unwrap(),
+            links_before + 2,
+            "cycle {cycle}"
+        );
+        bed.node.ip(&["link", "del", "ens7"]).unwrap();
+        watch
+            .wait_for("ens7 detached", EVENT_TIMEOUT, |e| {
+                e["event"] == "interface_detached" && e["interface"] == "ens7"
+            })
+            .unwrap_or_else(|err| panic!("cycle {cycle}: {err}"));
+    }
+    let sent = sender.join().unwrap();
+    println!(
+        "{cycles} attach/detach cycles in {:?} with {sent} datagrams on ens5",
+        churn.elapsed()
+    );
+
+    wait_quiet(&bed.node, &["ens5"], 300).unwrap();
+    let kernel = link_stats(&bed.node, "ens5").unwrap().since(kernel_before);
+    let counted = egress_packets(&scrape(&bed.node).unwrap(), "ens5") - counted_before;
+    assert!(kernel.tx_packets >= sent);
+    assert_eq!(counted as u64, kernel.tx_packets, "ens5 counted exactly");
+    assert_eq!(
+        routemon_tcx_links().unwrap(),
+        links_before,
+        "no TCX link left"
+    );
+    assert_eq!(bpf_map_count(), maps_before, "no map left");
+    watch.stop_cleanly().unwrap();
 }

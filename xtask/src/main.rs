@@ -112,7 +112,7 @@ fn run(args: &[String]) -> Result<()> {
 }
 
 /// Seconds per fuzz target in `cargo xtask test`.
-const FUZZ_SECONDS_IN_TEST: u32 = 20;
+const FUZZ_SECONDS_IN_TEST: u32 = 12;
 
 fn test(filter: Option<&str>) -> Result<()> {
     setup::run()?;
