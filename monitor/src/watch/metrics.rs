@@ -32,6 +32,8 @@ pub struct MetricsInput<'a> {
     pub notifications: u64,
     /// Routes that could not get a counter (capacity reached).
     pub uncounted_routes: usize,
+    /// Routes in the daemon's model, every table: (IPv4, IPv6).
+    pub model_routes: (usize, usize),
     /// Per program: (name, nanoseconds, runs), when the kernel collects stats.
     pub program_stats: Vec<(&'static str, u64, u64)>,
     /// Guard re-pins since start.
@@ -342,6 +344,18 @@ pub fn render(input: &MetricsInput<'_>) -> String {
                 )
             },
         );
+    }
+
+    x.family(
+        "routemon_model_routes",
+        "gauge",
+        "Routes of every table in routemon's model of the kernel, by family.",
+    );
+    for (family, count) in [
+        ("ipv4", input.model_routes.0),
+        ("ipv6", input.model_routes.1),
+    ] {
+        x.sample("routemon_model_routes", &[("family", family)], count);
     }
 
     for (name, kind, help, value) in [

@@ -672,6 +672,15 @@ impl Watcher {
             resyncs: self.resyncs,
             notifications: self.notifications,
             uncounted_routes: self.uncounted_routes,
+            model_routes: {
+                let v4 = self
+                    .model
+                    .routes
+                    .iter()
+                    .filter(|r| r.family == crate::model::Family::Ipv4)
+                    .count();
+                (v4, self.model.routes.len() - v4)
+            },
             program_stats: self.monitor.program_stats(),
             guard_repins: self.guard.as_ref().map_or(0, Guard::repins),
             events: self.events.written(),
