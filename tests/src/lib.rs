@@ -9,6 +9,7 @@
 pub mod cmd;
 pub mod daemon;
 pub mod eks;
+pub mod frames;
 pub mod kernel;
 pub mod netns;
 pub mod routemon;

@@ -69,14 +69,23 @@ impl NetNs {
     /// Runs `f` on a thread that has entered the namespace; sockets created there
     /// belong to the namespace.
     pub fn run_in<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        self.spawn_in(f)?
+            .join()
+            .map_err(|_| anyhow::anyhow!("thread inside {} panicked", self.name))?
+    }
+
+    /// Like [`Self::run_in`] without waiting: the thread runs in the background
+    /// (a capture or a receiver while the test sends).
+    pub fn spawn_in<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<thread::JoinHandle<Result<T>>> {
         let file = File::open(self.path())
             .with_context(|| format!("opening {}", self.path().display()))?;
-        thread::spawn(move || -> Result<T> {
+        Ok(thread::spawn(move || -> Result<T> {
             setns(&file, CloneFlags::CLONE_NEWNET).context("setns")?;
             Ok(f())
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("thread inside {} panicked", self.name))?
+        }))
     }
 }
 
