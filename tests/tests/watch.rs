@@ -1028,3 +1028,76 @@ fn netlink_storm_ends_equal_to_a_fresh_dump() {
     assert!(rss < 96 * 1024, "memory bounded: {rss} KiB");
     watch.stop_cleanly().unwrap();
 }
+
+/// More uplink-named interfaces than routemon's 256 interface counters: the daemon
+/// attaches what fits, counts the rest in `routemon_interfaces_unattached` (warned
+/// once each) and keeps running; when interfaces go away, the waiting ones get the
+/// freed counters.
+#[test]
+fn beyond_256_interfaces_it_degrades_and_counts_what_it_could_not_attach() {
+    require_root();
+    let bed = Testbed::new(&[UplinkSpec::new("ens5", 1000)], false).unwrap();
+    let extra = 300u32;
+    let batch = std::env::temp_dir().join(format!("{}-links", bed.node.name()));
+    let mut commands = String::new();
+    for i in 0..extra {
+        commands.push_str(&format!(
+            "link add ens{} type veth peer name p{i}\n",
+            1000 + i
+        ));
+        commands.push_str(&format!("link set ens{} up\n", 1000 + i));
+    }
+    std::fs::write(&batch, commands).unwrap();
+    bed.node.ip(&["-batch", batch.to_str().unwrap()]).unwrap();
+
+    let pins = PinDir::new();
+    let watch = Watch::start(&net_launcher(&bed.node), &["--pin-dir", &pins.arg()]).unwrap();
+    let gauge = |name: &str| sample(&scrape(&bed.node).unwrap(), name, &[]).unwrap_or(-1.0);
+    let attached = || {
+        samples(&scrape(&bed.node).unwrap(), "routemon_interface_attached")
+            .into_iter()
+            .filter(|(_, value)| *value == 1.0)
+            .count()
+    };
+    let unattached = gauge("routemon_interfaces_unattached");
+    println!(
+        "{} uplink-named interfaces: {} attached, {unattached} waiting",
+        extra + 1,
+        attached()
+    );
+    assert_eq!(attached() + unattached as usize, extra as usize + 1);
+    assert!(unattached >= 45.0, "at most 256 counters: {unattached}");
+    assert!(routemon_tcx_links().unwrap() <= 2 * 256);
+
+    // 100 interfaces go: the waiting ones take their counters.
+    let mut commands = String::new();
+    for i in 0..100 {
+        commands.push_str(&format!("link del ens{}\n", 1000 + i));
+    }
+    std::fs::write(&batch, commands).unwrap();
+    bed.node.ip(&["-batch", batch.to_str().unwrap()]).unwrap();
+    let _ = std::fs::remove_file(&batch);
+    wait_until(Duration::from_secs(30), "every interface attached", || {
+        gauge("routemon_interfaces_unattached") == 0.0
+    })
+    .unwrap();
+    assert_eq!(attached(), extra as usize + 1 - 100);
+    assert_eq!(
+        routemon_tcx_links().unwrap(),
+        2 * (extra as usize + 1 - 100)
+    );
+    // Detaching 402 TCX links takes longer than stop_cleanly's 2 s.
+    let (status, took) = watch
+        .stop(Signal::SIGTERM, Duration::from_secs(60))
+        .unwrap();
+    println!(
+        "SIGTERM with {} links attached: exit in {took:?}",
+        2 * (extra + 1 - 100)
+    );
+    assert!(status.success());
+    assert!(
+        routemon_programs_after(Duration::from_secs(5))
+            .unwrap()
+            .is_empty()
+    );
+}

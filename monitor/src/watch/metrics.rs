@@ -32,6 +32,8 @@ pub struct MetricsInput<'a> {
     pub notifications: u64,
     /// Routes that could not get a counter (capacity reached).
     pub uncounted_routes: usize,
+    /// Matching interfaces that could not be attached.
+    pub unattached_interfaces: usize,
     /// Routes in the daemon's model, every table: (IPv4, IPv6).
     pub model_routes: (usize, usize),
     /// Per program: (name, nanoseconds, runs), when the kernel collects stats.
@@ -376,6 +378,13 @@ pub fn render(input: &MetricsInput<'_>) -> String {
             "gauge",
             "Routes of monitored interfaces without a counter because every route id is in use.",
             input.uncounted_routes as u64,
+        ),
+        (
+            "routemon_interfaces_unattached",
+            "gauge",
+            "Interfaces routemon should watch but could not attach to (e.g. more than its 256 \
+             interface counters); retried on every change.",
+            input.unattached_interfaces as u64,
         ),
         (
             "routemon_guard_repins_total",

@@ -241,6 +241,9 @@ struct Watcher {
     events: EventSink,
     /// Attached interfaces: ifindex → name.
     attached: BTreeMap<u32, String>,
+    /// Matching interfaces that could not be attached (e.g. beyond the counter
+    /// map's capacity); retried on every change.
+    unattached: BTreeSet<u32>,
     /// Counters of interfaces that went away, by name.
     retired: BTreeMap<String, IfaceCounters>,
     owners: HashMap<IpAddr, u32>,
@@ -285,6 +288,7 @@ impl Watcher {
             attach_mode: options.attach,
             events: EventSink::new(options.events),
             attached: BTreeMap::new(),
+            unattached: BTreeSet::new(),
             retired: BTreeMap::new(),
             owners,
             route_ids: RouteIds::new(PERSISTENT_ROUTE_IDS, inherited),
@@ -414,6 +418,8 @@ impl Watcher {
                 reason,
             });
         }
+        // Interfaces gone or no longer matching are no longer owed an attachment.
+        self.unattached.retain(|i| wanted.contains(i));
         for ifindex in wanted {
             if self.attached.contains_key(&ifindex) {
                 continue;
@@ -436,6 +442,7 @@ impl Watcher {
                     let via = mine.first().map_or_else(String::new, |a| a.via.to_string());
                     let adopted = mine.iter().all(|a| a.adopted) && !mine.is_empty();
                     tracing::info!(interface = %link.name, %via, adopted, "attached");
+                    self.unattached.remove(&ifindex);
                     self.attached.insert(ifindex, link.name.clone());
                     self.events.emit(Event::InterfaceAttached {
                         interface: link.name,
@@ -445,7 +452,11 @@ impl Watcher {
                     });
                 }
                 Err(err) => {
-                    tracing::warn!(interface = %link.name, "cannot attach: {err}");
+                    if self.unattached.insert(ifindex) {
+                        tracing::warn!(interface = %link.name, "cannot attach: {err}");
+                    } else {
+                        tracing::debug!(interface = %link.name, "still cannot attach: {err}");
+                    }
                     // Undo a half attachment; the next change retries.
                     let _ = self.monitor.detach_interface(netlink, ifindex).await;
                 }
@@ -672,6 +683,7 @@ impl Watcher {
             resyncs: self.resyncs,
             notifications: self.notifications,
             uncounted_routes: self.uncounted_routes,
+            unattached_interfaces: self.unattached.len(),
             model_routes: {
                 let v4 = self
                     .model
