@@ -234,15 +234,22 @@ pub fn check(config: &NetworkdConfig, present: &[LinkFacts], primary: Option<&st
             .filter(|p| predictions.iter().any(|x| x.interface == *p))
             .unwrap_or(&first.interface)
             .to_owned();
-        outcome
-            .checks
-            .extend(scheme_checks(scheme, &primary_name, &predictions, &dirs));
         let secondaries_managed: Vec<String> = predictions
             .iter()
             .filter(|p| p.interface != primary_name && p.file.is_some() && !p.unmanaged)
             .map(|p| p.interface.clone())
             .collect();
-        let tie = worst(&outcome.checks, scheme) == Status::Error;
+        let checks = scheme_checks(
+            scheme,
+            &primary_name,
+            &predictions,
+            &secondaries_managed,
+            &dirs,
+        );
+        let tie = checks
+            .iter()
+            .any(|c| c.id == "networkd.equal_metric" && c.status == Status::Error);
+        outcome.checks.extend(checks);
         if tie || !secondaries_managed.is_empty() {
             let file = predictions
                 .iter()
@@ -263,20 +270,13 @@ fn managed(predictions: &[Prediction]) -> bool {
     predictions.iter().any(|p| p.file.is_some() && !p.unmanaged)
 }
 
-/// The worst status among the checks of one scheme.
-fn worst(checks: &[Check], scheme: &str) -> Status {
-    checks
-        .iter()
-        .filter(|c| c.location.path.as_deref() == Some(scheme))
-        .map(|c| c.status)
-        .max()
-        .unwrap_or(Status::Ok)
-}
-
+/// The checks of one naming scheme; `secondaries` are the interfaces other than
+/// `primary` that networkd would manage.
 fn scheme_checks(
     scheme: &'static str,
     primary: &str,
     predictions: &[Prediction],
+    secondaries: &[String],
     dirs: &str,
 ) -> Vec<Check> {
     let at = || Location {
@@ -372,11 +372,6 @@ fn scheme_checks(
             .fix(format!("add a .network file matching {primary} with DHCP=ipv4")),
         );
     }
-    let secondaries: Vec<&str> = predictions
-        .iter()
-        .filter(|p| p.interface != primary && p.file.is_some() && !p.unmanaged)
-        .map(|p| p.interface.as_str())
-        .collect();
     if !secondaries.is_empty() {
         checks.push(
             Check::new(
