@@ -8,7 +8,7 @@
 //! `{"program", "frame", "routes", "flow_table", "ns": [mean ns of each round]}`.
 //!
 //! `cargo xtask bench` runs it; by hand (as root):
-//! `cargo run --release --example program_cost -- --routes 10 --routes 100000`.
+//! `cargo run --release -p routemon-testbed --example program_cost -- --routes 10 --routes 100000`.
 
 use std::{collections::BTreeSet, net::Ipv4Addr, os::fd::AsFd as _, process::Command};
 
@@ -21,6 +21,7 @@ use routemon::{
     },
     model::{Link, dump::Netlink},
 };
+use routemon_testbed::frames;
 
 /// Where the measured egress frames go: covered by the default route only.
 const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
@@ -170,39 +171,22 @@ fn add_host_routes(from: usize, to: usize) -> Result<()> {
     result
 }
 
-/// An Ethernet + IPv4 frame of `len` bytes carrying `protocol` with the ports.
-fn ipv4_frame(
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    protocol: u8,
-    ports: (u16, u16),
-    len: usize,
-) -> Vec<u8> {
-    let mut frame = vec![0u8; len];
-    frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let ip = &mut frame[14..];
-    ip[0] = 0x45;
-    let total = u16::try_from(len - 14).unwrap_or(u16::MAX);
-    ip[2..4].copy_from_slice(&total.to_be_bytes());
-    ip[8] = 64;
-    ip[9] = protocol;
-    ip[12..16].copy_from_slice(&src.octets());
-    ip[16..20].copy_from_slice(&dst.octets());
-    ip[20..22].copy_from_slice(&ports.0.to_be_bytes());
-    ip[22..24].copy_from_slice(&ports.1.to_be_bytes());
-    frame
-}
-
-/// A UDP datagram with `payload` bytes of data.
+/// A UDP datagram with `payload` bytes of data from `src` to `dst`.
 fn udp_frame(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: usize) -> Vec<u8> {
-    ipv4_frame(src, dst, 17, (sport, dport), 14 + 20 + 8 + payload)
+    let datagram = frames::udp(sport, dport, payload);
+    frames::ethernet(
+        0x0800,
+        &frames::ipv4(5, 17, 0, src.octets(), dst.octets(), &datagram),
+    )
 }
 
 /// A TCP segment in a frame of `len` bytes.
 fn tcp_frame(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, len: usize) -> Vec<u8> {
-    let mut frame = ipv4_frame(src, dst, 6, (sport, dport), len);
-    frame[14 + 20 + 12] = 0x50; // data offset 5 words
-    frame
+    let segment = frames::tcp(sport, dport, len - 14 - 20 - 20);
+    frames::ethernet(
+        0x0800,
+        &frames::ipv4(5, 6, 0, src.octets(), dst.octets(), &segment),
+    )
 }
 
 /// The same frame in the other direction (addresses and ports swapped).

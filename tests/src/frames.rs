@@ -70,6 +70,18 @@ pub fn udp(sport: u16, dport: u16, len: usize) -> Vec<u8> {
     segment
 }
 
+/// A TCP header (20 bytes, ACK set) with the ports and `len` bytes of payload.
+pub fn tcp(sport: u16, dport: u16, len: usize) -> Vec<u8> {
+    let mut segment = vec![0xabu8; 20 + len];
+    segment[0..2].copy_from_slice(&sport.to_be_bytes());
+    segment[2..4].copy_from_slice(&dport.to_be_bytes());
+    segment[4..12].fill(0);
+    segment[12] = 0x50; // data offset: 5 words
+    segment[13] = 0x10;
+    segment[14..20].fill(0);
+    segment
+}
+
 /// The named frames: every shape a node's interfaces see, and the broken ones.
 pub fn shaped_frames() -> Vec<(String, Vec<u8>)> {
     const NODE: [u8; 4] = [10, 0, 1, 10];

@@ -22,7 +22,7 @@ pub fn cost_alone(plan: Plan) -> Result<Vec<Figure>> {
         "--release",
         "--quiet",
         "-p",
-        "routemon",
+        "routemon-testbed",
         "--example",
         "program_cost",
     ])?;
