@@ -188,11 +188,14 @@ fn an_interface_deleted_mid_snapshot_is_reported_gone_with_its_counts() {
     let bed = Testbed::ens5_ens6(1000, 1024).unwrap();
     kernel::wait_quiet(&bed.node, &["ens5", "ens6"], 500).unwrap();
     let at_start = kernel::link_stats(&bed.node, "ens6").unwrap();
-    let running = Running::start(&bed.node, &["snapshot", "--duration", "2s", "--json"]).unwrap();
+    // Long enough for the quiet wait below to end before the snapshot does.
+    let running = Running::start(&bed.node, &["snapshot", "--duration", "4s", "--json"]).unwrap();
     let to_ens6 = burst(INTERNET_V4, Some("ens6"), 50, 100);
     send_udp(&bed.node, &to_ens6).unwrap();
-    // Let the router's ICMP replies arrive before taking the last reading.
-    std::thread::sleep(Duration::from_millis(300));
+    // Let the router's ICMP replies (rate-limited, so spread out) arrive and be
+    // processed before taking the last reading: a reply the kernel has counted but
+    // not yet run through the ingress hook would be lost with the interface.
+    kernel::wait_quiet(&bed.node, &["ens6"], 500).unwrap();
     let before_delete = kernel::link_stats(&bed.node, "ens6")
         .unwrap()
         .since(at_start);
