@@ -31,6 +31,10 @@ pub const MAX_TRACKED_FLOWS: u32 = 65_536;
 /// Asymmetric flows counted individually; the least recently used are evicted first.
 pub const MAX_ASYMMETRIC_FLOWS: u32 = 4_096;
 
+/// Name of the per-CPU array (one entry) of [`TableStats`]: what the bounded
+/// tables above let through and what they had to drop.
+pub const TABLE_STATS_MAP: &str = "TABLE_STATS";
+
 /// Name of the ring buffer of sampled events ([`SampleEvent`]).
 pub const SAMPLES_MAP: &str = "SAMPLES";
 /// Name of the per-CPU sampler state ([`SamplerState`], one entry).
@@ -272,6 +276,29 @@ impl SamplerState {
     }
 }
 
+/// Per-CPU counts of what the bounded tables took in and what they dropped. With
+/// the number of entries a table holds, they give its evictions: an LRU table has
+/// evicted `inserted - entries` flows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableStats {
+    /// Flows added to the ingress flow table (new keys, not moves).
+    pub flows_inserted: u64,
+    /// Flows added to the asymmetric-flow table.
+    pub asymmetric_inserted: u64,
+    /// Cross-ENI packets not counted because the pair table was full.
+    pub cross_eni_uncounted_packets: u64,
+}
+
+impl TableStats {
+    /// Adds another CPU's counts to these.
+    pub fn accumulate(&mut self, other: &Self) {
+        self.flows_inserted += other.flows_inserted;
+        self.asymmetric_inserted += other.asymmetric_inserted;
+        self.cross_eni_uncounted_packets += other.cross_eni_uncounted_packets;
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all these types are #[repr(C)], contain only integers and byte arrays,
@@ -285,4 +312,5 @@ mod pod {
     unsafe impl aya::Pod for super::AsymmetricKey {}
     unsafe impl aya::Pod for super::SampleEvent {}
     unsafe impl aya::Pod for super::SamplerState {}
+    unsafe impl aya::Pod for super::TableStats {}
 }

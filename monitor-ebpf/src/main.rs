@@ -40,7 +40,7 @@ use monitor_common::{
     DEFAULT_MAX_ROUTES, FlowKey, IfaceCounters, MAIN_TABLE_SLOT, MAX_ASYMMETRIC_FLOWS,
     MAX_CROSS_ENI_PAIRS, MAX_SOURCE_RULES, MAX_TRACKED_FLOWS, PacketCounters,
     ROUTE_KEY_PREFIX_BITS, RouteId, RouteKeyV4, RouteKeyV6, SAMPLE_BURST, SAMPLE_CROSS_ENI,
-    SAMPLES_PER_SECOND_PER_CPU, SAMPLES_RING_BYTES, SampleEvent, SamplerState,
+    SAMPLES_PER_SECOND_PER_CPU, SAMPLES_RING_BYTES, SampleEvent, SamplerState, TableStats,
 };
 
 /// Per-interface counters, keyed by ifindex. Userspace inserts an entry for each
@@ -103,9 +103,34 @@ static FLOW_INGRESS: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(MAX
 static ASYMMETRIC_FLOWS: LruPerCpuHashMap<AsymmetricKey, PacketCounters> =
     LruPerCpuHashMap::with_max_entries(MAX_ASYMMETRIC_FLOWS, 0);
 
+/// What the bounded tables let through and dropped (see [`TableStats`]); touched
+/// only when a table gains a key or refuses one, never for a known flow.
+#[map(name = "TABLE_STATS")]
+static TABLE_STATS: PerCpuArray<TableStats> = PerCpuArray::with_max_entries(1, 0);
+
+/// Applies `change` to this CPU's [`TableStats`].
+#[inline(always)]
+fn table_stats(change: impl FnOnce(&mut TableStats)) {
+    if let Some(stats) = TABLE_STATS.get_ptr_mut(0) {
+        // SAFETY: per-CPU value, as in count_ingress.
+        change(unsafe { &mut *stats });
+    }
+}
+
+/// How [`add_packet!`] counted a packet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Added {
+    /// To a key the table already held.
+    Existing,
+    /// To a key it inserted.
+    Inserted,
+    /// Not at all: the table refused the new key (a full plain hash).
+    Lost,
+}
+
 /// Adds one packet of `len` bytes to `key`'s per-CPU [`PacketCounters`] in `map`
 /// (a per-CPU hash, plain or LRU), creating them on this CPU's first packet (the
-/// other CPUs' copies start at zero). A full plain hash loses the count.
+/// other CPUs' copies start at zero), and says how ([`Added`]).
 macro_rules! add_packet {
     ($map:expr, $key:expr, $len:expr) => {
         match $map.get_ptr_mut($key) {
@@ -114,13 +139,17 @@ macro_rules! add_packet {
                 let counters = unsafe { &mut *counters };
                 counters.packets += 1;
                 counters.bytes += $len;
+                Added::Existing
             }
             None => {
                 let first = PacketCounters {
                     packets: 1,
                     bytes: $len,
                 };
-                let _ = $map.insert($key, &first, 0);
+                match $map.insert($key, &first, 0) {
+                    Ok(()) => Added::Inserted,
+                    Err(_) => Added::Lost,
+                }
             }
         }
     };
@@ -203,12 +232,15 @@ fn count_ingress(ctx: &TcContext, link_layer: LinkLayer) {
     // written only when new or moved, so a steady flow costs one lookup.
     if let Some(packet) = parse(ctx, link_layer) {
         let reply = packet.flow.reversed();
-        let known = FLOW_INGRESS
+        let seen_on = FLOW_INGRESS
             .get_ptr(reply)
             // SAFETY: a valid pointer into the map's value.
-            .is_some_and(|seen| unsafe { *seen } == ifindex);
-        if !known {
-            let _ = FLOW_INGRESS.insert(reply, ifindex, 0);
+            .map(|seen| unsafe { *seen });
+        if seen_on != Some(ifindex) {
+            let inserted = FLOW_INGRESS.insert(reply, ifindex, 0).is_ok();
+            if inserted && seen_on.is_none() {
+                table_stats(|s| s.flows_inserted += 1);
+            }
         }
     }
 }
@@ -338,7 +370,9 @@ fn count_cross_eni(egress: u32, owner: u32, len: u64, flow: &FlowKey) {
         egress_ifindex: egress,
         source_ifindex: owner,
     };
-    add_packet!(CROSS_ENI, &key, len);
+    if add_packet!(CROSS_ENI, &key, len) == Added::Lost {
+        table_stats(|s| s.cross_eni_uncounted_packets += 1);
+    }
 }
 
 /// Sends `event` to userspace unless this CPU's token bucket is empty or the ring
@@ -376,7 +410,9 @@ fn count_asymmetric(flow: FlowKey, ingress: u32, egress: u32, len: u64) {
         ingress_ifindex: ingress,
         egress_ifindex: egress,
     };
-    add_packet!(ASYMMETRIC_FLOWS, &key, len);
+    if add_packet!(ASYMMETRIC_FLOWS, &key, len) == Added::Inserted {
+        table_stats(|s| s.asymmetric_inserted += 1);
+    }
 }
 
 /// What the programs read from an IP packet: its 5-tuple, whose addresses are the

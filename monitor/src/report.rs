@@ -58,6 +58,8 @@ pub struct SnapshotInfo {
     pub routes_removed_during: usize,
     /// Interfaces that appeared during the count; this snapshot did not monitor them.
     pub interfaces_added_during: Vec<String>,
+    /// How full the bounded kernel tables got, and what they dropped.
+    pub tables: crate::ebpf::usage::TableUsage,
 }
 
 /// The primary interface.

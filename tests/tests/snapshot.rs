@@ -408,3 +408,68 @@ fn a_secondary_ip_added_mid_snapshot_is_owned_at_once() {
     assert_eq!(cross["source_interface"], "ens6");
     assert_eq!(cross["packets"], 17);
 }
+
+#[test]
+fn a_full_flow_table_evicts_and_counts_what_it_evicted() {
+    require_root();
+    let bed = Testbed::ens5_ens6(1000, 1024).unwrap();
+    kernel::wait_quiet(&bed.node, &["ens5", "ens6"], 500).unwrap();
+    let before = kernel::link_stats(&bed.node, "ens5").unwrap();
+    let running = Running::start(&bed.node, &["snapshot", "--duration", "6s", "--json"]).unwrap();
+    // 80 000 flows arrive on ens5, one datagram each (two source ports × 40 000
+    // destination ports): more than the 65 536 the ingress flow table holds.
+    const PORTS: u16 = 40_000;
+    let node_addr = bed.uplink("ens5").addr4;
+    bed.router
+        .run_in(move || -> anyhow::Result<()> {
+            let sockets = [
+                std::net::UdpSocket::bind("10.0.1.1:0")?,
+                std::net::UdpSocket::bind("10.0.1.1:0")?,
+            ];
+            for socket in &sockets {
+                for port in 1..=PORTS {
+                    socket.send_to(b"flow", (node_addr, port))?;
+                }
+            }
+            Ok(())
+        })
+        .unwrap()
+        .unwrap();
+    kernel::wait_quiet(&bed.node, &["ens5"], 300).unwrap();
+    let arrived = kernel::link_stats(&bed.node, "ens5")
+        .unwrap()
+        .since(before)
+        .rx_packets;
+    let report = running
+        .wait(Duration::from_secs(30))
+        .unwrap()
+        .success()
+        .json();
+
+    let flows = &report["snapshot"]["tables"]["flows"];
+    let field = |name: &str| flows[name].as_u64().unwrap();
+    assert_eq!(field("capacity"), 65_536, "{flows}");
+    assert!(field("entries") <= 65_536, "{flows}");
+    // Every datagram that arrived is a new flow. The router's own chatter (IPv6
+    // multicast, ARP) may add a packet or two before or after the reading.
+    assert!(
+        field("inserted").abs_diff(arrived) <= 4,
+        "flows inserted vs {arrived} packets that arrived: {flows}"
+    );
+    assert!(
+        arrived >= 2 * u64::from(PORTS) * 9 / 10,
+        "the flood reached the node"
+    );
+    assert_eq!(field("evicted"), field("inserted") - field("entries"));
+    assert!(
+        field("evicted") >= field("inserted") - 65_536,
+        "at least the overflow was evicted: {flows}"
+    );
+    // Nothing else is lost: the interface still counts every packet.
+    let ingress = interface(&report, "ens5")["ingress_packets"]
+        .as_u64()
+        .unwrap();
+    assert!(ingress.abs_diff(arrived) <= 4, "{ingress} vs {arrived}");
+    let left = kernel::routemon_programs_after(Duration::from_secs(5)).unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -205,6 +205,23 @@ fn prometheus_scrapes_rates_and_findings_and_promtool_accepts_the_metrics() {
         "daemon RSS after the traffic: {} KiB",
         watch.rss_kib().unwrap()
     );
+    // The bounded tables report their fill: the gateways' ICMP replies are flows.
+    let after = scrape(&eks.node).unwrap();
+    let table = |name: &str, table: &str| sample(&after, name, &[("table", table)]);
+    assert_eq!(table("routemon_table_capacity", "flows"), Some(65_536.0));
+    assert!(
+        table("routemon_table_entries", "flows").unwrap() >= 1.0,
+        "{after}"
+    );
+    assert_eq!(table("routemon_table_evictions_total", "flows"), Some(0.0));
+    assert!(
+        sample(
+            &after,
+            "routemon_samples_total",
+            &[("outcome", "suppressed")]
+        )
+        .is_some()
+    );
     let finding = prometheus
         .query(&eks, "routemon_finding_equal_metric_default_routes")
         .unwrap();

@@ -117,10 +117,17 @@ pub async fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
     let counters = monitor.interface_counters().and_then(|ifaces| {
         let routes = monitor.route_counters(plan.route_ids.len())?;
         let cross_eni = monitor.cross_eni_counters()?;
-        Ok((ifaces, routes, cross_eni, monitor.asymmetric_flows()?))
+        let tables = monitor.table_usage()?;
+        Ok((
+            ifaces,
+            routes,
+            cross_eni,
+            monitor.asymmetric_flows()?,
+            tables,
+        ))
     });
     let detached = monitor.detach(&netlink).await;
-    let (interfaces, routes, cross_eni, asymmetric) =
+    let (interfaces, routes, cross_eni, asymmetric, tables) =
         counters.context("reading the eBPF counters")?;
     let mut findings = found.findings.clone();
     findings.extend(crate::findings::cross_eni_egress(
@@ -160,6 +167,7 @@ pub async fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
         routes_added_during: changes.routes_added,
         routes_removed_during: changes.routes_removed,
         interfaces_added_during: changes.interfaces_added,
+        tables,
     });
     print_report(&report, &args.selection)?;
     detached.context("detaching routemon's programs")?;

@@ -12,7 +12,7 @@ use monitor_common::{
     IFACE_COUNTERS_MAP, IfaceCounters, MAX_SOURCE_RULES, PacketCounters, ROUTE_COUNTERS_MAP,
     ROUTE_KEY_PREFIX_BITS, ROUTES_V4_MAP, ROUTES_V6_MAP, RouteKeyV4, RouteKeyV6, SAMPLER_MAP,
     SOURCE_OWNERS_V4_MAP, SOURCE_OWNERS_V6_MAP, SOURCE_RULES_V4_MAP, SOURCE_RULES_V6_MAP,
-    SamplerState,
+    SamplerState, TABLE_STATS_MAP, TableStats,
 };
 
 use super::EbpfError;
@@ -374,14 +374,50 @@ pub fn summed_counters<K: aya::Pod + Ord>(
     Ok(out)
 }
 
+/// Reads the first entry of the per-CPU array `name`, summed over CPUs with `add`.
+fn summed_first<T: aya::Pod + Default>(
+    ebpf: &Ebpf,
+    name: &'static str,
+    add: fn(&mut T, &T),
+) -> Result<T, EbpfError> {
+    let array: PerCpuArray<&MapData, T> =
+        PerCpuArray::try_from(map(ebpf, name)?).map_err(map_error(name))?;
+    let per_cpu = array.get(&0, 0).map_err(map_error(name))?;
+    let mut total = T::default();
+    per_cpu.iter().for_each(|v| add(&mut total, v));
+    Ok(total)
+}
+
 /// Reads the sampler's per-CPU counts, summed.
 pub fn sampler_totals(ebpf: &Ebpf) -> Result<SamplerState, EbpfError> {
-    let state: PerCpuArray<&MapData, SamplerState> =
-        PerCpuArray::try_from(map(ebpf, SAMPLER_MAP)?).map_err(map_error(SAMPLER_MAP))?;
-    let per_cpu = state.get(&0, 0).map_err(map_error(SAMPLER_MAP))?;
-    let mut total = SamplerState::default();
-    per_cpu.iter().for_each(|s| total.accumulate(s));
-    Ok(total)
+    summed_first(ebpf, SAMPLER_MAP, SamplerState::accumulate)
+}
+
+/// Reads the bounded tables' per-CPU statistics, summed.
+pub fn table_stats(ebpf: &Ebpf) -> Result<TableStats, EbpfError> {
+    summed_first(ebpf, TABLE_STATS_MAP, TableStats::accumulate)
+}
+
+/// Counts the keys of the hash map `name` (plain or LRU, per-CPU or not), reading
+/// at most `limit`: a table that changes while it is walked can make the kernel
+/// restart the walk, so the count is capped at the table's capacity.
+pub fn key_count<K: aya::Pod, V: aya::Pod>(
+    ebpf: &Ebpf,
+    name: &'static str,
+    per_cpu: bool,
+    limit: u32,
+) -> Result<u64, EbpfError> {
+    let map = map(ebpf, name)?;
+    let limit = limit as usize;
+    let count = if per_cpu {
+        let table: PerCpuHashMap<&MapData, K, V> =
+            PerCpuHashMap::try_from(map).map_err(map_error(name))?;
+        table.keys().take(limit).filter(Result::is_ok).count()
+    } else {
+        let table: HashMap<&MapData, K, V> = HashMap::try_from(map).map_err(map_error(name))?;
+        table.keys().take(limit).filter(Result::is_ok).count()
+    };
+    Ok(count as u64)
 }
 
 /// Reads every interface's counters, summed over CPUs.

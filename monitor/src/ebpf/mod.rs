@@ -5,6 +5,7 @@ mod attach;
 mod maps;
 pub mod pinning;
 pub mod test_run;
+pub mod usage;
 
 use std::{collections::BTreeMap, net::IpAddr};
 
@@ -12,7 +13,7 @@ use aya::{Ebpf, EbpfLoader, programs::SchedClassifier};
 use monitor_common::{
     ASYMMETRIC_FLOWS_MAP, AsymmetricKey, CROSS_ENI_MAP, CrossEniKey, IFACE_COUNTERS_MAP,
     IfaceCounters, PacketCounters, ROUTE_COUNTERS_MAP, ROUTES_V4_MAP, ROUTES_V6_MAP, SAMPLES_MAP,
-    SOURCE_OWNERS_V4_MAP, SOURCE_OWNERS_V6_MAP, SampleEvent, SamplerState, program,
+    SOURCE_OWNERS_V4_MAP, SOURCE_OWNERS_V6_MAP, SampleEvent, program,
 };
 use thiserror::Error;
 
@@ -327,9 +328,9 @@ impl Monitor {
         Ok(SampleReader { ring })
     }
 
-    /// Samples sent and held back by the kernel's rate limit, summed over CPUs.
-    pub fn sampler_totals(&self) -> Result<SamplerState, EbpfError> {
-        maps::sampler_totals(&self.ebpf)
+    /// How full the bounded kernel tables are and what they dropped.
+    pub fn table_usage(&self) -> Result<usage::TableUsage, EbpfError> {
+        usage::read(&self.ebpf)
     }
 
     /// Detaches every program, then removes the clsact qdiscs routemon created (if

@@ -21,7 +21,7 @@ use monitor_common::{
     ASYMMETRIC_FLOWS_MAP, AsymmetricKey, CROSS_ENI_MAP, CrossEniKey, FLOW_INGRESS_MAP, FlowKey,
     IFACE_COUNTERS_MAP, IfaceCounters, PacketCounters, ROUTE_COUNTERS_MAP, ROUTES_V4_MAP,
     ROUTES_V6_MAP, RouteKeyV4, RouteKeyV6, SAMPLER_MAP, SOURCE_OWNERS_V4_MAP, SOURCE_OWNERS_V6_MAP,
-    SOURCE_RULES_V4_MAP, SOURCE_RULES_V6_MAP, SamplerState,
+    SOURCE_RULES_V4_MAP, SOURCE_RULES_V6_MAP, SamplerState, TABLE_STATS_MAP, TableStats,
 };
 
 use super::{Direction, EbpfError};
@@ -60,7 +60,7 @@ const fn lpm_key<K>() -> usize {
 
 /// Every map routemon pins, with the layout it must have. The sample ring buffer
 /// is not pinned: samples are a live view, not state.
-pub fn pinned_maps() -> [MapLayout; 12] {
+pub fn pinned_maps() -> [MapLayout; 13] {
     use monitor_common::{
         DEFAULT_MAX_INTERFACES, DEFAULT_MAX_OWNED_ADDRESSES, DEFAULT_MAX_ROUTES,
         MAX_ASYMMETRIC_FLOWS, MAX_CROSS_ENI_PAIRS, MAX_SOURCE_RULES, MAX_TRACKED_FLOWS,
@@ -155,6 +155,13 @@ pub fn pinned_maps() -> [MapLayout; 12] {
             MapType::PerCpuArray,
             4,
             size_of::<SamplerState>(),
+            1,
+        ),
+        layout(
+            TABLE_STATS_MAP,
+            MapType::PerCpuArray,
+            4,
+            size_of::<TableStats>(),
             1,
         ),
     ]

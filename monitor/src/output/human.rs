@@ -54,6 +54,31 @@ pub fn render(report: &Report, options: HumanOptions) -> String {
                 snapshot.interfaces_added_during.join(", ")
             );
         }
+        let tables = &snapshot.tables;
+        for (evicted, what, capacity) in [
+            (
+                tables.flows.evicted,
+                "flows evicted from the ingress flow table: replies of evicted flows are not \
+                 checked for asymmetry",
+                tables.flows.capacity,
+            ),
+            (
+                tables.asymmetric_flows.evicted,
+                "asymmetric flows evicted: their counts are lost, the interface totals are not",
+                tables.asymmetric_flows.capacity,
+            ),
+        ] {
+            if evicted > 0 {
+                let _ = writeln!(out, "{evicted} {what} (table of {capacity}).");
+            }
+        }
+        if tables.cross_eni_pairs.uncounted_packets > 0 {
+            let _ = writeln!(
+                out,
+                "{} cross-ENI packets not counted: the table of {} interface pairs is full.",
+                tables.cross_eni_pairs.uncounted_packets, tables.cross_eni_pairs.capacity
+            );
+        }
         out.push('\n');
     }
 

@@ -9,7 +9,10 @@ use std::{
 use monitor_common::{IfaceCounters, PacketCounters};
 
 use super::events::RouteLabels;
-use crate::findings::{Finding, FindingKind, Severity};
+use crate::{
+    ebpf::usage::TableUsage,
+    findings::{Finding, FindingKind, Severity},
+};
 
 /// Everything one scrape shows.
 #[derive(Debug, Default)]
@@ -42,6 +45,8 @@ pub struct MetricsInput<'a> {
     pub guard_repins: u64,
     /// Events emitted since start.
     pub events: u64,
+    /// Fill and losses of the bounded kernel tables (`None` when unreadable).
+    pub tables: Option<TableUsage>,
 }
 
 /// Builds an exposition: `# HELP`/`# TYPE` once per family, then samples.
@@ -403,6 +408,10 @@ pub fn render(input: &MetricsInput<'_>) -> String {
         x.sample(name, &[], value);
     }
 
+    if let Some(tables) = &input.tables {
+        render_tables(&mut x, tables);
+    }
+
     if input.program_stats.iter().any(|(_, _, runs)| *runs > 0) {
         x.each(
             "routemon_bpf_program_run_seconds_total",
@@ -425,6 +434,71 @@ pub fn render(input: &MetricsInput<'_>) -> String {
         );
     }
     x.out
+}
+
+/// The bounded kernel tables: how full, and what they dropped.
+fn render_tables(x: &mut Exposition, tables: &TableUsage) {
+    let lru = [
+        ("flows", &tables.flows),
+        ("asymmetric_flows", &tables.asymmetric_flows),
+    ];
+    let pairs = &tables.cross_eni_pairs;
+    let sizes = lru
+        .iter()
+        .map(|(name, t)| (*name, t.entries, t.capacity))
+        .chain([("cross_eni_pairs", pairs.entries, pairs.capacity)]);
+    x.family(
+        "routemon_table_entries",
+        "gauge",
+        "Entries in routemon's bounded kernel tables (flows: ingress flows remembered to \
+         recognise replies).",
+    );
+    for (table, entries, _) in sizes.clone() {
+        x.sample("routemon_table_entries", &[("table", table)], entries);
+    }
+    x.family(
+        "routemon_table_capacity",
+        "gauge",
+        "Entries the bounded kernel table can hold.",
+    );
+    for (table, _, capacity) in sizes {
+        x.sample("routemon_table_capacity", &[("table", table)], capacity);
+    }
+    x.family(
+        "routemon_table_evictions_total",
+        "counter",
+        "Entries the LRU tables evicted to make room (replies of evicted flows are not \
+         checked for asymmetry; evicted asymmetric flows lose their per-flow counts).",
+    );
+    for (table, usage) in lru {
+        x.sample(
+            "routemon_table_evictions_total",
+            &[("table", table)],
+            usage.evicted,
+        );
+    }
+    x.family(
+        "routemon_cross_eni_uncounted_packets_total",
+        "counter",
+        "Cross-ENI packets not counted because the interface-pair table was full.",
+    );
+    x.sample(
+        "routemon_cross_eni_uncounted_packets_total",
+        &[],
+        pairs.uncounted_packets,
+    );
+    x.family(
+        "routemon_samples_total",
+        "counter",
+        "Packet samples sent to userspace (outcome=\"sent\") or held back by the rate limit \
+         or a full ring buffer (outcome=\"suppressed\").",
+    );
+    for (outcome, n) in [
+        ("sent", tables.samples.sent),
+        ("suppressed", tables.samples.suppressed),
+    ] {
+        x.sample("routemon_samples_total", &[("outcome", outcome)], n);
+    }
 }
 
 #[cfg(test)]

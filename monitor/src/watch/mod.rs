@@ -39,6 +39,7 @@ use crate::{
     ebpf::{
         AttachMode, Monitor,
         pinning::{PERSISTENT_ROUTE_IDS, PinStore},
+        usage::TableUsage,
     },
     findings::{self, Finding},
     model::{
@@ -262,7 +263,13 @@ struct Watcher {
     last_resync: Option<Instant>,
     resyncs: u64,
     notifications: u64,
+    /// The kernel tables' usage as last read, and when (see [`TABLE_USAGE_MAX_AGE`]).
+    table_usage: Option<(Instant, TableUsage)>,
 }
+
+/// How long a reading of the kernel tables' usage serves scrapes: counting the
+/// entries of a full flow table walks 65 536 keys, one syscall each.
+const TABLE_USAGE_MAX_AGE: Duration = Duration::from_secs(10);
 
 impl Watcher {
     fn new(
@@ -310,6 +317,7 @@ impl Watcher {
             last_resync: None,
             resyncs: 0,
             notifications: 0,
+            table_usage: None,
         })
     }
 
@@ -607,6 +615,21 @@ impl Watcher {
         }
     }
 
+    /// The kernel tables' usage, re-read when the last reading is older than
+    /// [`TABLE_USAGE_MAX_AGE`].
+    fn table_usage(&mut self) -> Option<TableUsage> {
+        let fresh = self
+            .table_usage
+            .filter(|(read_at, _)| read_at.elapsed() < TABLE_USAGE_MAX_AGE);
+        if fresh.is_none() {
+            match self.monitor.table_usage() {
+                Ok(usage) => self.table_usage = Some((Instant::now(), usage)),
+                Err(err) => tracing::debug!("reading the kernel tables' usage: {err}"),
+            }
+        }
+        self.table_usage.map(|(_, usage)| usage)
+    }
+
     fn render_metrics(&mut self) -> String {
         let live = self.monitor.interface_counters().unwrap_or_else(|err| {
             tracing::warn!("reading interface counters failed: {err}");
@@ -665,6 +688,7 @@ impl Watcher {
             .iter()
             .map(|((i, e), c)| (name(*i), name(*e), *c))
             .collect();
+        let tables = self.table_usage();
         let findings: Vec<&Finding> = self
             .routing_findings
             .values()
@@ -696,6 +720,7 @@ impl Watcher {
             program_stats: self.monitor.program_stats(),
             guard_repins: self.guard.as_ref().map_or(0, Guard::repins),
             events: self.events.written(),
+            tables,
         })
     }
 }

@@ -1,0 +1,120 @@
+//! How full routemon's bounded kernel tables are and what they had to drop.
+//!
+//! The kernel side keeps fixed-size tables (see `SECURITY.md`, "Resource bounds").
+//! When one is full it degrades instead of failing: the LRU tables evict their
+//! least recently used flows, the cross-ENI pair table stops counting new pairs,
+//! the sampler holds samples back. This module reads what that cost.
+
+use aya::Ebpf;
+use monitor_common::{
+    ASYMMETRIC_FLOWS_MAP, AsymmetricKey, CROSS_ENI_MAP, CrossEniKey, FLOW_INGRESS_MAP, FlowKey,
+    MAX_ASYMMETRIC_FLOWS, MAX_CROSS_ENI_PAIRS, MAX_TRACKED_FLOWS, PacketCounters,
+};
+use serde::Serialize;
+
+use super::{EbpfError, maps};
+
+/// One LRU table: what it holds, what it took in, what it evicted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LruUsage {
+    /// Entries it can hold.
+    pub capacity: u32,
+    /// Entries it holds now.
+    pub entries: u64,
+    /// Keys inserted since its maps were created (they survive restarts when pinned).
+    pub inserted: u64,
+    /// Keys evicted to make room: `inserted - entries`. Two CPUs inserting the same
+    /// new flow at the same instant count it twice, so this can overstate by a few.
+    pub evicted: u64,
+}
+
+impl LruUsage {
+    fn new(capacity: u32, entries: u64, inserted: u64) -> Self {
+        Self {
+            capacity,
+            entries,
+            inserted,
+            evicted: inserted.saturating_sub(entries),
+        }
+    }
+}
+
+/// The cross-ENI pair table (a plain hash: full means new pairs go uncounted).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PairUsage {
+    /// Pairs it can hold.
+    pub capacity: u32,
+    /// Pairs it holds now.
+    pub entries: u64,
+    /// Cross-ENI packets of pairs that found the table full.
+    pub uncounted_packets: u64,
+}
+
+/// Packets sampled to userspace and held back by the rate limit or a full ring.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SampleUsage {
+    /// Samples written to the ring buffer.
+    pub sent: u64,
+    /// Samples held back.
+    pub suppressed: u64,
+}
+
+/// Every bounded kernel table's fill and losses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TableUsage {
+    /// Ingress flows remembered to recognise their replies.
+    pub flows: LruUsage,
+    /// Asymmetric flows counted one by one.
+    pub asymmetric_flows: LruUsage,
+    /// (egress, source owner) pairs of cross-ENI egress.
+    pub cross_eni_pairs: PairUsage,
+    /// Packet samples.
+    pub samples: SampleUsage,
+}
+
+impl TableUsage {
+    /// Whether any table dropped something.
+    pub fn degraded(&self) -> bool {
+        self.flows.evicted > 0
+            || self.asymmetric_flows.evicted > 0
+            || self.cross_eni_pairs.uncounted_packets > 0
+    }
+}
+
+/// Reads the tables of a loaded object. Walking the flow table costs one syscall
+/// per entry (65 536 at most), so callers read it per report or scrape, not per
+/// packet batch.
+pub fn read(ebpf: &Ebpf) -> Result<TableUsage, EbpfError> {
+    let stats = maps::table_stats(ebpf)?;
+    let sampler = maps::sampler_totals(ebpf)?;
+    let flows = maps::key_count::<FlowKey, u32>(ebpf, FLOW_INGRESS_MAP, false, MAX_TRACKED_FLOWS)?;
+    let asymmetric = maps::key_count::<AsymmetricKey, PacketCounters>(
+        ebpf,
+        ASYMMETRIC_FLOWS_MAP,
+        true,
+        MAX_ASYMMETRIC_FLOWS,
+    )?;
+    let pairs = maps::key_count::<CrossEniKey, PacketCounters>(
+        ebpf,
+        CROSS_ENI_MAP,
+        true,
+        MAX_CROSS_ENI_PAIRS,
+    )?;
+    Ok(TableUsage {
+        flows: LruUsage::new(MAX_TRACKED_FLOWS, flows, stats.flows_inserted),
+        asymmetric_flows: LruUsage::new(
+            MAX_ASYMMETRIC_FLOWS,
+            asymmetric,
+            stats.asymmetric_inserted,
+        ),
+        cross_eni_pairs: PairUsage {
+            capacity: MAX_CROSS_ENI_PAIRS,
+            entries: pairs,
+            uncounted_packets: stats.cross_eni_uncounted_packets,
+        },
+        samples: SampleUsage {
+            sent: sampler.sampled,
+            suppressed: sampler.suppressed,
+        },
+    })
+}
