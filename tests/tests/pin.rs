@@ -641,3 +641,97 @@ fn sigkill_at_any_point_of_apply_never_strands_the_node() {
     assert!(seen.len() >= 2, "{seen:?}");
     let _ = std::fs::remove_dir_all(&state);
 }
+
+/// `watch --guard`, the third way routemon changes routes, killed with SIGKILL at
+/// many points of a re-pin. Each round starts pinned (with `pin --apply`'s record of
+/// the original routes), then ens5's default drifts back to DHCP's metric as after
+/// a networkd restart, and a guard started on that tie re-pins at once and is
+/// killed: the node always keeps a default route, the next `pin --apply` ends in
+/// the pinned state, and the final `unpin --apply` restores the original tie.
+#[test]
+fn sigkill_at_any_point_of_a_guard_repin_never_strands_the_node() {
+    require_root();
+    let eks = two_enis();
+    let state = state_dir("guard-kill");
+    let tie = [("ens5".to_owned(), 1024), ("ens6".to_owned(), 1024)];
+    let pinned = [("ens5".to_owned(), 1000), ("ens6".to_owned(), 1024)];
+    routemon(&eks, &state, &PIN_ENS5).success();
+    let drift = || {
+        let route = main_table(&eks)
+            .into_iter()
+            .find(|r| r["dst"] == "default" && r["dev"] == "ens5")
+            .unwrap();
+        let field = |name: &str| route[name].as_str().unwrap().to_owned();
+        let (gateway, src) = (field("gateway"), field("prefsrc"));
+        let readd = [
+            "route", "append", "default", "via", &gateway, "dev", "ens5", "proto", "dhcp", "src",
+            &src, "metric", "1024",
+        ];
+        // A DHCP renewal by networkd may have re-added it already. (`append`: ens6
+        // has a default of the same metric; `replace` would take it.)
+        if !defaults(&eks).contains(&("ens5".to_owned(), 1024)) {
+            eks.node.ip(&readd).unwrap();
+        }
+        eks.node
+            .ip(&["route", "del", "default", "dev", "ens5", "metric", "1000"])
+            .unwrap();
+        assert_eq!(defaults(&eks), tie);
+    };
+    let guard = || {
+        let launcher = eks.launcher();
+        std::process::Command::new(&launcher[0])
+            .args(&launcher[1..])
+            .arg(routemon_testbed::routemon::binary())
+            .args(["watch", "--no-pin", "--no-metrics", "--guard"])
+            .args(["--primary", "ens5", "--metric", "1000"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // How long a guard takes from its start to the pinned state.
+    drift();
+    let started = std::time::Instant::now();
+    let mut child = guard();
+    routemon_testbed::eks::wait_until(Duration::from_secs(30), "the guard to pin", || {
+        defaults(&eks) == pinned
+    })
+    .unwrap();
+    let to_pin = started.elapsed();
+    let _ = child.kill();
+    child.wait().unwrap();
+
+    let points: u32 = 40;
+    let mut seen: std::collections::BTreeSet<Vec<(String, u64)>> = Default::default();
+    for i in 0..points {
+        drift();
+        let mut child = guard();
+        std::thread::sleep(to_pin * 3 * i / (2 * points));
+        let _ = child.kill();
+        child.wait().unwrap();
+        let after_kill = defaults(&eks);
+        assert!(
+            !after_kill.is_empty(),
+            "kill point {i}: the node has no default route"
+        );
+        seen.insert(after_kill.clone());
+        routemon(&eks, &state, &PIN_ENS5).success();
+        assert_eq!(
+            defaults(&eks),
+            pinned,
+            "kill point {i}, after the recovering pin (right after the kill: {after_kill:?})"
+        );
+    }
+    routemon(&eks, &state, &["unpin", "--apply"]).success();
+    assert_eq!(defaults(&eks), tie, "unpin restores the original routes");
+    println!(
+        "{points} kill points over 1.5 × {to_pin:?} (guard start to pinned); default-route \
+         states right after a kill: {seen:?}"
+    );
+    // Kills landed before and after the re-pin.
+    assert!(seen.len() >= 2, "{seen:?}");
+    let left = routemon_testbed::kernel::routemon_programs_after(Duration::from_secs(5)).unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    let _ = std::fs::remove_dir_all(&state);
+}
