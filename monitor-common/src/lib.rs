@@ -21,9 +21,9 @@ pub const SOURCE_OWNERS_V6_MAP: &str = "SOURCE_OWNERS_V6";
 /// Name of the per-CPU hash of cross-ENI egress: [`CrossEniKey`] → [`PacketCounters`].
 pub const CROSS_ENI_MAP: &str = "CROSS_ENI";
 
-/// Name of the LRU hash of recently seen ingress flows: [`FlowKey`] of the expected
-/// reply → ingress ifindex.
-pub const FLOW_INGRESS_MAP: &str = "FLOW_INGRESS";
+/// Name of the LRU hash of recently seen flows: [`FlowKey`] in the node's egress
+/// direction (for a flow that arrived, the tuple its replies carry) → [`FlowState`].
+pub const FLOWS_MAP: &str = "FLOWS";
 /// Name of the LRU per-CPU hash of asymmetric flows: [`AsymmetricKey`] → [`PacketCounters`].
 pub const ASYMMETRIC_FLOWS_MAP: &str = "ASYMMETRIC_FLOWS";
 /// Flows remembered at ingress; the least recently used are evicted first.
@@ -63,6 +63,48 @@ pub mod program {
     pub const EGRESS_L3: &str = "routemon_tx_l3";
     /// Ingress classifier for interfaces without a link-layer header.
     pub const INGRESS_L3: &str = "routemon_rx_l3";
+    /// Raw tracepoint program on `kfree_skb`: packets the kernel dropped, by reason.
+    pub const DROPS: &str = "routemon_drop";
+}
+
+/// The raw tracepoint [`program::DROPS`] attaches to.
+pub const DROP_TRACEPOINT: &str = "kfree_skb";
+/// Name of the per-CPU hash of kernel drops on monitored interfaces:
+/// [`DropKey`] → packets.
+pub const DROPS_MAP: &str = "DROPS";
+/// (interface, reason) pairs counted; the kernel has about 130 reasons.
+pub const MAX_DROP_KEYS: u32 = 4096;
+/// Name of the global [`DropConfig`] the loader fills in.
+pub const DROP_CONFIG_GLOBAL: &str = "DROP_CONFIG";
+
+/// Key of the drop counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DropKey {
+    /// The device the dropped packet was on (`skb->dev`).
+    pub ifindex: u32,
+    /// `enum skb_drop_reason`.
+    pub reason: u32,
+}
+
+/// Where the drop program finds what it needs in kernel structures (byte offsets
+/// from the kernel's BTF, which differ between kernels), and the network namespace
+/// to count in. All zero: the program counts nothing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropConfig {
+    /// Non-zero when the offsets below are valid.
+    pub enabled: u32,
+    /// `offsetof(struct sk_buff, dev)`.
+    pub skb_dev: u32,
+    /// `offsetof(struct net_device, ifindex)`.
+    pub dev_ifindex: u32,
+    /// `offsetof(struct net_device, nd_net.net)`.
+    pub dev_net: u32,
+    /// `offsetof(struct net, ns.inum)`.
+    pub net_inum: u32,
+    /// The inode number of routemon's network namespace.
+    pub netns_inum: u32,
 }
 
 /// Index into the route counter array. Userspace hands these out; the kernel only
@@ -225,6 +267,22 @@ impl FlowKey {
     }
 }
 
+/// What the flow table holds for one flow: where it arrived and left last, and its
+/// packets and bytes each way. Every CPU updates the one entry (the counters with
+/// atomic adds), so a flow is one entry however many CPUs carry it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowState {
+    /// Interface its incoming packets arrived on last; 0 until one arrives.
+    pub arrived_on: u32,
+    /// Interface its outgoing packets left by last; 0 until one leaves.
+    pub left_by: u32,
+    /// Incoming packets and bytes.
+    pub ingress: PacketCounters,
+    /// Outgoing packets and bytes.
+    pub egress: PacketCounters,
+}
+
 /// Key of asymmetric-flow counters: packets of `flow` (egress direction) left by
 /// `egress_ifindex` although the flow's packets arrived on `ingress_ifindex`.
 #[repr(C)]
@@ -282,7 +340,7 @@ impl SamplerState {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TableStats {
-    /// Flows added to the ingress flow table (new keys, not moves).
+    /// Flows added to the flow table (new keys).
     pub flows_inserted: u64,
     /// Flows added to the asymmetric-flow table.
     pub asymmetric_inserted: u64,
@@ -313,4 +371,7 @@ mod pod {
     unsafe impl aya::Pod for super::SampleEvent {}
     unsafe impl aya::Pod for super::SamplerState {}
     unsafe impl aya::Pod for super::TableStats {}
+    unsafe impl aya::Pod for super::FlowState {}
+    unsafe impl aya::Pod for super::DropKey {}
+    unsafe impl aya::Pod for super::DropConfig {}
 }

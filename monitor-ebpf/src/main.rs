@@ -24,23 +24,29 @@
 //! counted as unattributed.
 #![no_std]
 #![no_main]
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
+    Global,
     bindings::TC_ACT_UNSPEC,
-    helpers::bpf_ktime_get_ns,
-    macros::{classifier, map},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::{classifier, map, raw_tracepoint},
     maps::{
         HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf,
         lpm_trie::Key,
     },
-    programs::TcContext,
+    programs::{RawTracePointContext, TcContext},
 };
 use monitor_common::{
     AsymmetricKey, CrossEniKey, DEFAULT_MAX_INTERFACES, DEFAULT_MAX_OWNED_ADDRESSES,
-    DEFAULT_MAX_ROUTES, FlowKey, IfaceCounters, MAIN_TABLE_SLOT, MAX_ASYMMETRIC_FLOWS,
-    MAX_CROSS_ENI_PAIRS, MAX_SOURCE_RULES, MAX_TRACKED_FLOWS, PacketCounters,
-    ROUTE_KEY_PREFIX_BITS, RouteId, RouteKeyV4, RouteKeyV6, SAMPLE_BURST, SAMPLE_CROSS_ENI,
-    SAMPLES_PER_SECOND_PER_CPU, SAMPLES_RING_BYTES, SampleEvent, SamplerState, TableStats,
+    DEFAULT_MAX_ROUTES, DropConfig, DropKey, FlowKey, FlowState, IfaceCounters, MAIN_TABLE_SLOT,
+    MAX_ASYMMETRIC_FLOWS, MAX_CROSS_ENI_PAIRS, MAX_DROP_KEYS, MAX_SOURCE_RULES, MAX_TRACKED_FLOWS,
+    PacketCounters, ROUTE_KEY_PREFIX_BITS, RouteId, RouteKeyV4, RouteKeyV6, SAMPLE_BURST,
+    SAMPLE_CROSS_ENI, SAMPLES_PER_SECOND_PER_CPU, SAMPLES_RING_BYTES, SampleEvent, SamplerState,
+    TableStats,
 };
 
 /// Per-interface counters, keyed by ifindex. Userspace inserts an entry for each
@@ -93,10 +99,11 @@ static SAMPLES: RingBuf = RingBuf::with_byte_size(SAMPLES_RING_BYTES, 0);
 #[map(name = "SAMPLER")]
 static SAMPLER: PerCpuArray<SamplerState> = PerCpuArray::with_max_entries(1, 0);
 
-/// Recently arrived flows: the 5-tuple their replies will carry → the interface
-/// they arrived on.
-#[map(name = "FLOW_INGRESS")]
-static FLOW_INGRESS: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(MAX_TRACKED_FLOWS, 0);
+/// Recently seen flows, keyed by the node's egress-direction 5-tuple (for a flow
+/// that arrives, the tuple its replies will carry): where they arrived and left,
+/// and their traffic each way.
+#[map(name = "FLOWS")]
+static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(MAX_TRACKED_FLOWS, 0);
 
 /// Packets that left by another interface than their flow arrived on.
 #[map(name = "ASYMMETRIC_FLOWS")]
@@ -225,22 +232,36 @@ fn count_ingress(ctx: &TcContext, link_layer: LinkLayer) {
     // SAFETY: per-CPU value, and TC programs run with migration disabled, so no
     // other program instance writes this copy concurrently.
     let iface = unsafe { &mut *iface };
+    let len = u64::from(ctx.len());
     iface.ingress_packets += 1;
-    iface.ingress_bytes += u64::from(ctx.len());
+    iface.ingress_bytes += len;
 
-    // Remember where the flow arrived, keyed by the tuple its replies will carry;
-    // written only when new or moved, so a steady flow costs one lookup.
+    // Remember where the flow arrived, keyed by the tuple its replies will carry,
+    // and count its traffic.
     if let Some(packet) = parse(ctx, link_layer) {
         let reply = packet.flow.reversed();
-        let seen_on = FLOW_INGRESS
-            .get_ptr(reply)
-            // SAFETY: a valid pointer into the map's value.
-            .map(|seen| unsafe { *seen });
-        if seen_on != Some(ifindex) {
-            let inserted = FLOW_INGRESS.insert(reply, ifindex, 0).is_ok();
-            if inserted && seen_on.is_none() {
-                table_stats(|s| s.flows_inserted += 1);
+        match FLOWS.get_ptr_mut(reply) {
+            Some(state) => {
+                // SAFETY: a valid pointer into the map's value; shared by all CPUs,
+                // so the counters are added atomically.
+                let state = unsafe { &mut *state };
+                if state.arrived_on != ifindex {
+                    state.arrived_on = ifindex;
+                }
+                add_shared(&mut state.ingress, len);
             }
+            None => new_flow(
+                &reply,
+                &FlowState {
+                    arrived_on: ifindex,
+                    left_by: 0,
+                    ingress: PacketCounters {
+                        packets: 1,
+                        bytes: len,
+                    },
+                    egress: PacketCounters::default(),
+                },
+            ),
         }
     }
 }
@@ -291,13 +312,32 @@ fn count_egress(ctx: &TcContext, link_layer: LinkLayer) {
         },
         None => None,
     };
-    if let Some(packet) = &packet
-        && let Some(arrived_on) = FLOW_INGRESS.get_ptr(packet.flow)
-    {
-        // SAFETY: a valid pointer into the map's value.
-        let arrived_on = unsafe { *arrived_on };
-        if arrived_on != ifindex {
-            count_asymmetric(packet.flow, arrived_on, ifindex, len);
+    if let Some(packet) = &packet {
+        match FLOWS.get_ptr_mut(packet.flow) {
+            Some(state) => {
+                // SAFETY: as in count_ingress.
+                let state = unsafe { &mut *state };
+                if state.left_by != ifindex {
+                    state.left_by = ifindex;
+                }
+                add_shared(&mut state.egress, len);
+                let arrived_on = state.arrived_on;
+                if arrived_on != 0 && arrived_on != ifindex {
+                    count_asymmetric(packet.flow, arrived_on, ifindex, len);
+                }
+            }
+            None => new_flow(
+                &packet.flow,
+                &FlowState {
+                    arrived_on: 0,
+                    left_by: ifindex,
+                    ingress: PacketCounters::default(),
+                    egress: PacketCounters {
+                        packets: 1,
+                        bytes: len,
+                    },
+                },
+            ),
         }
     }
     match route.and_then(|id| ROUTE_COUNTERS.get_ptr_mut(id)) {
@@ -348,6 +388,93 @@ impl<A: Copy, K> Tables<A, K> {
                 .copied()
         };
         slot.and_then(lookup).or_else(|| lookup(MAIN_TABLE_SLOT))
+    }
+}
+
+/// Where to find the dropped packet's device and namespace; filled in by the loader
+/// from the kernel's BTF (see `DropConfig`).
+#[unsafe(no_mangle)]
+static DROP_CONFIG: Global<DropConfig> = Global::new(DropConfig {
+    enabled: 0,
+    skb_dev: 0,
+    dev_ifindex: 0,
+    dev_net: 0,
+    net_inum: 0,
+    netns_inum: 0,
+});
+
+/// Packets the kernel dropped on monitored interfaces, by reason.
+#[map(name = "DROPS")]
+static DROPS: PerCpuHashMap<DropKey, u64> = PerCpuHashMap::with_max_entries(MAX_DROP_KEYS, 0);
+
+/// `kfree_skb(skb, location, reason, rx_sk)`: a packet dropped anywhere in the
+/// kernel. Counted when its device is a monitored interface of routemon's
+/// namespace. Runs only for drops, never on the forwarding path.
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn routemon_drop(ctx: RawTracePointContext) -> i32 {
+    let _ = count_drop(&ctx);
+    0
+}
+
+#[inline(always)]
+fn count_drop(ctx: &RawTracePointContext) -> Option<()> {
+    let config = DROP_CONFIG.load();
+    if config.enabled == 0 {
+        return None;
+    }
+    let skb: u64 = ctx.arg(0);
+    let reason: u64 = ctx.arg(2);
+    let dev: u64 = read_kernel(skb, config.skb_dev)?;
+    if dev == 0 {
+        return None;
+    }
+    let ifindex: u32 = read_kernel(dev, config.dev_ifindex)?;
+    // Monitored interfaces only (the cheap test first)…
+    IFACE_COUNTERS.get_ptr(ifindex)?;
+    // …of routemon's namespace: ifindexes repeat across namespaces.
+    let net: u64 = read_kernel(dev, config.dev_net)?;
+    let inum: u32 = read_kernel(net, config.net_inum)?;
+    if inum != config.netns_inum {
+        return None;
+    }
+    let key = DropKey {
+        ifindex,
+        reason: reason as u32,
+    };
+    match DROPS.get_ptr_mut(&key) {
+        // SAFETY: per-CPU value; tracing programs run with migration disabled.
+        Some(count) => unsafe { *count += 1 },
+        None => {
+            let _ = DROPS.insert(&key, &1, 0);
+        }
+    }
+    Some(())
+}
+
+/// Reads a `T` at `base + offset` of kernel memory.
+#[inline(always)]
+fn read_kernel<T>(base: u64, offset: u32) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel checks the address and fails on a bad one.
+    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.ok()
+}
+
+/// Adds one packet of `len` bytes to counters that every CPU writes.
+#[inline(always)]
+fn add_shared(counters: &mut PacketCounters, len: u64) {
+    // The BPF target has no atomic read-modify-write types; the intrinsic compiles
+    // to the instruction (BPF_ATOMIC | BPF_ADD, "lock xadd").
+    // SAFETY: the fields are valid, aligned u64s for the duration of the calls.
+    unsafe {
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut counters.packets, 1);
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut counters.bytes, len);
+    }
+}
+
+/// Adds a flow to the flow table (evicting the least recently used when full).
+#[inline(always)]
+fn new_flow(key: &FlowKey, state: &FlowState) {
+    if FLOWS.insert(key, state, 0).is_ok() {
+        table_stats(|s| s.flows_inserted += 1);
     }
 }
 

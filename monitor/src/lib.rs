@@ -12,6 +12,7 @@ pub mod commands;
 pub mod doctor;
 pub mod ebpf;
 pub mod findings;
+pub mod flows;
 pub mod model;
 pub mod output;
 pub mod pin;

@@ -60,6 +60,9 @@ pub struct SnapshotInfo {
     pub interfaces_added_during: Vec<String>,
     /// How full the bounded kernel tables got, and what they dropped.
     pub tables: crate::ebpf::usage::TableUsage,
+    /// Why kernel drops were not counted, when they were not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drops_unavailable: Option<String>,
 }
 
 /// The primary interface.
@@ -106,6 +109,13 @@ pub struct InterfaceReport {
     /// Bytes of those packets (snapshot only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub egress_unattributed_bytes: Option<u64>,
+    /// Its busiest flows over the count, by bytes both ways (snapshot only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_flows: Option<Vec<crate::flows::FlowReport>>,
+    /// Packets the kernel dropped on it, by drop reason (snapshot only, when the
+    /// kernel's BTF makes drop reasons available).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drops: Option<BTreeMap<String, u64>>,
 }
 
 /// One route.
@@ -238,6 +248,8 @@ impl Report {
                     ingress_bytes: counters.map(|c| c.ingress_bytes),
                     egress_unattributed_packets: counters.map(|c| c.egress_unattributed_packets),
                     egress_unattributed_bytes: counters.map(|c| c.egress_unattributed_bytes),
+                    top_flows: None,
+                    drops: None,
                 }
             })
             .collect();

@@ -20,6 +20,9 @@ use crate::{
     signals::Shutdown,
 };
 
+/// Flows listed per interface.
+const TOP_FLOWS: usize = 10;
+
 /// How often samples are read from the kernel's ring buffer during a count.
 const SAMPLE_DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
@@ -63,6 +66,10 @@ pub async fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
             return Err(err.into());
         }
     }
+    let drops_unavailable = monitor.attach_drop_counter().err().map(|err| {
+        tracing::info!("{err}");
+        err.to_string()
+    });
     let via = monitor
         .attachments()
         .iter()
@@ -114,21 +121,17 @@ pub async fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
 
     // Read the counters, then detach whatever happened while reading; a failed
     // detach is reported after the counts, which are not thrown away.
-    let counters = monitor.interface_counters().and_then(|ifaces| {
-        let routes = monitor.route_counters(plan.route_ids.len())?;
-        let cross_eni = monitor.cross_eni_counters()?;
-        let tables = monitor.table_usage()?;
-        Ok((
-            ifaces,
-            routes,
-            cross_eni,
-            monitor.asymmetric_flows()?,
-            tables,
-        ))
-    });
+    let counters = Readings::read(&monitor, plan.route_ids.len());
     let detached = monitor.detach(&netlink).await;
-    let (interfaces, routes, cross_eni, asymmetric, tables) =
-        counters.context("reading the eBPF counters")?;
+    let Readings {
+        interfaces,
+        routes,
+        cross_eni,
+        asymmetric,
+        tables,
+        flows,
+        drops,
+    } = counters.context("reading the eBPF counters")?;
     let mut findings = found.findings.clone();
     findings.extend(crate::findings::cross_eni_egress(
         &found.model,
@@ -152,12 +155,21 @@ pub async fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
             plan: &plan,
         }),
     });
-    for iface in report
-        .interfaces
-        .iter_mut()
-        .filter(|i| changes.gone.contains(&i.ifindex))
-    {
-        iface.state = "gone".to_owned();
+    let mut top_flows = crate::flows::top_per_interface(&found.model, &flows, TOP_FLOWS);
+    for iface in &mut report.interfaces {
+        if changes.gone.contains(&iface.ifindex) {
+            iface.state = "gone".to_owned();
+        }
+        iface.top_flows = Some(top_flows.remove(&iface.ifindex).unwrap_or_default());
+        if drops_unavailable.is_none() {
+            iface.drops = Some(
+                drops
+                    .iter()
+                    .filter(|((ifindex, _), _)| *ifindex == iface.ifindex)
+                    .map(|((_, reason), n)| (reason.clone(), *n))
+                    .collect(),
+            );
+        }
     }
     report.snapshot = Some(SnapshotInfo {
         requested_seconds: args.duration.as_secs_f64(),
@@ -168,10 +180,38 @@ pub async fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
         routes_removed_during: changes.routes_removed,
         interfaces_added_during: changes.interfaces_added,
         tables,
+        drops_unavailable,
     });
     print_report(&report, &args.selection)?;
     detached.context("detaching routemon's programs")?;
     Ok(())
+}
+
+/// Everything the kernel counted, read at the end of the count.
+struct Readings {
+    interfaces: std::collections::BTreeMap<u32, monitor_common::IfaceCounters>,
+    routes: Vec<monitor_common::PacketCounters>,
+    cross_eni:
+        std::collections::BTreeMap<monitor_common::CrossEniKey, monitor_common::PacketCounters>,
+    asymmetric:
+        std::collections::BTreeMap<monitor_common::AsymmetricKey, monitor_common::PacketCounters>,
+    tables: crate::ebpf::usage::TableUsage,
+    flows: Vec<(monitor_common::FlowKey, monitor_common::FlowState)>,
+    drops: std::collections::BTreeMap<(u32, String), u64>,
+}
+
+impl Readings {
+    fn read(monitor: &Monitor, route_count: usize) -> Result<Self, crate::ebpf::EbpfError> {
+        Ok(Self {
+            interfaces: monitor.interface_counters()?,
+            routes: monitor.route_counters(route_count)?,
+            cross_eni: monitor.cross_eni_counters()?,
+            asymmetric: monitor.asymmetric_flows()?,
+            tables: monitor.table_usage()?,
+            flows: monitor.flows()?,
+            drops: monitor.drop_counters()?,
+        })
+    }
 }
 
 /// What changed in the network while routemon counted.

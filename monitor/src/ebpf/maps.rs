@@ -9,7 +9,8 @@ use aya::{
 };
 use ipnet::IpNet;
 use monitor_common::{
-    IFACE_COUNTERS_MAP, IfaceCounters, MAX_SOURCE_RULES, PacketCounters, ROUTE_COUNTERS_MAP,
+    DROPS_MAP, DropKey, FLOWS_MAP, FlowKey, FlowState, IFACE_COUNTERS_MAP, IfaceCounters,
+    MAX_DROP_KEYS, MAX_SOURCE_RULES, MAX_TRACKED_FLOWS, PacketCounters, ROUTE_COUNTERS_MAP,
     ROUTE_KEY_PREFIX_BITS, ROUTES_V4_MAP, ROUTES_V6_MAP, RouteKeyV4, RouteKeyV6, SAMPLER_MAP,
     SOURCE_OWNERS_V4_MAP, SOURCE_OWNERS_V6_MAP, SOURCE_RULES_V4_MAP, SOURCE_RULES_V6_MAP,
     SamplerState, TABLE_STATS_MAP, TableStats,
@@ -386,6 +387,30 @@ fn summed_first<T: aya::Pod + Default>(
     let mut total = T::default();
     per_cpu.iter().for_each(|v| add(&mut total, v));
     Ok(total)
+}
+
+/// Reads the drop counters, summed over CPUs.
+pub fn drop_counters(ebpf: &Ebpf) -> Result<BTreeMap<DropKey, u64>, EbpfError> {
+    let counters: PerCpuHashMap<&MapData, DropKey, u64> =
+        PerCpuHashMap::try_from(map(ebpf, DROPS_MAP)?).map_err(map_error(DROPS_MAP))?;
+    let mut out = BTreeMap::new();
+    for item in counters.iter().take(MAX_DROP_KEYS as usize) {
+        let (key, per_cpu) = item.map_err(map_error(DROPS_MAP))?;
+        out.insert(key, per_cpu.iter().sum());
+    }
+    Ok(out)
+}
+
+/// Reads every flow of the flow table (at most its capacity: see [`key_count`]).
+pub fn flows(ebpf: &Ebpf) -> Result<Vec<(FlowKey, FlowState)>, EbpfError> {
+    let table: HashMap<&MapData, FlowKey, FlowState> =
+        HashMap::try_from(map(ebpf, FLOWS_MAP)?).map_err(map_error(FLOWS_MAP))?;
+    // An entry evicted while the table is read is skipped, not an error.
+    Ok(table
+        .iter()
+        .take(MAX_TRACKED_FLOWS as usize)
+        .filter_map(Result::ok)
+        .collect())
 }
 
 /// Reads the sampler's per-CPU counts, summed.

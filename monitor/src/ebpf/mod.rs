@@ -2,6 +2,8 @@
 //! and reading the counters back.
 
 mod attach;
+pub mod btf;
+pub mod drops;
 mod maps;
 pub mod pinning;
 pub mod test_run;
@@ -9,11 +11,16 @@ pub mod usage;
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use aya::{Ebpf, EbpfLoader, programs::SchedClassifier};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{RawTracePoint, SchedClassifier},
+};
+use drops::DropSetup;
 use monitor_common::{
-    ASYMMETRIC_FLOWS_MAP, AsymmetricKey, CROSS_ENI_MAP, CrossEniKey, IFACE_COUNTERS_MAP,
-    IfaceCounters, PacketCounters, ROUTE_COUNTERS_MAP, ROUTES_V4_MAP, ROUTES_V6_MAP, SAMPLES_MAP,
-    SOURCE_OWNERS_V4_MAP, SOURCE_OWNERS_V6_MAP, SampleEvent, program,
+    ASYMMETRIC_FLOWS_MAP, AsymmetricKey, CROSS_ENI_MAP, CrossEniKey, DROP_CONFIG_GLOBAL,
+    DROP_TRACEPOINT, IFACE_COUNTERS_MAP, IfaceCounters, PacketCounters, ROUTE_COUNTERS_MAP,
+    ROUTES_V4_MAP, ROUTES_V6_MAP, SAMPLES_MAP, SOURCE_OWNERS_V4_MAP, SOURCE_OWNERS_V6_MAP,
+    SampleEvent, program,
 };
 use thiserror::Error;
 
@@ -78,6 +85,10 @@ pub struct Monitor {
     ebpf: Ebpf,
     attachments: Vec<Attachment>,
     pins: Option<PinStore>,
+    /// Drop-reason counting: its set-up, or why it is unavailable.
+    drops: Result<DropSetup, String>,
+    /// Whether the drop program is attached.
+    drops_attached: bool,
 }
 
 impl Monitor {
@@ -98,7 +109,8 @@ impl Monitor {
         let iface_capacity = u32::try_from(interfaces.len())
             .unwrap_or(u32::MAX)
             .saturating_add(64);
-        let mut ebpf = loader()
+        let drops = DropSetup::from_kernel();
+        let mut ebpf = loader(&drops)
             .map_max_entries(ROUTES_V4_MAP, capacity(v4))
             .map_max_entries(ROUTES_V6_MAP, capacity(v6))
             .map_max_entries(ROUTE_COUNTERS_MAP, capacity(plan.route_ids.len()))
@@ -117,6 +129,8 @@ impl Monitor {
             ebpf,
             attachments: Vec::new(),
             pins: None,
+            drops,
+            drops_attached: false,
         })
     }
 
@@ -130,7 +144,8 @@ impl Monitor {
             .iter()
             .flat_map(|store| layouts.iter().map(|l| (l.name, store.map_path(l.name))))
             .collect();
-        let mut loader = loader();
+        let drops = DropSetup::from_kernel();
+        let mut loader = loader(&drops);
         for layout in &layouts {
             loader.map_max_entries(layout.name, layout.max_entries);
         }
@@ -145,7 +160,54 @@ impl Monitor {
             ebpf,
             attachments: Vec::new(),
             pins,
+            drops,
+            drops_attached: false,
         })
+    }
+
+    /// Starts counting kernel drops on the registered interfaces by reason (the
+    /// `kfree_skb` raw tracepoint). Unavailable without the kernel's BTF: the error
+    /// says why, and nothing else depends on it.
+    pub fn attach_drop_counter(&mut self) -> Result<(), EbpfError> {
+        if self.drops_attached {
+            return Ok(());
+        }
+        if let Err(why) = &self.drops {
+            return Err(EbpfError::Other(format!("drop reasons unavailable: {why}")));
+        }
+        let name = program::DROPS;
+        let fail = |source| EbpfError::Program {
+            program: name,
+            source,
+        };
+        let program: &mut RawTracePoint = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| {
+                EbpfError::Other(format!("program {name} missing from the eBPF object"))
+            })?
+            .try_into()
+            .map_err(fail)?;
+        program.load().map_err(fail)?;
+        program.attach(DROP_TRACEPOINT).map_err(fail)?;
+        self.drops_attached = true;
+        Ok(())
+    }
+
+    /// Whether drops are being counted.
+    pub fn counts_drops(&self) -> bool {
+        self.drops_attached
+    }
+
+    /// Packets dropped per (interface, reason name), summed over CPUs.
+    pub fn drop_counters(&self) -> Result<BTreeMap<(u32, String), u64>, EbpfError> {
+        let Ok(setup) = &self.drops else {
+            return Ok(BTreeMap::new());
+        };
+        Ok(maps::drop_counters(&self.ebpf)?
+            .into_iter()
+            .map(|(key, n)| ((key.ifindex, setup.reason_name(key.reason)), n))
+            .collect())
     }
 
     /// Attaches the egress and ingress programs that fit the link's framing.
@@ -328,6 +390,13 @@ impl Monitor {
         Ok(SampleReader { ring })
     }
 
+    /// Every flow in the kernel's flow table.
+    pub fn flows(
+        &self,
+    ) -> Result<Vec<(monitor_common::FlowKey, monitor_common::FlowState)>, EbpfError> {
+        maps::flows(&self.ebpf)
+    }
+
     /// How full the bounded kernel tables are and what they dropped.
     pub fn table_usage(&self) -> Result<usage::TableUsage, EbpfError> {
         usage::read(&self.ebpf)
@@ -412,12 +481,15 @@ const PROGRAMS: [&str; 4] = [
     program::INGRESS_L3,
 ];
 
-/// A loader that skips the kernel's BTF: the programs read only `__sk_buff` and
-/// packet data, with no CO-RE relocation to resolve, and parsing the kernel's
-/// several megabytes of BTF would only slow every start.
-fn loader() -> EbpfLoader<'static> {
+/// A loader that skips aya's own use of the kernel's BTF: the programs have no
+/// CO-RE relocation to resolve (the drop program gets its few offsets from
+/// [`DropSetup`] instead), and aya's BTF parsing would only slow every start.
+fn loader(drops: &Result<DropSetup, String>) -> EbpfLoader<'_> {
     let mut loader = EbpfLoader::new();
     loader.btf(None);
+    if let Ok(setup) = drops {
+        loader.override_global(DROP_CONFIG_GLOBAL, &setup.config, true);
+    }
     loader
 }
 

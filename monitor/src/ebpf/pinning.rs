@@ -18,16 +18,17 @@ use std::{
 
 use aya::maps::{MapInfo, MapType};
 use monitor_common::{
-    ASYMMETRIC_FLOWS_MAP, AsymmetricKey, CROSS_ENI_MAP, CrossEniKey, FLOW_INGRESS_MAP, FlowKey,
-    IFACE_COUNTERS_MAP, IfaceCounters, PacketCounters, ROUTE_COUNTERS_MAP, ROUTES_V4_MAP,
-    ROUTES_V6_MAP, RouteKeyV4, RouteKeyV6, SAMPLER_MAP, SOURCE_OWNERS_V4_MAP, SOURCE_OWNERS_V6_MAP,
-    SOURCE_RULES_V4_MAP, SOURCE_RULES_V6_MAP, SamplerState, TABLE_STATS_MAP, TableStats,
+    ASYMMETRIC_FLOWS_MAP, AsymmetricKey, CROSS_ENI_MAP, CrossEniKey, DROPS_MAP, DropKey, FLOWS_MAP,
+    FlowKey, FlowState, IFACE_COUNTERS_MAP, IfaceCounters, PacketCounters, ROUTE_COUNTERS_MAP,
+    ROUTES_V4_MAP, ROUTES_V6_MAP, RouteKeyV4, RouteKeyV6, SAMPLER_MAP, SOURCE_OWNERS_V4_MAP,
+    SOURCE_OWNERS_V6_MAP, SOURCE_RULES_V4_MAP, SOURCE_RULES_V6_MAP, SamplerState, TABLE_STATS_MAP,
+    TableStats,
 };
 
 use super::{Direction, EbpfError};
 
 /// Bumped whenever a pinned map's meaning changes without its sizes changing.
-pub const MAP_LAYOUT_VERSION: u32 = 1;
+pub const MAP_LAYOUT_VERSION: u32 = 2;
 
 /// The default pin directory.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/routemon";
@@ -60,7 +61,7 @@ const fn lpm_key<K>() -> usize {
 
 /// Every map routemon pins, with the layout it must have. The sample ring buffer
 /// is not pinned: samples are a live view, not state.
-pub fn pinned_maps() -> [MapLayout; 13] {
+pub fn pinned_maps() -> [MapLayout; 14] {
     use monitor_common::{
         DEFAULT_MAX_INTERFACES, DEFAULT_MAX_OWNED_ADDRESSES, DEFAULT_MAX_ROUTES,
         MAX_ASYMMETRIC_FLOWS, MAX_CROSS_ENI_PAIRS, MAX_SOURCE_RULES, MAX_TRACKED_FLOWS,
@@ -137,10 +138,10 @@ pub fn pinned_maps() -> [MapLayout; 13] {
             MAX_CROSS_ENI_PAIRS,
         ),
         layout(
-            FLOW_INGRESS_MAP,
+            FLOWS_MAP,
             MapType::LruHash,
             size_of::<FlowKey>(),
-            4,
+            size_of::<FlowState>(),
             MAX_TRACKED_FLOWS,
         ),
         layout(
@@ -163,6 +164,13 @@ pub fn pinned_maps() -> [MapLayout; 13] {
             4,
             size_of::<TableStats>(),
             1,
+        ),
+        layout(
+            DROPS_MAP,
+            MapType::PerCpuHash,
+            size_of::<DropKey>(),
+            8,
+            monitor_common::MAX_DROP_KEYS,
         ),
     ]
 }

@@ -7,7 +7,7 @@
 
 use aya::Ebpf;
 use monitor_common::{
-    ASYMMETRIC_FLOWS_MAP, AsymmetricKey, CROSS_ENI_MAP, CrossEniKey, FLOW_INGRESS_MAP, FlowKey,
+    ASYMMETRIC_FLOWS_MAP, AsymmetricKey, CROSS_ENI_MAP, CrossEniKey, FLOWS_MAP, FlowKey, FlowState,
     MAX_ASYMMETRIC_FLOWS, MAX_CROSS_ENI_PAIRS, MAX_TRACKED_FLOWS, PacketCounters,
 };
 use serde::Serialize;
@@ -87,7 +87,7 @@ impl TableUsage {
 pub fn read(ebpf: &Ebpf) -> Result<TableUsage, EbpfError> {
     let stats = maps::table_stats(ebpf)?;
     let sampler = maps::sampler_totals(ebpf)?;
-    let flows = maps::key_count::<FlowKey, u32>(ebpf, FLOW_INGRESS_MAP, false, MAX_TRACKED_FLOWS)?;
+    let flows = maps::key_count::<FlowKey, FlowState>(ebpf, FLOWS_MAP, false, MAX_TRACKED_FLOWS)?;
     let asymmetric = maps::key_count::<AsymmetricKey, PacketCounters>(
         ebpf,
         ASYMMETRIC_FLOWS_MAP,

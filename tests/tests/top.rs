@@ -1,0 +1,121 @@
+//! Top flows and kernel drop reasons (`snapshot --json`), on the two-ENI testbed.
+
+use std::time::Duration;
+
+use routemon_testbed::{
+    INTERNET_V4, Testbed,
+    cmd::require_root,
+    kernel,
+    routemon::Running,
+    traffic::{UdpBurst, send_udp, spawn_udp_echo},
+};
+use serde_json::Value;
+
+fn interface<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == name)
+        .unwrap_or_else(|| panic!("no interface {name} in {report:#}"))
+}
+
+/// The flow of `interface`'s top flows whose node-side port is `port`.
+fn top_flow<'a>(report: &'a Value, interface_name: &str, port: u16) -> &'a Value {
+    interface(report, interface_name)["top_flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["src_port"] == port)
+        .unwrap_or_else(|| panic!("no flow with port {port} on {interface_name}: {report:#}"))
+}
+
+/// `count` datagrams of 100 bytes from the internet host to port 9 of ens6's
+/// address, sent by the router into the node's ens6.
+fn from_internet_into_ens6(bed: &Testbed, count: usize) -> UdpBurst {
+    UdpBurst {
+        dst: bed.uplink("ens6").addr4.into(),
+        device: Some(bed.uplink("ens6").router_side.clone()),
+        src: Some(INTERNET_V4.into()),
+        count,
+        payload: 100,
+    }
+}
+
+/// The asymmetric path of the seed's incidents: a request in by the secondary ENI
+/// (ens6), its reply out of the primary (ens5, the preferred default). The flow is
+/// among the top flows of both, marked asymmetric, with its traffic each way.
+#[test]
+fn an_asymmetric_flow_is_a_top_flow_of_both_enis() {
+    require_root();
+    let bed = Testbed::ens5_ens6(1000, 1024).unwrap();
+    let ens6_addr = bed.uplink("ens6").addr4;
+    let echo = spawn_udp_echo(&bed.node, ens6_addr.into(), 9, 6).unwrap();
+    let running = Running::start(&bed.node, &["snapshot", "--duration", "2s", "--json"]).unwrap();
+    send_udp(&bed.router, &from_internet_into_ens6(&bed, 6)).unwrap();
+    let report = running
+        .wait(Duration::from_secs(30))
+        .unwrap()
+        .success()
+        .json();
+    assert_eq!(echo.join().unwrap(), 6, "the node echoed every datagram");
+    for dev in ["ens5", "ens6"] {
+        let flow = top_flow(&report, dev, 9);
+        assert_eq!(flow["protocol"], "udp");
+        assert_eq!(flow["src"], ens6_addr.to_string());
+        assert_eq!(flow["dst"], INTERNET_V4.to_string());
+        assert_eq!(flow["arrived_on"], "ens6");
+        assert_eq!(flow["left_by"], "ens5");
+        assert_eq!(flow["asymmetric"], true);
+        assert_eq!(flow["ingress_packets"], 6);
+        assert_eq!(flow["egress_packets"], 6);
+        // 100 bytes of payload + UDP, IPv4 and Ethernet headers.
+        assert_eq!(flow["ingress_bytes"], 6 * (100 + 8 + 20 + 14));
+    }
+    assert!(
+        kernel::routemon_programs_after(Duration::from_secs(5))
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Strict reverse-path filtering on ens6 while the preferred default leaves by
+/// ens5: traffic from the internet arriving on ens6 is dropped by the node itself.
+/// The snapshot counts it under the kernel's reason, IP_RPFILTER, on ens6, and
+/// shows the flow among ens6's top flows (it passed the ingress hook first).
+#[test]
+fn an_rp_filter_drop_is_counted_under_its_reason() {
+    require_root();
+    let bed = Testbed::ens5_ens6(1000, 1024).unwrap();
+    bed.node
+        .sysctl(&[
+            "net.ipv4.conf.all.rp_filter=1",
+            "net.ipv4.conf.ens6.rp_filter=1",
+        ])
+        .unwrap();
+    let running = Running::start(&bed.node, &["snapshot", "--duration", "2s", "--json"]).unwrap();
+    send_udp(&bed.router, &from_internet_into_ens6(&bed, 5)).unwrap();
+    let report = running
+        .wait(Duration::from_secs(30))
+        .unwrap()
+        .success()
+        .json();
+    let ens6 = interface(&report, "ens6");
+    assert_eq!(
+        ens6["drops"]["IP_RPFILTER"], 5,
+        "drops on ens6: {}",
+        ens6["drops"]
+    );
+    assert_eq!(
+        interface(&report, "ens5")["drops"]
+            .as_object()
+            .unwrap()
+            .get("IP_RPFILTER"),
+        None
+    );
+    let flow = top_flow(&report, "ens6", 9);
+    assert_eq!(flow["arrived_on"], "ens6");
+    assert_eq!(flow["ingress_packets"], 5);
+    assert_eq!(flow["egress_packets"], 0, "no reply: dropped on the way in");
+    assert_eq!(report["snapshot"].get("drops_unavailable"), None);
+}
