@@ -119,3 +119,32 @@ fn an_rp_filter_drop_is_counted_under_its_reason() {
     assert_eq!(flow["egress_packets"], 0, "no reply: dropped on the way in");
     assert_eq!(report["snapshot"].get("drops_unavailable"), None);
 }
+
+/// `watch` exports the same drops, per interface and reason only (bounded
+/// cardinality).
+#[test]
+fn watch_exports_drops_per_interface_and_reason() {
+    use routemon_testbed::watch::{PinDir, Watch, net_launcher, sample, scrape};
+    require_root();
+    let bed = Testbed::ens5_ens6(1000, 1024).unwrap();
+    bed.node
+        .sysctl(&[
+            "net.ipv4.conf.all.rp_filter=1",
+            "net.ipv4.conf.ens6.rp_filter=1",
+        ])
+        .unwrap();
+    let pins = PinDir::new();
+    let watch = Watch::start(&net_launcher(&bed.node), &["--pin-dir", &pins.arg()]).unwrap();
+    send_udp(&bed.router, &from_internet_into_ens6(&bed, 7)).unwrap();
+    let metrics = scrape(&bed.node).unwrap();
+    let drops = |interface: &str| {
+        sample(
+            &metrics,
+            "routemon_drops_total",
+            &[("interface", interface), ("reason", "IP_RPFILTER")],
+        )
+    };
+    assert_eq!(drops("ens6"), Some(7.0), "{metrics}");
+    assert_eq!(drops("ens5"), None);
+    watch.stop_cleanly().unwrap();
+}

@@ -47,6 +47,10 @@ pub struct MetricsInput<'a> {
     pub events: u64,
     /// Fill and losses of the bounded kernel tables (`None` when unreadable).
     pub tables: Option<TableUsage>,
+    /// Kernel drops on monitored interfaces: (interface, reason, packets).
+    pub drops: Vec<(String, String, u64)>,
+    /// Whether drops are counted (the family is exported only then).
+    pub counts_drops: bool,
 }
 
 /// Builds an exposition: `# HELP`/`# TYPE` once per family, then samples.
@@ -410,6 +414,21 @@ pub fn render(input: &MetricsInput<'_>) -> String {
 
     if let Some(tables) = &input.tables {
         render_tables(&mut x, tables);
+    }
+    if input.counts_drops {
+        x.each(
+            "routemon_drops_total",
+            "counter",
+            "Packets the kernel dropped on the interface, by drop reason (skb:kfree_skb; \
+             IP_RPFILTER, NEIGH_FAILED, QDISC_DROP, NO_SOCKET, …).",
+            &input.drops,
+            |(interface, reason, n)| {
+                (
+                    vec![("interface", interface.clone()), ("reason", reason.clone())],
+                    n.to_string(),
+                )
+            },
+        );
     }
 
     if input.program_stats.iter().any(|(_, _, runs)| *runs > 0) {

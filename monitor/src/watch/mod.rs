@@ -149,7 +149,10 @@ pub async fn run(options: WatchOptions) -> anyhow::Result<()> {
             );
         }
     }
-    let (monitor, reused_maps) = loading.await.context("loading the eBPF object")??;
+    let (mut monitor, reused_maps) = loading.await.context("loading the eBPF object")??;
+    if let Err(err) = monitor.attach_drop_counter() {
+        tracing::info!("{err}; routemon_drops_total is not exported");
+    }
     let mut watcher = Watcher::new(monitor, model, &options)?;
     let started = Instant::now();
     watcher.reconcile(&netlink, started).await;
@@ -631,6 +634,7 @@ impl Watcher {
     }
 
     fn render_metrics(&mut self) -> String {
+        let tables = self.table_usage();
         let live = self.monitor.interface_counters().unwrap_or_else(|err| {
             tracing::warn!("reading interface counters failed: {err}");
             BTreeMap::new()
@@ -688,7 +692,13 @@ impl Watcher {
             .iter()
             .map(|((i, e), c)| (name(*i), name(*e), *c))
             .collect();
-        let tables = self.table_usage();
+        let drops = self
+            .monitor
+            .drop_counters()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|((ifindex, reason), n)| (name(ifindex), reason, n))
+            .collect();
         let findings: Vec<&Finding> = self
             .routing_findings
             .values()
@@ -721,6 +731,8 @@ impl Watcher {
             guard_repins: self.guard.as_ref().map_or(0, Guard::repins),
             events: self.events.written(),
             tables,
+            drops,
+            counts_drops: self.monitor.counts_drops(),
         })
     }
 }
