@@ -105,6 +105,21 @@ address, which the VPC's source/destination check drops; with sampled 5-tuples) 
 asymmetric_flow (flows that arrived on one interface and left by another)."
     )]
     Snapshot(SnapshotArgs),
+    /// Live full-screen view: per-ENI rates and default routes, top flows, kernel
+    /// drops by reason, findings (needs root and a terminal).
+    #[command(
+        long_about = "Attach routemon's programs like `snapshot` and redraw every --interval: \
+per ENI the egress and ingress packets/s and bits/s with a minute of history, the default \
+route it carries with its metric and whether the kernel uses it; per route the egress rate \
+and each default route's share; the busiest flows (5-tuple) of each ENI over the interval, \
+asymmetric (arrived on one ENI, left by another) and cross-ENI flows in red; packets the \
+kernel dropped on each ENI by the kernel's drop reason (IP_RPFILTER, NEIGH_FAILED, \
+QDISC_DROP, NO_SOCKET, …); the findings at the top, coloured by severity.\n\nKeys: q (or \
+Esc, Ctrl-C) quit, s sort flows, p pause, i interface filter, ? help. The terminal is \
+restored and everything detached on every exit, including SIGTERM. Without a terminal \
+routemon refuses: use `snapshot --json` for scripts and `watch` for monitoring."
+    )]
+    Top(TopArgs),
     /// Give the primary interface the only best default route: live, without a gap,
     /// and persisted as systemd-networkd configuration (dry run unless --apply).
     #[command(long_about = PIN_ABOUT)]
@@ -335,6 +350,28 @@ pub struct SnapshotArgs {
     /// How long to count: a number with a unit, e.g. 10s, 500ms, 2m.
     #[arg(short, long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
+
+    /// How to attach: TCX links where available (auto), or force tcx or clsact.
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+    pub attach: AttachMode,
+}
+
+/// `routemon top`.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Show interfaces matching PATTERN (shell glob: ens*, enp*s0, eth?, ens5).
+    /// Repeatable. Default: as for `snapshot`.
+    #[arg(short, long = "interface", value_name = "PATTERN")]
+    pub interfaces: Vec<InterfacePattern>,
+
+    /// The primary interface, whose default route should win. Default: the
+    /// uplink-named interface with the lowest ifindex.
+    #[arg(long, value_name = "IF")]
+    pub primary: Option<String>,
+
+    /// How often to refresh: a number with a unit (1s, 2s, 5s; at least 1s).
+    #[arg(long, default_value = "1s", value_parser = parse_interval)]
+    pub interval: Duration,
 
     /// How to attach: TCX links where available (auto), or force tcx or clsact.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]

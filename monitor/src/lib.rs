@@ -22,6 +22,7 @@ pub mod report;
 pub mod samples;
 pub mod selection;
 pub mod signals;
+pub mod top;
 pub mod watch;
 
 #[cfg(test)]

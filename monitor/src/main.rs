@@ -21,6 +21,8 @@ const EXIT_NOPERM: u8 = 77;
 fn init_logging(cli: &Cli) {
     let default = match (cli.verbose, &cli.command) {
         (0, Command::Watch(_)) => "info",
+        // Log lines would tear the full-screen view; findings are on screen.
+        (_, Command::Top(_)) => "error",
         (0, _) => "warn",
         (1, _) => "info",
         _ => "debug",
@@ -69,6 +71,7 @@ fn main() -> ExitCode {
         match &cli.command {
             Command::Routes(args) => commands::routes::run(args).await.map(|()| 0),
             Command::Snapshot(args) => commands::snapshot::run(args).await.map(|()| 0),
+            Command::Top(args) => commands::top::run(args).await.map(|()| 0),
             Command::Pin(args) => commands::pin::run_pin(args).await.map(|()| 0),
             Command::Unpin(args) => commands::pin::run_unpin(args).await.map(|()| 0),
             Command::Watch(args) => commands::watch::run(args).await.map(|()| 0),

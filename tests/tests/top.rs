@@ -148,3 +148,173 @@ fn watch_exports_drops_per_interface_and_reason() {
     assert_eq!(drops("ens5"), None);
     watch.stop_cleanly().unwrap();
 }
+
+/// A tmux session running one command, killed on drop.
+struct Tmux {
+    session: String,
+}
+
+impl Tmux {
+    fn start(command: &str) -> Self {
+        let session = format!("routemon-top-{}", std::process::id());
+        routemon_testbed::cmd::run(
+            "tmux",
+            &[
+                "new-session",
+                "-d",
+                "-s",
+                &session,
+                "-x",
+                "180",
+                "-y",
+                "50",
+                command,
+            ],
+        )
+        .unwrap();
+        Self { session }
+    }
+
+    fn screen(&self) -> String {
+        routemon_testbed::cmd::run("tmux", &["capture-pane", "-p", "-t", &self.session]).unwrap()
+    }
+
+    fn keys(&self, keys: &str) {
+        routemon_testbed::cmd::run("tmux", &["send-keys", "-t", &self.session, keys]).unwrap();
+    }
+
+    fn query(&self, format: &str) -> String {
+        routemon_testbed::cmd::run(
+            "tmux",
+            &["display-message", "-p", "-t", &self.session, format],
+        )
+        .unwrap()
+        .trim()
+        .to_owned()
+    }
+
+    /// Waits until the screen contains `text`; returns the screen.
+    fn wait_for(&self, text: &str, timeout: Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let screen = self.screen();
+            if screen.contains(text) {
+                return screen;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {text:?} on the screen within {timeout:?}:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = routemon_testbed::cmd::run("tmux", &["kill-session", "-t", &self.session]);
+    }
+}
+
+/// A rate with a k/M/G prefix (at least 1 000 per second) in the screen line.
+fn has_kilo_rate(line: &str) -> bool {
+    line.split_whitespace().any(|token| {
+        token.len() > 1
+            && token.ends_with(['k', 'M', 'G'])
+            && token[..token.len() - 1].parse::<f64>().is_ok()
+    })
+}
+
+/// `top` in a real terminal (tmux): while traffic leaves by both ENIs the screen
+/// shows both with non-zero rates and the equal-metric finding; `q` exits 0 with
+/// the terminal back in normal mode (cooked, primary screen) and nothing attached.
+#[test]
+fn top_in_a_real_terminal_shows_rates_and_findings_and_quits_cleanly() {
+    require_root();
+    let bed = Testbed::ens5_ens6(1024, 1024).unwrap();
+    let command = format!(
+        "nsenter --net={} {} top --interval 1s; echo routemon-exit=$?; stty -a | tr ' ' '\\n' \
+         | grep -x -e icanon -e -icanon; sleep 60",
+        bed.node.path().display(),
+        routemon_testbed::routemon::binary().display(),
+    );
+    let tmux = Tmux::start(&command);
+    tmux.wait_for("Findings", Duration::from_secs(30));
+    assert_eq!(
+        tmux.query("#{alternate_on}"),
+        "1",
+        "top uses the alternate screen"
+    );
+
+    // About 1 000 datagrams per second out of each ENI for 4 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(4);
+    while std::time::Instant::now() < deadline {
+        for dev in ["ens5", "ens6"] {
+            let gateway = bed.uplink(dev).gw4;
+            send_udp(
+                &bed.node,
+                &UdpBurst {
+                    dst: gateway.into(),
+                    device: Some(dev.to_owned()),
+                    src: None,
+                    count: 100,
+                    payload: 100,
+                },
+            )
+            .unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let screen = tmux.screen();
+    for dev in ["ens5", "ens6"] {
+        let row = screen
+            .lines()
+            .find(|l| l.contains(&format!("│{dev}")) && l.contains("metric"))
+            .unwrap_or_else(|| panic!("no {dev} row:\n{screen}"));
+        assert!(
+            has_kilo_rate(row),
+            "{dev} has no traffic rate: {row}\n{screen}"
+        );
+    }
+    assert!(
+        screen
+            .lines()
+            .any(|l| l.contains("critical") && l.contains("1024")),
+        "the equal-metric finding is shown:\n{screen}"
+    );
+
+    tmux.keys("?");
+    tmux.wait_for("this help", Duration::from_secs(5));
+    tmux.keys("q");
+    let after = tmux.wait_for("routemon-exit=", Duration::from_secs(15));
+    assert!(after.contains("routemon-exit=0"), "{after}");
+    assert!(
+        after.lines().any(|l| l.trim() == "icanon"),
+        "the terminal is back in canonical mode:\n{after}"
+    );
+    assert_eq!(
+        tmux.query("#{alternate_on}"),
+        "0",
+        "back on the primary screen"
+    );
+    assert!(
+        kernel::routemon_programs_after(Duration::from_secs(5))
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Without a terminal `top` refuses, pointing to `snapshot` and `watch`.
+#[test]
+fn top_without_a_terminal_points_to_snapshot_and_watch() {
+    require_root();
+    let finished = routemon_testbed::routemon::run(None, &["top"]).unwrap();
+    assert_ne!(finished.status.code(), Some(0));
+    assert!(
+        finished.stderr.contains("needs a terminal")
+            && finished.stderr.contains("routemon snapshot")
+            && finished.stderr.contains("routemon watch"),
+        "{}",
+        finished.stderr
+    );
+}

@@ -1,10 +1,12 @@
 //! The subcommands.
 
 pub mod cleanup;
+pub mod counting;
 pub mod doctor;
 pub mod pin;
 pub mod routes;
 pub mod snapshot;
+pub mod top;
 pub mod watch;
 
 use std::collections::BTreeSet;

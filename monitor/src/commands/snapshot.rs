@@ -4,13 +4,14 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 
-use super::{Investigation, print_report};
+use super::{
+    Investigation,
+    counting::{Counting, Readings},
+    print_report,
+};
 use crate::{
-    attribution::AttributionPlan,
     cli::SnapshotArgs,
-    ebpf::{AttachedVia, Monitor},
     model::{
-        Link,
         dump::Netlink,
         events::{Groups, Notification, Subscription},
     },
@@ -39,51 +40,15 @@ pub async fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
     let netlink = Netlink::connect()?;
     // Subscribed before the dump, so no address change falls between the two.
     let mut address_events = Subscription::subscribe(Groups::Addresses)?;
-    let found = Investigation::gather(&netlink, &args.selection).await?;
-    let plan = AttributionPlan::build(&found.model, &found.monitored);
-    let links: Vec<&Link> = found
-        .monitored
-        .iter()
-        .filter_map(|i| found.model.links.get(i))
-        .collect();
-    anyhow::ensure!(
-        !links.is_empty(),
-        "no interface to monitor: none holds a default route or is named like an uplink \
-         (ens*, enp*, eth*); choose some with --interface"
-    );
-
-    let source_owners: Vec<(std::net::IpAddr, u32)> = found
-        .model
-        .owned_addresses(|i| found.monitored.contains(&i))
-        .collect();
-    let mut monitor = Monitor::load(&plan, &links, &source_owners)?;
-    for link in &links {
-        if let Err(err) = monitor.attach(link, args.attach) {
-            // Leave nothing behind: undo what was attached before failing.
-            if let Err(detach_err) = monitor.detach(&netlink).await {
-                tracing::error!("cleanup after the failed attach also failed: {detach_err}");
-            }
-            return Err(err.into());
-        }
-    }
-    let drops_unavailable = monitor.attach_drop_counter().err().map(|err| {
-        tracing::info!("{err}");
-        err.to_string()
-    });
-    let via = monitor
-        .attachments()
-        .iter()
-        .map(|a| a.via)
-        .max_by_key(|via| *via == AttachedVia::Clsact)
-        .map_or_else(String::new, |via| via.to_string());
-    let names: Vec<&str> = links.iter().map(|l| l.name.as_str()).collect();
+    let mut counting = Counting::start(&netlink, &args.selection, args.attach).await?;
+    let via = counting.attached_via();
     eprintln!(
         "routemon: counting on {} ({via}) for {}; Ctrl-C stops early",
-        names.join(", "),
+        counting.interface_names().join(", "),
         humantime::format_duration(args.duration)
     );
 
-    let mut sample_reader = monitor.take_samples()?;
+    let mut sample_reader = counting.monitor.take_samples()?;
     let mut samples = SampleCollector::default();
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + args.duration;
@@ -98,13 +63,13 @@ pub async fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
                 // Secondary IPs come and go (the VPC CNI assigns them to pods' ENIs):
                 // keep the cross-ENI owner map current.
                 let (addr, owner) = match change {
-                    Notification::AddressAdded(a) if found.monitored.contains(&a.ifindex) => {
+                    Notification::AddressAdded(a) if counting.found.monitored.contains(&a.ifindex) => {
                         (a.addr.addr(), Some(a.ifindex))
                     }
                     Notification::AddressRemoved(a) => (a.addr.addr(), None),
                     _ => continue,
                 };
-                if let Err(err) = monitor.set_source_owner(addr, owner) {
+                if let Err(err) = counting.monitor.set_source_owner(addr, owner) {
                     tracing::warn!("could not update the owner of {addr}: {err}");
                 }
             }
@@ -121,7 +86,13 @@ pub async fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
 
     // Read the counters, then detach whatever happened while reading; a failed
     // detach is reported after the counts, which are not thrown away.
-    let counters = Readings::read(&monitor, plan.route_ids.len());
+    let counters = counting.read();
+    let Counting {
+        found,
+        plan,
+        monitor,
+        drops_unavailable,
+    } = counting;
     let detached = monitor.detach(&netlink).await;
     let Readings {
         interfaces,
@@ -185,33 +156,6 @@ pub async fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
     print_report(&report, &args.selection)?;
     detached.context("detaching routemon's programs")?;
     Ok(())
-}
-
-/// Everything the kernel counted, read at the end of the count.
-struct Readings {
-    interfaces: std::collections::BTreeMap<u32, monitor_common::IfaceCounters>,
-    routes: Vec<monitor_common::PacketCounters>,
-    cross_eni:
-        std::collections::BTreeMap<monitor_common::CrossEniKey, monitor_common::PacketCounters>,
-    asymmetric:
-        std::collections::BTreeMap<monitor_common::AsymmetricKey, monitor_common::PacketCounters>,
-    tables: crate::ebpf::usage::TableUsage,
-    flows: Vec<(monitor_common::FlowKey, monitor_common::FlowState)>,
-    drops: std::collections::BTreeMap<(u32, String), u64>,
-}
-
-impl Readings {
-    fn read(monitor: &Monitor, route_count: usize) -> Result<Self, crate::ebpf::EbpfError> {
-        Ok(Self {
-            interfaces: monitor.interface_counters()?,
-            routes: monitor.route_counters(route_count)?,
-            cross_eni: monitor.cross_eni_counters()?,
-            asymmetric: monitor.asymmetric_flows()?,
-            tables: monitor.table_usage()?,
-            flows: monitor.flows()?,
-            drops: monitor.drop_counters()?,
-        })
-    }
 }
 
 /// What changed in the network while routemon counted.

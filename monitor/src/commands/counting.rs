@@ -1,0 +1,126 @@
+//! What `snapshot` and `top` share: gather the routing state, load routemon's
+//! programs for the monitored interfaces, attach them (undoing everything if one
+//! attach fails), and start counting drops.
+
+use std::collections::BTreeMap;
+
+use monitor_common::{
+    AsymmetricKey, CrossEniKey, FlowKey, FlowState, IfaceCounters, PacketCounters,
+};
+
+use super::Investigation;
+use crate::{
+    attribution::AttributionPlan,
+    cli::SelectionArgs,
+    ebpf::{AttachMode, AttachedVia, EbpfError, Monitor, usage::TableUsage},
+    model::{Link, dump::Netlink},
+};
+
+/// Programs loaded and attached to the monitored interfaces.
+pub struct Counting {
+    /// The routing state at the start.
+    pub found: Investigation,
+    /// Route ids of the attribution.
+    pub plan: AttributionPlan,
+    /// The loaded programs.
+    pub monitor: Monitor,
+    /// Why drops are not counted, when they are not.
+    pub drops_unavailable: Option<String>,
+}
+
+impl Counting {
+    /// Gathers the state and attaches to the interfaces `selection` chooses.
+    pub async fn start(
+        netlink: &Netlink,
+        selection: &SelectionArgs,
+        mode: AttachMode,
+    ) -> anyhow::Result<Self> {
+        let found = Investigation::gather(netlink, selection).await?;
+        let plan = AttributionPlan::build(&found.model, &found.monitored);
+        let links: Vec<&Link> = found
+            .monitored
+            .iter()
+            .filter_map(|i| found.model.links.get(i))
+            .collect();
+        anyhow::ensure!(
+            !links.is_empty(),
+            "no interface to monitor: none holds a default route or is named like an uplink \
+             (ens*, enp*, eth*); choose some with --interface"
+        );
+        let source_owners: Vec<(std::net::IpAddr, u32)> = found
+            .model
+            .owned_addresses(|i| found.monitored.contains(&i))
+            .collect();
+        let mut monitor = Monitor::load(&plan, &links, &source_owners)?;
+        for link in &links {
+            if let Err(err) = monitor.attach(link, mode) {
+                // Leave nothing behind: undo what was attached before failing.
+                if let Err(detach_err) = monitor.detach(netlink).await {
+                    tracing::error!("cleanup after the failed attach also failed: {detach_err}");
+                }
+                return Err(err.into());
+            }
+        }
+        let drops_unavailable = monitor.attach_drop_counter().err().map(|err| {
+            tracing::info!("{err}");
+            err.to_string()
+        });
+        Ok(Self {
+            found,
+            plan,
+            monitor,
+            drops_unavailable,
+        })
+    }
+
+    /// `tcx` or `clsact` (clsact if any interface needed it).
+    pub fn attached_via(&self) -> String {
+        self.monitor
+            .attachments()
+            .iter()
+            .map(|a| a.via)
+            .max_by_key(|via| *via == AttachedVia::Clsact)
+            .map_or_else(String::new, |via| via.to_string())
+    }
+
+    /// The monitored interfaces' names.
+    pub fn interface_names(&self) -> Vec<String> {
+        self.found
+            .monitored
+            .iter()
+            .map(|i| self.found.model.link_name(*i))
+            .collect()
+    }
+
+    /// Reads everything the kernel counted so far.
+    pub fn read(&self) -> Result<Readings, EbpfError> {
+        let monitor = &self.monitor;
+        Ok(Readings {
+            interfaces: monitor.interface_counters()?,
+            routes: monitor.route_counters(self.plan.route_ids.len())?,
+            cross_eni: monitor.cross_eni_counters()?,
+            asymmetric: monitor.asymmetric_flows()?,
+            tables: monitor.table_usage()?,
+            flows: monitor.flows()?,
+            drops: monitor.drop_counters()?,
+        })
+    }
+}
+
+/// Everything the kernel counted, cumulative since the programs were loaded.
+pub struct Readings {
+    /// Per interface.
+    pub interfaces: BTreeMap<u32, IfaceCounters>,
+    /// Per route id.
+    pub routes: Vec<PacketCounters>,
+    /// Cross-ENI egress per (egress, owner) pair.
+    pub cross_eni: BTreeMap<CrossEniKey, PacketCounters>,
+    /// Asymmetric flows.
+    pub asymmetric: BTreeMap<AsymmetricKey, PacketCounters>,
+    /// Fill and losses of the bounded tables.
+    pub tables: TableUsage,
+    /// The flow table.
+    pub flows: Vec<(FlowKey, FlowState)>,
+    /// Drops per (interface, reason).
+    pub drops: BTreeMap<(u32, String), u64>,
+}
