@@ -318,3 +318,39 @@ fn top_without_a_terminal_points_to_snapshot_and_watch() {
         finished.stderr
     );
 }
+
+/// SIGTERM (a node shutting down, `kill`) ends `top` like `q`: exit 0, terminal
+/// restored, nothing attached.
+#[test]
+fn top_restores_the_terminal_and_detaches_on_sigterm() {
+    require_root();
+    let bed = Testbed::ens5_ens6(1000, 1024).unwrap();
+    let command = format!(
+        "nsenter --net={} {} top; echo routemon-exit=$?; stty -a | tr ' ' '\\n' \
+         | grep -x -e icanon -e -icanon; sleep 60",
+        bed.node.path().display(),
+        routemon_testbed::routemon::binary().display(),
+    );
+    let tmux = Tmux::start(&command);
+    tmux.wait_for("Findings", Duration::from_secs(30));
+    assert!(
+        kernel::routemon_tcx_links().unwrap() > 0,
+        "attached while shown"
+    );
+    let pid = tmux.query("#{pane_pid}");
+    // The shell's child is nsenter, which execs routemon.
+    let routemon = routemon_testbed::cmd::run("pgrep", &["-P", &pid])
+        .unwrap()
+        .trim()
+        .to_owned();
+    routemon_testbed::cmd::run("kill", &["-TERM", &routemon]).unwrap();
+    let after = tmux.wait_for("routemon-exit=", Duration::from_secs(15));
+    assert!(after.contains("routemon-exit=0"), "{after}");
+    assert!(after.lines().any(|l| l.trim() == "icanon"), "{after}");
+    assert_eq!(tmux.query("#{alternate_on}"), "0");
+    assert!(
+        kernel::routemon_programs_after(Duration::from_secs(5))
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::util;
 
 /// Every target in `fuzz/Cargo.toml`, with what it feeds.
-pub const TARGETS: [(&str, &str); 5] = [
+pub const TARGETS: [(&str, &str); 6] = [
     (
         "user_data",
         "doctor --user-data: raw, MIME, base64, garbage",
@@ -22,6 +22,7 @@ pub const TARGETS: [(&str, &str); 5] = [
     ("networkd_config", ".network parsing, [Match], prediction"),
     ("cli_args", "every command-line value"),
     ("netlink_messages", "rtnetlink decoding into the model"),
+    ("btf", "the kernel BTF reader behind drop reasons"),
 ];
 
 /// libFuzzer's limits: memory per process (MiB), input size, time per input (s).

@@ -65,6 +65,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "c++: cargo-fuzz builds libFuzzer (C++) for the fuzz targets",
     ),
     (
+        "tmux",
+        "tmux: a real terminal for `routemon top` (send-keys, capture-pane)",
+    ),
+    (
         "prometheus",
         "prometheus, promtool: a real server scrapes `watch`, promtool checks /metrics",
     ),

@@ -44,6 +44,8 @@ const TRANSPARENT: [u32; 6] = [
 ];
 /// Anonymous members nested deeper than this are not searched.
 const MAX_NESTING: usize = 16;
+/// Members looked at in one search, at most (`struct sk_buff` needs about 60).
+const MAX_MEMBERS_VISITED: usize = 100_000;
 
 /// A BTF blob that cannot be read.
 #[derive(Debug, Error)]
@@ -199,18 +201,37 @@ impl Btf {
 
     /// Byte offset and type of `member` in the struct or union `ty`, looking
     /// through anonymous structs and unions as C does.
-    fn member(&self, ty: &Type, member: &str, depth: usize) -> Option<(u32, u32)> {
+    fn member(&self, ty: &Type, member: &str) -> Option<(u32, u32)> {
+        let mut budget = MAX_MEMBERS_VISITED;
+        self.member_within(ty, member, 0, &mut budget)
+    }
+
+    /// [`Self::member`], at `depth` of anonymous nesting, visiting at most `budget`
+    /// more members: a crafted blob whose anonymous members refer back to their
+    /// own struct must not make the search exponential.
+    fn member_within(
+        &self,
+        ty: &Type,
+        member: &str,
+        depth: usize,
+        budget: &mut usize,
+    ) -> Option<(u32, u32)> {
         if depth > MAX_NESTING || !matches!(ty.kind, KIND_STRUCT | KIND_UNION) {
             return None;
         }
         for (name, type_id, offset) in self.members(ty) {
+            *budget = budget.checked_sub(1)?;
             if name == member {
                 return Some((offset?, type_id));
             }
             if name.is_empty() {
-                let inner = self.resolve(type_id)?;
-                if let Some((inner_offset, inner_type)) = self.member(inner, member, depth + 1) {
-                    return Some((offset? + inner_offset, inner_type));
+                let Some(inner) = self.resolve(type_id) else {
+                    continue;
+                };
+                if let Some((inner_offset, inner_type)) =
+                    self.member_within(inner, member, depth + 1, budget)
+                {
+                    return Some((offset?.checked_add(inner_offset)?, inner_type));
                 }
             }
         }
@@ -224,7 +245,7 @@ impl Btf {
         let mut ty = self.named(KIND_STRUCT, root)?;
         let mut total = 0u32;
         for (i, member) in path.iter().enumerate() {
-            let (offset, type_id) = self.member(ty, member, 0)?;
+            let (offset, type_id) = self.member(ty, member)?;
             total = total.checked_add(offset)?;
             if i + 1 < path.len() {
                 ty = self.resolve(type_id)?;
@@ -258,7 +279,7 @@ impl Btf {
     /// that an offset points at a pointer before reading through it).
     pub fn member_is_pointer(&self, root: &str, member: &str) -> bool {
         self.named(KIND_STRUCT, root)
-            .and_then(|ty| self.member(ty, member, 0))
+            .and_then(|ty| self.member(ty, member))
             .and_then(|(_, type_id)| self.resolve(type_id))
             .is_some_and(|ty| ty.kind == KIND_PTR)
     }
@@ -284,6 +305,30 @@ mod tests {
             header.extend_from_slice(&word.to_ne_bytes());
         }
         assert!(Btf::parse(header).is_err(), "type section beyond the end");
+    }
+
+    /// A small blob (the fuzz seed) with the shapes of the real structs: an
+    /// anonymous union, a typedef'd struct, an enum.
+    #[test]
+    fn offsets_are_found_through_anonymous_members_and_typedefs() {
+        let seed = include_bytes!("../../../fuzz/corpus/btf/drop-structs.btf");
+        let btf = Btf::parse(seed.to_vec()).unwrap();
+        assert_eq!(btf.member_offset("sk_buff", &["dev"]), Some(0));
+        assert_eq!(btf.member_offset("sk_buff", &["len"]), Some(16));
+        assert!(btf.member_is_pointer("sk_buff", "dev"));
+        assert!(!btf.member_is_pointer("sk_buff", "len"));
+        assert_eq!(btf.member_offset("net_device", &["nd_net", "net"]), Some(8));
+        assert_eq!(btf.member_offset("net", &["ns", "inum"]), Some(8));
+        let setup = crate::ebpf::drops::DropSetup::from_btf(&btf, 7).unwrap();
+        assert_eq!(setup.config.dev_net, 8);
+        assert_eq!(setup.config.netns_inum, 7);
+        assert_eq!(setup.reason_name(16), "IP_RPFILTER");
+        assert_eq!(setup.reason_name(99), "reason_99");
+        // Cut anywhere, it is an error or a smaller set of types, never a panic.
+        for len in 0..seed.len() {
+            let _ =
+                Btf::parse(seed[..len].to_vec()).map(|b| b.member_offset("net", &["ns", "inum"]));
+        }
     }
 
     /// The running kernel's BTF (the CI machine has it, as `preflight` requires for

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use super::TextTable;
 use crate::{
     findings::Finding,
-    report::{Report, RouteReport, RuleReport},
+    report::{InterfaceReport, Report, RouteReport, RuleReport},
 };
 
 /// What to show beyond the defaults.
@@ -149,10 +149,72 @@ pub fn render(report: &Report, options: HumanOptions) -> String {
     }
 
     render_rules(&mut out, &report.rules);
+    if measured {
+        render_traffic(&mut out, &report.interfaces);
+    }
 
     out.push('\n');
     render_findings(&mut out, &report.findings);
     out
+}
+
+/// Flows listed per interface in the text output (JSON has up to ten).
+const TEXT_TOP_FLOWS: usize = 5;
+
+/// Each interface's busiest flows and the kernel's drops on it (snapshots).
+fn render_traffic(out: &mut String, interfaces: &[InterfaceReport]) {
+    let mut flows = TextTable::new(&[
+        "IF",
+        "PROTO",
+        "LOCAL",
+        "REMOTE",
+        "IN",
+        "OUT",
+        ">TX BYTES",
+        ">RX BYTES",
+        "FLAGS",
+    ]);
+    let mut drops = TextTable::new(&["IF", "REASON", ">PACKETS"]);
+    for iface in interfaces {
+        for flow in iface.top_flows.iter().flatten().take(TEXT_TOP_FLOWS) {
+            let flags: Vec<&str> = [
+                (flow.asymmetric, "asymmetric"),
+                (flow.cross_eni, "cross-ENI"),
+            ]
+            .into_iter()
+            .filter_map(|(on, name)| on.then_some(name))
+            .collect();
+            flows.row(vec![
+                iface.name.clone(),
+                flow.protocol.clone(),
+                format!("{}:{}", flow.src, flow.src_port),
+                format!("{}:{}", flow.dst, flow.dst_port),
+                opt(flow.arrived_on.as_ref()),
+                opt(flow.left_by.as_ref()),
+                flow.egress_bytes.to_string(),
+                flow.ingress_bytes.to_string(),
+                flags.join(","),
+            ]);
+        }
+        for (reason, packets) in iface.drops.iter().flatten() {
+            drops.row(vec![
+                iface.name.clone(),
+                reason.clone(),
+                packets.to_string(),
+            ]);
+        }
+    }
+    if !flows.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nTOP FLOWS (by bytes both ways, {TEXT_TOP_FLOWS} per interface)"
+        );
+        out.push_str(&flows.render(2));
+    }
+    if !drops.is_empty() {
+        out.push_str("\nKERNEL DROPS (by the kernel's drop reason)\n");
+        out.push_str(&drops.render(2));
+    }
 }
 
 /// Whether a rule is one the kernel installs in every namespace (`0: lookup local`,
