@@ -346,6 +346,8 @@ pub struct TableStats {
     pub asymmetric_inserted: u64,
     /// Cross-ENI packets not counted because the pair table was full.
     pub cross_eni_uncounted_packets: u64,
+    /// Kernel drops not counted because the (interface, reason) table was full.
+    pub drops_uncounted: u64,
 }
 
 impl TableStats {
@@ -354,6 +356,7 @@ impl TableStats {
         self.flows_inserted += other.flows_inserted;
         self.asymmetric_inserted += other.asymmetric_inserted;
         self.cross_eni_uncounted_packets += other.cross_eni_uncounted_packets;
+        self.drops_uncounted += other.drops_uncounted;
     }
 }
 

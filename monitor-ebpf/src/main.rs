@@ -445,7 +445,9 @@ fn count_drop(ctx: &RawTracePointContext) -> Option<()> {
         // SAFETY: per-CPU value; tracing programs run with migration disabled.
         Some(count) => unsafe { *count += 1 },
         None => {
-            let _ = DROPS.insert(&key, &1, 0);
+            if DROPS.insert(&key, &1, 0).is_err() {
+                table_stats(|s| s.drops_uncounted += 1);
+            }
         }
     }
     Some(())

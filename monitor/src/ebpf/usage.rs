@@ -7,8 +7,9 @@
 
 use aya::Ebpf;
 use monitor_common::{
-    ASYMMETRIC_FLOWS_MAP, AsymmetricKey, CROSS_ENI_MAP, CrossEniKey, FLOWS_MAP, FlowKey, FlowState,
-    MAX_ASYMMETRIC_FLOWS, MAX_CROSS_ENI_PAIRS, MAX_TRACKED_FLOWS, PacketCounters,
+    ASYMMETRIC_FLOWS_MAP, AsymmetricKey, CROSS_ENI_MAP, CrossEniKey, DROPS_MAP, DropKey, FLOWS_MAP,
+    FlowKey, FlowState, MAX_ASYMMETRIC_FLOWS, MAX_CROSS_ENI_PAIRS, MAX_DROP_KEYS,
+    MAX_TRACKED_FLOWS, PacketCounters,
 };
 use serde::Serialize;
 
@@ -39,14 +40,15 @@ impl LruUsage {
     }
 }
 
-/// The cross-ENI pair table (a plain hash: full means new pairs go uncounted).
+/// A table of counters per pair (cross-ENI pairs, interface and drop reason): a
+/// plain hash, so when full new pairs go uncounted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct PairUsage {
     /// Pairs it can hold.
     pub capacity: u32,
     /// Pairs it holds now.
     pub entries: u64,
-    /// Cross-ENI packets of pairs that found the table full.
+    /// Packets of pairs that found the table full.
     pub uncounted_packets: u64,
 }
 
@@ -68,6 +70,8 @@ pub struct TableUsage {
     pub asymmetric_flows: LruUsage,
     /// (egress, source owner) pairs of cross-ENI egress.
     pub cross_eni_pairs: PairUsage,
+    /// (interface, drop reason) pairs of kernel drops.
+    pub drop_reasons: PairUsage,
     /// Packet samples.
     pub samples: SampleUsage,
 }
@@ -78,6 +82,7 @@ impl TableUsage {
         self.flows.evicted > 0
             || self.asymmetric_flows.evicted > 0
             || self.cross_eni_pairs.uncounted_packets > 0
+            || self.drop_reasons.uncounted_packets > 0
     }
 }
 
@@ -111,6 +116,11 @@ pub fn read(ebpf: &Ebpf) -> Result<TableUsage, EbpfError> {
             capacity: MAX_CROSS_ENI_PAIRS,
             entries: pairs,
             uncounted_packets: stats.cross_eni_uncounted_packets,
+        },
+        drop_reasons: PairUsage {
+            capacity: MAX_DROP_KEYS,
+            entries: maps::key_count::<DropKey, u64>(ebpf, DROPS_MAP, true, MAX_DROP_KEYS)?,
+            uncounted_packets: stats.drops_uncounted,
         },
         samples: SampleUsage {
             sent: sampler.sampled,

@@ -72,12 +72,17 @@ pub fn render(report: &Report, options: HumanOptions) -> String {
                 let _ = writeln!(out, "{evicted} {what} (table of {capacity}).");
             }
         }
-        if tables.cross_eni_pairs.uncounted_packets > 0 {
-            let _ = writeln!(
-                out,
-                "{} cross-ENI packets not counted: the table of {} interface pairs is full.",
-                tables.cross_eni_pairs.uncounted_packets, tables.cross_eni_pairs.capacity
-            );
+        for (table, what) in [
+            (&tables.cross_eni_pairs, "cross-ENI packets"),
+            (&tables.drop_reasons, "kernel drops"),
+        ] {
+            if table.uncounted_packets > 0 {
+                let _ = writeln!(
+                    out,
+                    "{} {what} not counted: the table of {} pairs is full.",
+                    table.uncounted_packets, table.capacity
+                );
+            }
         }
         out.push('\n');
     }

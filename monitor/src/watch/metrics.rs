@@ -465,7 +465,14 @@ fn render_tables(x: &mut Exposition, tables: &TableUsage) {
     let sizes = lru
         .iter()
         .map(|(name, t)| (*name, t.entries, t.capacity))
-        .chain([("cross_eni_pairs", pairs.entries, pairs.capacity)]);
+        .chain([
+            ("cross_eni_pairs", pairs.entries, pairs.capacity),
+            (
+                "drop_reasons",
+                tables.drop_reasons.entries,
+                tables.drop_reasons.capacity,
+            ),
+        ]);
     x.family(
         "routemon_table_entries",
         "gauge",
@@ -505,6 +512,16 @@ fn render_tables(x: &mut Exposition, tables: &TableUsage) {
         "routemon_cross_eni_uncounted_packets_total",
         &[],
         pairs.uncounted_packets,
+    );
+    x.family(
+        "routemon_drops_uncounted_total",
+        "counter",
+        "Kernel drops not counted because the (interface, reason) table was full.",
+    );
+    x.sample(
+        "routemon_drops_uncounted_total",
+        &[],
+        tables.drop_reasons.uncounted_packets,
     );
     x.family(
         "routemon_samples_total",
