@@ -8,27 +8,20 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::IpAddr,
 };
 
 use monitor_common::{FlowKey, FlowState, PacketCounters};
 use serde::Serialize;
 
-use crate::model::NetworkModel;
+use crate::{findings::FlowReport, model::NetworkModel};
 
 /// A flow's traffic over an interval, as reported.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct FlowReport {
-    /// `tcp`, `udp`, `icmp`, `icmpv6`, `sctp` or the protocol number.
-    pub protocol: String,
-    /// Source address in the node's egress direction (the node's end).
-    pub src: String,
-    /// Source port (echo identifier for ICMP echo; 0 when none).
-    pub src_port: u16,
-    /// Destination address (the peer).
-    pub dst: String,
-    /// Destination port.
-    pub dst_port: u16,
+pub struct FlowTraffic {
+    /// The 5-tuple in the node's egress direction (`src` is the node's end).
+    #[serde(flatten)]
+    pub flow: FlowReport,
     /// Interface its incoming packets arrived on, if any arrived.
     pub arrived_on: Option<String>,
     /// Interface its outgoing packets left by, if any left.
@@ -49,7 +42,7 @@ pub struct FlowReport {
     pub cross_eni: bool,
 }
 
-impl FlowReport {
+impl FlowTraffic {
     /// Both directions' bytes: what flows are ranked by.
     pub fn bytes(&self) -> u64 {
         self.egress_bytes + self.ingress_bytes
@@ -104,9 +97,9 @@ pub fn top_per_interface(
     model: &NetworkModel,
     flows: &[(FlowKey, FlowState)],
     limit: usize,
-) -> BTreeMap<u32, Vec<FlowReport>> {
+) -> BTreeMap<u32, Vec<FlowTraffic>> {
     let owners: HashMap<IpAddr, u32> = model.owned_addresses(|_| true).collect();
-    let mut by_interface: BTreeMap<u32, Vec<FlowReport>> = BTreeMap::new();
+    let mut by_interface: BTreeMap<u32, Vec<FlowTraffic>> = BTreeMap::new();
     for (key, state) in flows {
         let report = describe(model, &owners, key, state);
         let mut interfaces = [state.arrived_on, state.left_by];
@@ -121,7 +114,11 @@ pub fn top_per_interface(
         }
     }
     for list in by_interface.values_mut() {
-        list.sort_unstable_by(|a, b| b.bytes().cmp(&a.bytes()).then_with(|| a.src.cmp(&b.src)));
+        list.sort_unstable_by(|a, b| {
+            b.bytes()
+                .cmp(&a.bytes())
+                .then_with(|| a.flow.src.cmp(&b.flow.src))
+        });
         list.truncate(limit);
     }
     by_interface
@@ -132,16 +129,16 @@ fn describe(
     owners: &HashMap<IpAddr, u32>,
     key: &FlowKey,
     state: &FlowState,
-) -> FlowReport {
-    let (src, dst) = addresses(key);
+) -> FlowTraffic {
+    let flow = FlowReport::from_key(key);
     let name = |ifindex: u32| (ifindex != 0).then(|| model.link_name(ifindex));
-    let owner = owners.get(&src).copied();
-    FlowReport {
-        protocol: protocol_name(key.protocol, key.ip_version),
-        src: src.to_string(),
-        src_port: key.src_port,
-        dst: dst.to_string(),
-        dst_port: key.dst_port,
+    let owner = flow
+        .src
+        .parse::<IpAddr>()
+        .ok()
+        .and_then(|src| owners.get(&src).copied());
+    FlowTraffic {
+        flow,
         arrived_on: name(state.arrived_on),
         left_by: name(state.left_by),
         egress_packets: state.egress.packets,
@@ -152,30 +149,6 @@ fn describe(
             && state.left_by != 0
             && state.arrived_on != state.left_by,
         cross_eni: state.left_by != 0 && owner.is_some_and(|o| o != state.left_by),
-    }
-}
-
-/// The flow's source and destination as addresses.
-pub fn addresses(key: &FlowKey) -> (IpAddr, IpAddr) {
-    let address = |bytes: [u8; 16]| -> IpAddr {
-        if key.ip_version == 4 {
-            Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).into()
-        } else {
-            Ipv6Addr::from(bytes).into()
-        }
-    };
-    (address(key.src), address(key.dst))
-}
-
-/// `tcp`, `udp`, … or the number.
-pub fn protocol_name(protocol: u8, ip_version: u8) -> String {
-    match (protocol, ip_version) {
-        (6, _) => "tcp".to_owned(),
-        (17, _) => "udp".to_owned(),
-        (1, 4) => "icmp".to_owned(),
-        (58, 6) => "icmpv6".to_owned(),
-        (132, _) => "sctp".to_owned(),
-        (other, _) => other.to_string(),
     }
 }
 
@@ -237,12 +210,12 @@ mod tests {
         ];
         let top = top_per_interface(&model, &flows, 2);
         let ports =
-            |ifindex: u32| -> Vec<u16> { top[&ifindex].iter().map(|f| f.src_port).collect() };
+            |ifindex: u32| -> Vec<u16> { top[&ifindex].iter().map(|f| f.flow.src_port).collect() };
         assert_eq!(ports(2), [2, 3], "by bytes, limited");
         assert_eq!(ports(3), [3]);
         assert!(top[&3][0].asymmetric);
         assert!(!top[&2][0].asymmetric);
-        assert_eq!(top[&2][0].protocol, "udp");
-        assert_eq!(top[&2][0].dst, "198.51.100.10");
+        assert_eq!(top[&2][0].flow.protocol, "udp");
+        assert_eq!(top[&2][0].flow.dst, "198.51.100.10");
     }
 }

@@ -111,7 +111,7 @@ pub struct InterfaceReport {
     pub egress_unattributed_bytes: Option<u64>,
     /// Its busiest flows over the count, by bytes both ways (snapshot only).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub top_flows: Option<Vec<crate::flows::FlowReport>>,
+    pub top_flows: Option<Vec<crate::flows::FlowTraffic>>,
     /// Packets the kernel dropped on it, by drop reason (snapshot only, when the
     /// kernel's BTF makes drop reasons available).
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -234,3 +234,11 @@ impl Drop for Running {
         }
     }
 }
+
+/// The interface called `name` in a report's `interfaces`.
+pub fn interface<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["interfaces"]
+        .as_array()
+        .and_then(|all| all.iter().find(|i| i["name"] == name))
+        .unwrap_or_else(|| panic!("no interface {name} in {report:#}"))
+}

@@ -7,7 +7,7 @@ use routemon_testbed::{
     INTERNET_V4, INTERNET_V6, Testbed, UplinkSpec,
     cmd::require_root,
     kernel::{self, LinkStats},
-    routemon::Running,
+    routemon::{Running, interface},
     traffic::{UdpBurst, send_udp},
 };
 use serde_json::Value;
@@ -34,15 +34,6 @@ fn route<'a>(report: &'a Value, dst: &str, dev: &str) -> &'a Value {
         .iter()
         .find(|r| r["dst"] == dst && r["dev"] == dev && r["table"] == "main")
         .unwrap_or_else(|| panic!("no route {dst} dev {dev} in {report:#}"))
-}
-
-fn interface<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["interfaces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["name"] == name)
-        .unwrap_or_else(|| panic!("no interface {name}"))
 }
 
 #[test]

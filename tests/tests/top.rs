@@ -6,19 +6,10 @@ use routemon_testbed::{
     INTERNET_V4, Testbed,
     cmd::require_root,
     kernel,
-    routemon::Running,
+    routemon::{Running, interface},
     traffic::{UdpBurst, send_udp, spawn_udp_echo},
 };
 use serde_json::Value;
-
-fn interface<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["interfaces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["name"] == name)
-        .unwrap_or_else(|| panic!("no interface {name} in {report:#}"))
-}
 
 /// The flow of `interface`'s top flows whose node-side port is `port`.
 fn top_flow<'a>(report: &'a Value, interface_name: &str, port: u16) -> &'a Value {
@@ -155,8 +146,43 @@ struct Tmux {
 }
 
 impl Tmux {
-    fn start(command: &str) -> Self {
-        let session = format!("routemon-top-{}", std::process::id());
+    /// `routemon top ARGS` in the node's namespace; after it exits the pane shows
+    /// `routemon-exit=<status>` and the terminal's `icanon` or `-icanon` mode.
+    fn top(bed: &Testbed, args: &str) -> Self {
+        Self::start(
+            &format!("routemon-top-{}", bed.node.name()),
+            &format!(
+                "nsenter --net={} {} top {args}; echo routemon-exit=$?; stty -a | tr ' ' '\\n' \
+             | grep -x -e icanon -e -icanon; sleep 60",
+                bed.node.path().display(),
+                routemon_testbed::routemon::binary().display(),
+            ),
+        )
+    }
+
+    /// After `top` was told to stop: it exited 0, the terminal is in canonical
+    /// mode on the primary screen, and nothing of routemon's is left in the kernel.
+    fn assert_exited_cleanly(&self) {
+        let after = self.wait_for("routemon-exit=", Duration::from_secs(15));
+        assert!(after.contains("routemon-exit=0"), "{after}");
+        assert!(
+            after.lines().any(|l| l.trim() == "icanon"),
+            "the terminal is back in canonical mode:\n{after}"
+        );
+        assert_eq!(
+            self.query("#{alternate_on}"),
+            "0",
+            "back on the primary screen"
+        );
+        assert!(
+            kernel::routemon_programs_after(Duration::from_secs(5))
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    fn start(session: &str, command: &str) -> Self {
+        let session = session.to_owned();
         routemon_testbed::cmd::run(
             "tmux",
             &[
@@ -232,13 +258,7 @@ fn has_kilo_rate(line: &str) -> bool {
 fn top_in_a_real_terminal_shows_rates_and_findings_and_quits_cleanly() {
     require_root();
     let bed = Testbed::ens5_ens6(1024, 1024).unwrap();
-    let command = format!(
-        "nsenter --net={} {} top --interval 1s; echo routemon-exit=$?; stty -a | tr ' ' '\\n' \
-         | grep -x -e icanon -e -icanon; sleep 60",
-        bed.node.path().display(),
-        routemon_testbed::routemon::binary().display(),
-    );
-    let tmux = Tmux::start(&command);
+    let tmux = Tmux::top(&bed, "--interval 1s");
     tmux.wait_for("Findings", Duration::from_secs(30));
     assert_eq!(
         tmux.query("#{alternate_on}"),
@@ -286,22 +306,7 @@ fn top_in_a_real_terminal_shows_rates_and_findings_and_quits_cleanly() {
     tmux.keys("?");
     tmux.wait_for("this help", Duration::from_secs(5));
     tmux.keys("q");
-    let after = tmux.wait_for("routemon-exit=", Duration::from_secs(15));
-    assert!(after.contains("routemon-exit=0"), "{after}");
-    assert!(
-        after.lines().any(|l| l.trim() == "icanon"),
-        "the terminal is back in canonical mode:\n{after}"
-    );
-    assert_eq!(
-        tmux.query("#{alternate_on}"),
-        "0",
-        "back on the primary screen"
-    );
-    assert!(
-        kernel::routemon_programs_after(Duration::from_secs(5))
-            .unwrap()
-            .is_empty()
-    );
+    tmux.assert_exited_cleanly();
 }
 
 /// Without a terminal `top` refuses, pointing to `snapshot` and `watch`.
@@ -325,13 +330,7 @@ fn top_without_a_terminal_points_to_snapshot_and_watch() {
 fn top_restores_the_terminal_and_detaches_on_sigterm() {
     require_root();
     let bed = Testbed::ens5_ens6(1000, 1024).unwrap();
-    let command = format!(
-        "nsenter --net={} {} top; echo routemon-exit=$?; stty -a | tr ' ' '\\n' \
-         | grep -x -e icanon -e -icanon; sleep 60",
-        bed.node.path().display(),
-        routemon_testbed::routemon::binary().display(),
-    );
-    let tmux = Tmux::start(&command);
+    let tmux = Tmux::top(&bed, "");
     tmux.wait_for("Findings", Duration::from_secs(30));
     assert!(
         kernel::routemon_tcx_links().unwrap() > 0,
@@ -344,13 +343,5 @@ fn top_restores_the_terminal_and_detaches_on_sigterm() {
         .trim()
         .to_owned();
     routemon_testbed::cmd::run("kill", &["-TERM", &routemon]).unwrap();
-    let after = tmux.wait_for("routemon-exit=", Duration::from_secs(15));
-    assert!(after.contains("routemon-exit=0"), "{after}");
-    assert!(after.lines().any(|l| l.trim() == "icanon"), "{after}");
-    assert_eq!(tmux.query("#{alternate_on}"), "0");
-    assert!(
-        kernel::routemon_programs_after(Duration::from_secs(5))
-            .unwrap()
-            .is_empty()
-    );
+    tmux.assert_exited_cleanly();
 }

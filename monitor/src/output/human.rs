@@ -191,9 +191,9 @@ fn render_traffic(out: &mut String, interfaces: &[InterfaceReport]) {
             .collect();
             flows.row(vec![
                 iface.name.clone(),
-                flow.protocol.clone(),
-                format!("{}:{}", flow.src, flow.src_port),
-                format!("{}:{}", flow.dst, flow.dst_port),
+                flow.flow.protocol.clone(),
+                format!("{}:{}", flow.flow.src, flow.flow.src_port),
+                format!("{}:{}", flow.flow.dst, flow.flow.dst_port),
                 opt(flow.arrived_on.as_ref()),
                 opt(flow.left_by.as_ref()),
                 flow.egress_bytes.to_string(),

@@ -12,7 +12,7 @@ use monitor_common::{IfaceCounters, PacketCounters};
 use crate::{
     commands::counting::{Counting, Readings},
     findings::{self, Finding},
-    flows::{FlowDeltas, FlowReport, top_per_interface},
+    flows::{FlowDeltas, FlowTraffic, top_per_interface},
     report::{Measured, Report, ReportInput},
     samples::SampleCollector,
 };
@@ -48,7 +48,7 @@ pub struct TopState {
     /// Bits per second (both directions) per interface, oldest first.
     pub history: BTreeMap<u32, VecDeque<u64>>,
     /// The interval's busiest flows per interface.
-    pub flows: BTreeMap<u32, Vec<FlowReport>>,
+    pub flows: BTreeMap<u32, Vec<FlowTraffic>>,
     /// Drops by interface and reason.
     pub drops: Vec<DropRow>,
     /// Routing findings and traffic findings since `top` started, worst first.

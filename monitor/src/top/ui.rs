@@ -12,7 +12,7 @@ use ratatui::{
 use super::state::{TopState, si, sparkline};
 use crate::{
     findings::Severity,
-    flows::FlowReport,
+    flows::FlowTraffic,
     report::{InterfaceReport, RouteReport},
 };
 
@@ -202,32 +202,22 @@ fn draw_interfaces(
             Cell::from(history).fg(Color::Green),
         ])
     });
-    let table = Table::new(
-        rows,
-        [
-            Constraint::Length(12),
-            Constraint::Length(14),
-            Constraint::Length(9),
-            Constraint::Length(9),
-            Constraint::Length(9),
-            Constraint::Length(9),
-            Constraint::Min(10),
-        ],
-    )
-    .header(
-        Row::new([
-            "ENI",
-            "DEFAULT",
-            "TX pkt/s",
-            "TX bit/s",
-            "RX pkt/s",
-            "RX bit/s",
-            "last minute (bit/s)",
-        ])
-        .style(HEADER),
-    )
-    .block(Block::bordered().title(" Interfaces (* primary, ✓ the default the kernel uses) "));
-    frame.render_widget(table, area);
+    frame.render_widget(
+        titled_table(
+            rows,
+            &[
+                ("ENI", Constraint::Length(12)),
+                ("DEFAULT", Constraint::Length(14)),
+                ("TX pkt/s", Constraint::Length(9)),
+                ("TX bit/s", Constraint::Length(9)),
+                ("RX pkt/s", Constraint::Length(9)),
+                ("RX bit/s", Constraint::Length(9)),
+                ("last minute (bit/s)", Constraint::Min(10)),
+            ],
+            " Interfaces (* primary, ✓ the default the kernel uses) ",
+        ),
+        area,
+    );
 }
 
 fn draw_routes(frame: &mut Frame, area: Rect, state: &TopState, routes: &[&RouteReport]) {
@@ -261,44 +251,40 @@ fn draw_routes(frame: &mut Frame, area: Rect, state: &TopState, routes: &[&Route
             row
         }
     });
-    let table = Table::new(
-        rows,
-        [
-            Constraint::Length(20),
-            Constraint::Length(16),
-            Constraint::Length(10),
-            Constraint::Length(7),
-            Constraint::Length(5),
-            Constraint::Length(9),
-            Constraint::Length(9),
-            Constraint::Min(8),
-        ],
-    )
-    .header(
-        Row::new([
-            "ROUTE", "VIA", "DEV", "METRIC", "USED", "pkt/s", "bit/s", "SHARE",
-        ])
-        .style(HEADER),
-    )
-    .block(Block::bordered().title(" Routes (main table; SHARE of the default routes' egress) "));
-    frame.render_widget(table, area);
+    frame.render_widget(
+        titled_table(
+            rows,
+            &[
+                ("ROUTE", Constraint::Length(20)),
+                ("VIA", Constraint::Length(16)),
+                ("DEV", Constraint::Length(10)),
+                ("METRIC", Constraint::Length(7)),
+                ("USED", Constraint::Length(5)),
+                ("pkt/s", Constraint::Length(9)),
+                ("bit/s", Constraint::Length(9)),
+                ("SHARE", Constraint::Min(8)),
+            ],
+            " Routes (main table; SHARE of the default routes' egress) ",
+        ),
+        area,
+    );
 }
 
-fn sorted_flows<'a>(state: &'a TopState, view: &View) -> Vec<(&'a str, &'a FlowReport)> {
+fn sorted_flows<'a>(state: &'a TopState, view: &View) -> Vec<(&'a str, &'a FlowTraffic)> {
     let names: std::collections::BTreeMap<u32, &str> = state
         .report
         .iter()
         .flat_map(|r| &r.interfaces)
         .map(|i| (i.ifindex, i.name.as_str()))
         .collect();
-    let mut flows: Vec<(&str, &FlowReport)> = state
+    let mut flows: Vec<(&str, &FlowTraffic)> = state
         .flows
         .iter()
         .filter_map(|(ifindex, flows)| Some((*names.get(ifindex)?, flows)))
         .filter(|(name, _)| view.filter.as_deref().is_none_or(|f| f == *name))
         .flat_map(|(name, flows)| flows.iter().map(move |f| (name, f)))
         .collect();
-    let packets = |f: &FlowReport| f.egress_packets + f.ingress_packets;
+    let packets = |f: &FlowTraffic| f.egress_packets + f.ingress_packets;
     match view.sort {
         FlowSort::Bytes => flows.sort_by_key(|(_, f)| std::cmp::Reverse(f.bytes())),
         FlowSort::Packets => flows.sort_by_key(|(_, f)| std::cmp::Reverse(packets(f))),
@@ -323,9 +309,9 @@ fn draw_flows(frame: &mut Frame, area: Rect, state: &TopState, view: &View) {
             .join(" ");
         let row = Row::new(vec![
             Cell::from(*eni),
-            Cell::from(f.protocol.clone()),
-            Cell::from(format!("{}:{}", f.src, f.src_port)),
-            Cell::from(format!("{}:{}", f.dst, f.dst_port)),
+            Cell::from(f.flow.protocol.clone()),
+            Cell::from(format!("{}:{}", f.flow.src, f.flow.src_port)),
+            Cell::from(format!("{}:{}", f.flow.dst, f.flow.dst_port)),
             Cell::from(format!(
                 "{} → {}",
                 f.arrived_on.as_deref().unwrap_or("-"),
@@ -341,37 +327,23 @@ fn draw_flows(frame: &mut Frame, area: Rect, state: &TopState, view: &View) {
             row.fg(Color::Red)
         }
     });
-    let table = Table::new(
-        rows,
-        [
-            Constraint::Length(10),
-            Constraint::Length(7),
-            Constraint::Length(26),
-            Constraint::Length(26),
-            Constraint::Length(16),
-            Constraint::Length(9),
-            Constraint::Length(9),
-            Constraint::Min(10),
-        ],
-    )
-    .header(
-        Row::new([
-            "ENI",
-            "PROTO",
-            "LOCAL",
-            "REMOTE",
-            "IN → OUT",
-            "TX bit/s",
-            "RX bit/s",
-            "FLAGS",
-        ])
-        .style(HEADER),
-    )
-    .block(Block::bordered().title(format!(
-        " Top flows of the last interval, by {} ",
-        view.sort.label()
-    )));
-    frame.render_widget(table, area);
+    frame.render_widget(
+        titled_table(
+            rows,
+            &[
+                ("ENI", Constraint::Length(10)),
+                ("PROTO", Constraint::Length(7)),
+                ("LOCAL", Constraint::Length(26)),
+                ("REMOTE", Constraint::Length(26)),
+                ("IN → OUT", Constraint::Length(16)),
+                ("TX bit/s", Constraint::Length(9)),
+                ("RX bit/s", Constraint::Length(9)),
+                ("FLAGS", Constraint::Min(10)),
+            ],
+            format!(" Top flows of the last interval, by {} ", view.sort.label()),
+        ),
+        area,
+    );
 }
 
 fn draw_drops(frame: &mut Frame, area: Rect, state: &TopState, view: &View) {
@@ -393,18 +365,30 @@ fn draw_drops(frame: &mut Frame, area: Rect, state: &TopState, view: &View) {
                 Color::Reset
             })
         });
-    let table = Table::new(
-        rows,
-        [
-            Constraint::Length(12),
-            Constraint::Length(28),
-            Constraint::Length(9),
-            Constraint::Min(8),
-        ],
-    )
-    .header(Row::new(["ENI", "DROP REASON", "drops/s", "TOTAL"]).style(HEADER))
-    .block(Block::bordered().title(" Kernel drops (skb:kfree_skb) "));
-    frame.render_widget(table, area);
+    frame.render_widget(
+        titled_table(
+            rows,
+            &[
+                ("ENI", Constraint::Length(12)),
+                ("DROP REASON", Constraint::Length(28)),
+                ("drops/s", Constraint::Length(9)),
+                ("TOTAL", Constraint::Min(8)),
+            ],
+            " Kernel drops (skb:kfree_skb) ",
+        ),
+        area,
+    );
+}
+
+/// A bordered table with a bold header; `columns` are (heading, width).
+fn titled_table<'a>(
+    rows: impl IntoIterator<Item = Row<'a>>,
+    columns: &[(&'a str, Constraint)],
+    title: impl Into<Line<'a>>,
+) -> Table<'a> {
+    Table::new(rows, columns.iter().map(|(_, width)| *width))
+        .header(Row::new(columns.iter().map(|(name, _)| *name)).style(HEADER))
+        .block(Block::bordered().title(title))
 }
 
 fn draw_help(frame: &mut Frame) {
