@@ -33,6 +33,19 @@ fn from_internet_into_ens6(bed: &Testbed, count: usize) -> UdpBurst {
     }
 }
 
+/// ens5 preferred (metric 1000 against 1024) and strict reverse-path filtering on
+/// ens6: what arrives on ens6 from the internet fails the check.
+fn strict_rp_filter_on_ens6() -> Testbed {
+    let bed = Testbed::ens5_ens6(1000, 1024).unwrap();
+    bed.node
+        .sysctl(&[
+            "net.ipv4.conf.all.rp_filter=1",
+            "net.ipv4.conf.ens6.rp_filter=1",
+        ])
+        .unwrap();
+    bed
+}
+
 /// The asymmetric path of the seed's incidents: a request in by the secondary ENI
 /// (ens6), its reply out of the primary (ens5, the preferred default). The flow is
 /// among the top flows of both, marked asymmetric, with its traffic each way.
@@ -77,13 +90,7 @@ fn an_asymmetric_flow_is_a_top_flow_of_both_enis() {
 #[test]
 fn an_rp_filter_drop_is_counted_under_its_reason() {
     require_root();
-    let bed = Testbed::ens5_ens6(1000, 1024).unwrap();
-    bed.node
-        .sysctl(&[
-            "net.ipv4.conf.all.rp_filter=1",
-            "net.ipv4.conf.ens6.rp_filter=1",
-        ])
-        .unwrap();
+    let bed = strict_rp_filter_on_ens6();
     let running = Running::start(&bed.node, &["snapshot", "--duration", "2s", "--json"]).unwrap();
     send_udp(&bed.router, &from_internet_into_ens6(&bed, 5)).unwrap();
     let report = running
@@ -117,13 +124,7 @@ fn an_rp_filter_drop_is_counted_under_its_reason() {
 fn watch_exports_drops_per_interface_and_reason() {
     use routemon_testbed::watch::{PinDir, Watch, net_launcher, sample, scrape};
     require_root();
-    let bed = Testbed::ens5_ens6(1000, 1024).unwrap();
-    bed.node
-        .sysctl(&[
-            "net.ipv4.conf.all.rp_filter=1",
-            "net.ipv4.conf.ens6.rp_filter=1",
-        ])
-        .unwrap();
+    let bed = strict_rp_filter_on_ens6();
     let pins = PinDir::new();
     let watch = Watch::start(&net_launcher(&bed.node), &["--pin-dir", &pins.arg()]).unwrap();
     send_udp(&bed.router, &from_internet_into_ens6(&bed, 7)).unwrap();
