@@ -153,6 +153,7 @@ fn without_privileges_snapshot_refuses_and_routes_still_works() {
     // missing, and leaves nothing behind.
     for (args, capability) in [
         (&["watch", "--no-pin"][..], "CAP_BPF"),
+        (&["top"][..], "CAP_BPF"),
         (&["cleanup"][..], "CAP_BPF"),
         (
             &["pin", "--primary", "ens5", "--apply"][..],

@@ -22,6 +22,7 @@ use crate::{
 
 /// Runs `top`.
 pub async fn run(args: &TopArgs) -> anyhow::Result<()> {
+    preflight::require_ebpf_privileges("top")?;
     anyhow::ensure!(
         std::io::stdout().is_terminal() && std::io::stdin().is_terminal(),
         "routemon top draws a full-screen view and needs a terminal (stdin and stdout are \
@@ -29,7 +30,6 @@ pub async fn run(args: &TopArgs) -> anyhow::Result<()> {
          scripts); for continuous monitoring, `routemon watch` (Prometheus metrics, JSON events)"
     );
     let mut shutdown = Shutdown::install().context("installing signal handlers")?;
-    preflight::require_ebpf_privileges("top")?;
     let netlink = Netlink::connect()?;
     let selection = SelectionArgs {
         interfaces: args.interfaces.clone(),
