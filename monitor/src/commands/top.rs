@@ -53,6 +53,7 @@ async fn show(counting: &Counting, args: &TopArgs, shutdown: &mut Shutdown) -> a
     let mut view = View {
         interval: humantime::format_duration(args.interval).to_string(),
         via: counting.attached_via(),
+        drops_unavailable: counting.drops_unavailable.clone(),
         ..View::default()
     };
     let mut state = TopState::default();

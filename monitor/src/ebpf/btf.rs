@@ -77,24 +77,39 @@ struct Type {
 
 /// A parsed BTF blob (native byte order, as the kernel writes it).
 pub struct Btf {
-    bytes: Vec<u8>,
+    bytes: Blob,
     strings: std::ops::Range<usize>,
-    /// Index = type id − 1.
-    types: Vec<Type>,
+    /// Where each type's header starts (index = type id − 1); the headers are
+    /// decoded when needed, which keeps the index at 4 bytes a type.
+    types: Vec<u32>,
 }
 
 impl Btf {
-    /// Reads the running kernel's BTF.
+    /// Reads the running kernel's BTF (several MiB) into memory of its own, which
+    /// goes back to the system when the [`Btf`] is dropped: read into the heap, it
+    /// would stay in a daemon's RSS (glibc keeps freed heap memory for reuse).
     pub fn from_kernel() -> Result<Self, BtfError> {
-        let bytes = std::fs::read(KERNEL_BTF).map_err(|source| BtfError::Read {
+        let fail = |source| BtfError::Read {
             path: KERNEL_BTF.to_owned(),
             source,
-        })?;
-        Self::parse(bytes)
+        };
+        let mut file = std::fs::File::open(KERNEL_BTF).map_err(fail)?;
+        let len = file.metadata().map_err(fail)?.len();
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|len| *len > 0)
+            .ok_or(BtfError::Invalid("empty or oversized kernel BTF"))?;
+        let mut map = memmap2::MmapMut::map_anon(len).map_err(fail)?;
+        std::io::Read::read_exact(&mut file, &mut map).map_err(fail)?;
+        Self::parse_blob(Blob::Mapped(map))
     }
 
     /// Parses a BTF blob.
     pub fn parse(bytes: Vec<u8>) -> Result<Self, BtfError> {
+        Self::parse_blob(Blob::Owned(bytes))
+    }
+
+    fn parse_blob(bytes: Blob) -> Result<Self, BtfError> {
         let u32_at = |at: usize| read_u32(&bytes, at).ok_or(BtfError::Invalid("short header"));
         if bytes.len() < HEADER_LEN || u16::from_ne_bytes([bytes[0], bytes[1]]) != MAGIC {
             return Err(BtfError::Invalid("bad magic (wrong byte order or not BTF)"));
@@ -117,7 +132,7 @@ impl Btf {
         while at < type_section.end {
             let word =
                 |i: usize| read_u32(&bytes, at + 4 * i).ok_or(BtfError::Invalid("type cut short"));
-            let (name_off, info, size_or_type) = (word(0)?, word(1)?, word(2)?);
+            let info = word(1)?;
             let kind = (info >> 24) & 0x1f;
             let vlen = (info & 0xffff) as usize;
             let extra = match kind {
@@ -128,14 +143,8 @@ impl Btf {
                 0..=19 => 0,
                 _ => return Err(BtfError::Invalid("unknown type kind")),
             };
-            types.push(Type {
-                name_off,
-                kind,
-                vlen,
-                kind_flag: info >> 31 == 1,
-                size_or_type,
-                data: at + 12,
-            });
+            word(2)?;
+            types.push(u32::try_from(at).map_err(|_| BtfError::Invalid("BTF over 4 GiB"))?);
             at += 12 + extra;
         }
         if at > type_section.end {
@@ -157,18 +166,33 @@ impl Btf {
         std::str::from_utf8(&tail[..end]).unwrap_or("")
     }
 
-    fn by_id(&self, id: u32) -> Option<&Type> {
-        self.types.get((id as usize).checked_sub(1)?)
+    /// Decodes the type header at `at` (checked when parsing).
+    fn decode(&self, at: u32) -> Option<Type> {
+        let at = at as usize;
+        let info = read_u32(&self.bytes, at + 4)?;
+        Some(Type {
+            name_off: read_u32(&self.bytes, at)?,
+            kind: (info >> 24) & 0x1f,
+            vlen: (info & 0xffff) as usize,
+            kind_flag: info >> 31 == 1,
+            size_or_type: read_u32(&self.bytes, at + 8)?,
+            data: at + 12,
+        })
     }
 
-    fn named(&self, kind: u32, name: &str) -> Option<&Type> {
+    fn by_id(&self, id: u32) -> Option<Type> {
+        self.decode(*self.types.get((id as usize).checked_sub(1)?)?)
+    }
+
+    fn named(&self, kind: u32, name: &str) -> Option<Type> {
         self.types
             .iter()
+            .filter_map(|at| self.decode(*at))
             .find(|t| t.kind == kind && self.name(t.name_off) == name)
     }
 
     /// The type behind typedefs and qualifiers.
-    fn resolve(&self, mut id: u32) -> Option<&Type> {
+    fn resolve(&self, mut id: u32) -> Option<Type> {
         for _ in 0..MAX_NESTING {
             let ty = self.by_id(id)?;
             if !TRANSPARENT.contains(&ty.kind) {
@@ -229,7 +253,7 @@ impl Btf {
                     continue;
                 };
                 if let Some((inner_offset, inner_type)) =
-                    self.member_within(inner, member, depth + 1, budget)
+                    self.member_within(&inner, member, depth + 1, budget)
                 {
                     return Some((offset?.checked_add(inner_offset)?, inner_type));
                 }
@@ -245,7 +269,7 @@ impl Btf {
         let mut ty = self.named(KIND_STRUCT, root)?;
         let mut total = 0u32;
         for (i, member) in path.iter().enumerate() {
-            let (offset, type_id) = self.member(ty, member)?;
+            let (offset, type_id) = self.member(&ty, member)?;
             total = total.checked_add(offset)?;
             if i + 1 < path.len() {
                 ty = self.resolve(type_id)?;
@@ -279,9 +303,26 @@ impl Btf {
     /// that an offset points at a pointer before reading through it).
     pub fn member_is_pointer(&self, root: &str, member: &str) -> bool {
         self.named(KIND_STRUCT, root)
-            .and_then(|ty| self.member(ty, member))
+            .and_then(|ty| self.member(&ty, member))
             .and_then(|(_, type_id)| self.resolve(type_id))
             .is_some_and(|ty| ty.kind == KIND_PTR)
+    }
+}
+
+/// Where the blob's bytes live.
+enum Blob {
+    Owned(Vec<u8>),
+    Mapped(memmap2::MmapMut),
+}
+
+impl std::ops::Deref for Blob {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Self::Owned(bytes) => bytes,
+            Self::Mapped(map) => map,
+        }
     }
 }
 

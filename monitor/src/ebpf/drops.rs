@@ -28,9 +28,9 @@ impl DropSetup {
     /// Reads the kernel's BTF and this process's network namespace. The error says
     /// why drop reasons are unavailable.
     pub fn from_kernel() -> Result<Self, String> {
-        let btf = Btf::from_kernel().map_err(|err| err.to_string())?;
         let netns = std::fs::metadata("/proc/self/ns/net")
             .map_err(|err| format!("cannot read /proc/self/ns/net: {err}"))?;
+        let btf = Btf::from_kernel().map_err(|err| err.to_string())?;
         Self::from_btf(&btf, netns.ino())
     }
 

@@ -62,6 +62,8 @@ pub struct View {
     pub interval: String,
     /// `tcx` or `clsact`, for the title.
     pub via: String,
+    /// Why kernel drops are not counted, when they are not.
+    pub drops_unavailable: Option<String>,
 }
 
 const HEADER: Style = Style::new().add_modifier(Modifier::BOLD);
@@ -374,7 +376,10 @@ fn draw_drops(frame: &mut Frame, area: Rect, state: &TopState, view: &View) {
                 ("drops/s", Constraint::Length(9)),
                 ("TOTAL", Constraint::Min(8)),
             ],
-            " Kernel drops (skb:kfree_skb) ",
+            match &view.drops_unavailable {
+                None => " Kernel drops (skb:kfree_skb) ".to_owned(),
+                Some(why) => format!(" Kernel drops: {why} "),
+            },
         ),
         area,
     );
