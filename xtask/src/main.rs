@@ -53,6 +53,10 @@ enum Task {
         /// A short run that checks the bench works (CI); the full run takes minutes.
         #[arg(long)]
         quick: bool,
+        /// Only this section (repeatable): program, kernel, throughput, footprint,
+        /// scale, latency.
+        #[arg(long = "section", value_name = "NAME")]
+        sections: Vec<String>,
     },
     /// Run the cargo-fuzz targets (fuzz/) for a bounded time each: user data,
     /// NodeConfig YAML, networkd files, command-line values, netlink messages.
@@ -78,9 +82,9 @@ fn main() -> ExitCode {
         Task::Run { args } => run(&args),
         Task::Test { filter } => test(filter.as_deref()),
         Task::Lint => lint(),
-        Task::Bench { quick } => setup::run()
+        Task::Bench { quick, sections } => setup::run()
             .and_then(|()| build())
-            .and_then(|()| bench::run(quick)),
+            .and_then(|()| bench::run(quick, &sections)),
         Task::Fuzz { seconds, target } => setup::run()
             .and_then(|()| fuzz::run(seconds, target.as_deref()))
             .map(drop),

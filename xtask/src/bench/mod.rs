@@ -38,24 +38,56 @@ impl Plan {
     }
 }
 
-/// Runs the bench and writes the results.
-pub fn run(quick: bool) -> Result<()> {
+/// One part of the bench: its `--section` name, what it prints, what it runs.
+type Section = (&'static str, &'static str, fn(Plan) -> Result<Vec<Figure>>);
+
+/// Every section, in the order they run.
+const SECTIONS: [Section; 6] = [
+    (
+        "program",
+        "program cost alone (BPF_PROG_TEST_RUN, next to an empty program)",
+        program::cost_alone,
+    ),
+    (
+        "kernel",
+        "kernel cost per packet (BPF program stats)",
+        kernel::cost_per_packet,
+    ),
+    (
+        "throughput",
+        "throughput, interleaved: no program / routemon / nftables counters",
+        traffic::throughput,
+    ),
+    (
+        "footprint",
+        "daemon footprint at 100k packets/s",
+        traffic::footprint,
+    ),
+    ("scale", "netlink scale", scale::netlink_scale),
+    ("latency", "detection latency", scale::detection_latency),
+];
+
+/// Runs the bench (every section, or those named) and writes the results.
+pub fn run(quick: bool, only: &[String]) -> Result<()> {
     crate::util::require_root("the bench creates network namespaces and loads eBPF programs")?;
+    if let Some(unknown) = only
+        .iter()
+        .find(|name| !SECTIONS.iter().any(|(known, _, _)| known == name))
+    {
+        anyhow::bail!(
+            "no bench section '{unknown}'; the sections are {}",
+            SECTIONS.map(|(name, _, _)| name).join(", ")
+        );
+    }
     routemon_testbed::netns::cleanup_stale();
     let plan = Plan { quick };
     let started = std::time::Instant::now();
     let mut figures = Vec::new();
-    println!("bench: program cost alone (BPF_PROG_TEST_RUN, next to an empty program)");
-    figures.extend(program::cost_alone(plan)?);
-    println!("bench: kernel cost per packet (BPF program stats)");
-    figures.extend(kernel::cost_per_packet(plan)?);
-    println!("bench: throughput, interleaved: no program / routemon / nftables counters");
-    figures.extend(traffic::throughput(plan)?);
-    println!("bench: daemon footprint at 100k packets/s");
-    figures.extend(traffic::footprint(plan)?);
-    println!("bench: netlink scale");
-    figures.extend(scale::netlink_scale(plan)?);
-    println!("bench: detection latency");
-    figures.extend(scale::detection_latency(plan)?);
+    for (name, what, measure) in SECTIONS {
+        if only.is_empty() || only.iter().any(|o| o == name) {
+            println!("bench: {what}");
+            figures.extend(measure(plan)?);
+        }
+    }
     report::write(&figures, plan, started.elapsed())
 }
