@@ -441,11 +441,11 @@ fn count_drop(ctx: &RawTracePointContext) -> Option<()> {
         ifindex,
         reason: reason as u32,
     };
-    match DROPS.get_ptr_mut(&key) {
+    match DROPS.get_ptr_mut(key) {
         // SAFETY: per-CPU value; tracing programs run with migration disabled.
         Some(count) => unsafe { *count += 1 },
         None => {
-            if DROPS.insert(&key, &1, 0).is_err() {
+            if DROPS.insert(key, 1, 0).is_err() {
                 table_stats(|s| s.drops_uncounted += 1);
             }
         }
