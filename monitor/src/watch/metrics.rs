@@ -476,8 +476,8 @@ fn render_tables(x: &mut Exposition, tables: &TableUsage) {
     x.family(
         "routemon_table_entries",
         "gauge",
-        "Entries in routemon's bounded kernel tables (flows: ingress flows remembered to \
-         recognise replies).",
+        "Entries in routemon's bounded kernel tables (flows: the flow table of top flows \
+         and asymmetry; read at most every 10 s).",
     );
     for (table, entries, _) in sizes.clone() {
         x.sample("routemon_table_entries", &[("table", table)], entries);
