@@ -79,6 +79,8 @@ impl Drop for PinDir {
                 .args(["cleanup", "--pin-dir"])
                 .arg(&self.0)
                 .output();
+            // What cleanup leaves by design (a test's "foreign" pin) goes too.
+            let _ = std::fs::remove_dir_all(&self.0);
         }
     }
 }
