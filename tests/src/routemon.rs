@@ -163,6 +163,15 @@ impl Running {
         Ok(running)
     }
 
+    /// Waits up to 30 s for a successful exit and returns the JSON report it
+    /// printed (for `--json` runs).
+    pub fn report(self) -> Value {
+        self.wait(Duration::from_secs(30))
+            .expect("routemon did not exit")
+            .success()
+            .json()
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)

@@ -139,8 +139,6 @@ fn finding<'a>(report: &'a Value, kind: &str, egress: &str, source: &str) -> Opt
 
 #[test]
 fn cross_eni_egress_matches_the_vpc_source_check_drops() {
-    use std::time::Duration;
-
     use routemon_testbed::{
         INTERNET_V4,
         routemon::Running,
@@ -171,11 +169,7 @@ fn cross_eni_egress_matches_the_vpc_source_check_drops() {
     // Legitimate: each address out of its own ENI is never cross-ENI.
     send_udp(&eks.node, &burst(Some("ens5"), ens5.addr, 25)).unwrap();
     send_udp(&eks.node, &burst(Some("ens6"), ens6.addr, 25)).unwrap();
-    let report = running
-        .wait(Duration::from_secs(30))
-        .unwrap()
-        .success()
-        .json();
+    let report = running.report();
 
     let dropped_on = |eni, before: (u64, u64)| {
         let (packets, bytes) = eks.spoofed(eni).unwrap();
@@ -261,11 +255,7 @@ fn connections_to_the_secondary_eni_are_asymmetric_until_a_source_rule_exists() 
     let running = Running::start(&eks.node, &["snapshot", "--duration", "4s", "--json"]).unwrap();
     let attempt = http_get(client, target, Duration::from_secs(2));
     assert!(attempt.is_err(), "the connection must fail: {attempt:?}");
-    let report = running
-        .wait(Duration::from_secs(30))
-        .unwrap()
-        .success()
-        .json();
+    let report = running.report();
     let asymmetric: Vec<&Value> = report["findings"]
         .as_array()
         .unwrap()
@@ -313,11 +303,7 @@ fn connections_to_the_secondary_eni_are_asymmetric_until_a_source_rule_exists() 
     let running = Running::start(&eks.node, &["snapshot", "--duration", "3s", "--json"]).unwrap();
     let status = http_get(client, target, Duration::from_secs(5)).unwrap();
     assert!(status.contains("200"), "{status}");
-    let report = running
-        .wait(Duration::from_secs(30))
-        .unwrap()
-        .success()
-        .json();
+    let report = running.report();
     let kinds: Vec<&str> = report["findings"]
         .as_array()
         .unwrap()

@@ -91,11 +91,7 @@ fn check_counts(attach: &str) {
     ] {
         send_udp(&bed.node, b).unwrap();
     }
-    let report = running
-        .wait(Duration::from_secs(30))
-        .unwrap()
-        .success()
-        .json();
+    let report = running.report();
     let after: Vec<LinkStats> = uplinks
         .iter()
         .map(|d| kernel::link_stats(&bed.node, d).unwrap())
@@ -213,11 +209,7 @@ fn an_interface_deleted_mid_snapshot_is_reported_gone_with_its_counts() {
         .unwrap();
     send_udp(&bed.node, &burst(INTERNET_V4, Some("ens5"), 20, 100)).unwrap();
 
-    let report = running
-        .wait(Duration::from_secs(30))
-        .unwrap()
-        .success()
-        .json();
+    let report = running.report();
     let ens6 = interface(&report, "ens6");
     assert_eq!(ens6["state"], "gone");
     assert_eq!(
@@ -273,11 +265,7 @@ fn source_rule_traffic_is_attributed_to_the_rules_table() {
     let unsourced = burst(INTERNET_V4, None, 9, 300);
     send_udp(&bed.node, &from_ens6).unwrap();
     send_udp(&bed.node, &unsourced).unwrap();
-    let report = running
-        .wait(Duration::from_secs(30))
-        .unwrap()
-        .success()
-        .json();
+    let report = running.report();
 
     let default_in = |table: &str, dev: &str| {
         report["routes"]
@@ -335,11 +323,7 @@ fn asymmetric_udp_and_icmpv6_flows_in_both_families() {
     udp6.src = Some(INTERNET_V6.into());
     send_udp(&bed.router, &udp6).unwrap();
     send_icmpv6_echo(&bed.router, INTERNET_V6, target.addr6, 0x4242, 5).unwrap();
-    let report = running
-        .wait(Duration::from_secs(30))
-        .unwrap()
-        .success()
-        .json();
+    let report = running.report();
     assert_eq!(echo4.join().unwrap(), 3);
     assert_eq!(echo6.join().unwrap(), 4);
 
@@ -384,11 +368,7 @@ fn a_secondary_ip_added_mid_snapshot_is_owned_at_once() {
     let mut leak = burst(INTERNET_V4, Some("ens5"), 17, 64);
     leak.src = Some("10.0.2.77".parse().unwrap());
     send_udp(&bed.node, &leak).unwrap();
-    let report = running
-        .wait(Duration::from_secs(30))
-        .unwrap()
-        .success()
-        .json();
+    let report = running.report();
     let cross = report["findings"]
         .as_array()
         .unwrap()
@@ -431,11 +411,7 @@ fn a_full_flow_table_evicts_and_counts_what_it_evicted() {
         .unwrap()
         .since(before)
         .rx_packets;
-    let report = running
-        .wait(Duration::from_secs(30))
-        .unwrap()
-        .success()
-        .json();
+    let report = running.report();
 
     let flows = &report["snapshot"]["tables"]["flows"];
     let field = |name: &str| flows[name].as_u64().unwrap();

@@ -57,11 +57,7 @@ fn an_asymmetric_flow_is_a_top_flow_of_both_enis() {
     let echo = spawn_udp_echo(&bed.node, ens6_addr.into(), 9, 6).unwrap();
     let running = Running::start(&bed.node, &["snapshot", "--duration", "2s", "--json"]).unwrap();
     send_udp(&bed.router, &from_internet_into_ens6(&bed, 6)).unwrap();
-    let report = running
-        .wait(Duration::from_secs(30))
-        .unwrap()
-        .success()
-        .json();
+    let report = running.report();
     assert_eq!(echo.join().unwrap(), 6, "the node echoed every datagram");
     for dev in ["ens5", "ens6"] {
         let flow = top_flow(&report, dev, 9);
@@ -93,11 +89,7 @@ fn an_rp_filter_drop_is_counted_under_its_reason() {
     let bed = strict_rp_filter_on_ens6();
     let running = Running::start(&bed.node, &["snapshot", "--duration", "2s", "--json"]).unwrap();
     send_udp(&bed.router, &from_internet_into_ens6(&bed, 5)).unwrap();
-    let report = running
-        .wait(Duration::from_secs(30))
-        .unwrap()
-        .success()
-        .json();
+    let report = running.report();
     let ens6 = interface(&report, "ens6");
     assert_eq!(
         ens6["drops"]["IP_RPFILTER"], 5,
