@@ -95,13 +95,14 @@ impl Counting {
     /// Reads everything the kernel counted so far.
     pub fn read(&self) -> Result<Readings, EbpfError> {
         let monitor = &self.monitor;
+        let flows = monitor.flows()?;
         Ok(Readings {
             interfaces: monitor.interface_counters()?,
             routes: monitor.route_counters(self.plan.route_ids.len())?,
             cross_eni: monitor.cross_eni_counters()?,
             asymmetric: monitor.asymmetric_flows()?,
-            tables: monitor.table_usage()?,
-            flows: monitor.flows()?,
+            tables: monitor.table_usage(Some(flows.len()))?,
+            flows,
             drops: monitor.drop_counters()?,
         })
     }

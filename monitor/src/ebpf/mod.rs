@@ -397,9 +397,10 @@ impl Monitor {
         maps::flows(&self.ebpf)
     }
 
-    /// How full the bounded kernel tables are and what they dropped.
-    pub fn table_usage(&self) -> Result<usage::TableUsage, EbpfError> {
-        usage::read(&self.ebpf)
+    /// How full the bounded kernel tables are and what they dropped;
+    /// `flow_entries` as in [`usage::read`].
+    pub fn table_usage(&self, flow_entries: Option<usize>) -> Result<usage::TableUsage, EbpfError> {
+        usage::read(&self.ebpf, flow_entries)
     }
 
     /// Detaches every program, then removes the clsact qdiscs routemon created (if

@@ -76,23 +76,17 @@ pub struct TableUsage {
     pub samples: SampleUsage,
 }
 
-impl TableUsage {
-    /// Whether any table dropped something.
-    pub fn degraded(&self) -> bool {
-        self.flows.evicted > 0
-            || self.asymmetric_flows.evicted > 0
-            || self.cross_eni_pairs.uncounted_packets > 0
-            || self.drop_reasons.uncounted_packets > 0
-    }
-}
-
 /// Reads the tables of a loaded object. Walking the flow table costs one syscall
 /// per entry (65 536 at most), so callers read it per report or scrape, not per
-/// packet batch.
-pub fn read(ebpf: &Ebpf) -> Result<TableUsage, EbpfError> {
+/// packet batch; a caller that has just read the flows passes how many
+/// (`flow_entries`) and the table is not walked again.
+pub fn read(ebpf: &Ebpf, flow_entries: Option<usize>) -> Result<TableUsage, EbpfError> {
     let stats = maps::table_stats(ebpf)?;
     let sampler = maps::sampler_totals(ebpf)?;
-    let flows = maps::key_count::<FlowKey, FlowState>(ebpf, FLOWS_MAP, false, MAX_TRACKED_FLOWS)?;
+    let flows = match flow_entries {
+        Some(entries) => entries as u64,
+        None => maps::key_count::<FlowKey, FlowState>(ebpf, FLOWS_MAP, false, MAX_TRACKED_FLOWS)?,
+    };
     let asymmetric = maps::key_count::<AsymmetricKey, PacketCounters>(
         ebpf,
         ASYMMETRIC_FLOWS_MAP,

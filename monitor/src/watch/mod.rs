@@ -625,7 +625,7 @@ impl Watcher {
             .table_usage
             .filter(|(read_at, _)| read_at.elapsed() < TABLE_USAGE_MAX_AGE);
         if fresh.is_none() {
-            match self.monitor.table_usage() {
+            match self.monitor.table_usage(None) {
                 Ok(usage) => self.table_usage = Some((Instant::now(), usage)),
                 Err(err) => tracing::debug!("reading the kernel tables' usage: {err}"),
             }
