@@ -20,11 +20,13 @@ pub fn run(program: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// Fails unless the process runs as root (the testbed creates namespaces).
+/// Fails unless the process runs as root (the testbed creates namespaces) and in
+/// its [new-machine view](crate::host) of the host.
 pub fn require_root() {
     assert!(
         nix::unistd::geteuid().is_root(),
         "the integration tests create network namespaces and load eBPF programs: run them as \
          root, e.g. `sudo -E cargo xtask test`"
     );
+    crate::host::require_new_machine_view();
 }

@@ -203,23 +203,32 @@ impl EksNode {
 
     /// Starts the node's private mount namespace, held open by a sleeping process:
     /// its own `/etc/systemd/network` (the scratch directory), `/run/systemd` and
-    /// `/run/dbus`, a read-only `/sys` (networkd then does not wait for udev) and
-    /// the host's BPF filesystem on `/sys/fs/bpf`, as on a real node.
-    /// A system D-Bus runs in it, so that `networkctl` works as on a real node.
+    /// `/run/dbus`, a `/var/lib` whose writes stay in the scratch directory (a new
+    /// node's: no `/var/lib/routemon`), a read-only `/sys` (networkd then does not
+    /// wait for udev) and the host's BPF filesystem on `/sys/fs/bpf`, as on a real
+    /// node. A system D-Bus runs in it, so that `networkctl` works as on a real node.
     fn start_mount_ns(&mut self) -> Result<()> {
         let network = self.scratch().join("network");
+        let var_lib = self.scratch().join("var-lib");
+        for layer in ["upper", "work"] {
+            std::fs::create_dir_all(var_lib.join(layer))?;
+        }
         // Inside the node's network namespace: a sysfs of its own (read-only), the
         // host's BPF filesystem (stashed before entering), the node's files.
         let inner = format!(
             "mount -t sysfs -o ro sysfs /sys && \
              mount --bind \"$stash\" /sys/fs/bpf && umount \"$stash\" && rmdir \"$stash\" && \
+             mount -t overlay overlay \
+               -o lowerdir=/var/lib,upperdir={lib}/upper,workdir={lib}/work /var/lib && \
+             rm -rf /var/lib/routemon && \
              mount --bind {} /etc/systemd/network && \
              mount -t tmpfs tmpfs /run/systemd && \
              mkdir -p /run/dbus && mount -t tmpfs tmpfs /run/dbus && \
              mkdir -p /run/systemd/netif && \
              chown systemd-network:systemd-network /run/systemd/netif && \
              exec sleep infinity",
-            network.display()
+            network.display(),
+            lib = var_lib.display(),
         );
         let outer = format!(
             "stash=$(mktemp -d) && mount --bind /sys/fs/bpf \"$stash\" && export stash && \

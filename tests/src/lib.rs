@@ -4,12 +4,15 @@
 //!
 //! Everything it creates is removed when the owning value is dropped, also while a
 //! failing test unwinds; namespaces left by a killed run are removed by the next.
-//! Needs root.
+//! Needs root. Each integration-test binary runs in a private mount namespace
+//! that looks like a new machine ([`host`]), so no test depends on what a machine
+//! happens to have, or leaves anything on it.
 
 pub mod cmd;
 pub mod daemon;
 pub mod eks;
 pub mod frames;
+pub mod host;
 pub mod kernel;
 pub mod netns;
 pub mod routemon;

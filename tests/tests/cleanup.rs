@@ -10,6 +10,8 @@ use routemon_testbed::{
     routemon::{Running, run},
 };
 
+routemon_testbed::new_machine_view!();
+
 fn testbed() -> Testbed {
     Testbed::ens5_ens6(1024, 1024).unwrap()
 }

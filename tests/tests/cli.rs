@@ -9,6 +9,8 @@ use routemon_testbed::{
     routemon::{Finished, binary, run},
 };
 
+routemon_testbed::new_machine_view!();
+
 fn testbed() -> Testbed {
     Testbed::ens5_ens6(1024, 1024).unwrap()
 }
@@ -150,7 +152,11 @@ fn without_privileges_snapshot_refuses_and_routes_still_works() {
     );
 
     // Every other command that changes the kernel refuses early, naming what is
-    // missing, and leaves nothing behind.
+    // missing, and leaves nothing behind — whatever state it would have read
+    // (`unpin` with no state directory, and with an empty one).
+    let empty_state = bin.parent().unwrap().join("empty-state");
+    std::fs::create_dir_all(&empty_state).unwrap();
+    let empty_state = empty_state.to_str().unwrap();
     for (args, capability) in [
         (&["watch", "--no-pin"][..], "CAP_BPF"),
         (&["top"][..], "CAP_BPF"),
@@ -160,6 +166,10 @@ fn without_privileges_snapshot_refuses_and_routes_still_works() {
             "CAP_NET_ADMIN",
         ),
         (&["unpin", "--apply"][..], "CAP_NET_ADMIN"),
+        (
+            &["unpin", "--apply", "--state-dir", empty_state][..],
+            "CAP_NET_ADMIN",
+        ),
     ] {
         let out = run_as_nobody(&bed, &bin, args);
         assert_fails(&out, 77, capability);

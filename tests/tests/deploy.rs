@@ -14,6 +14,8 @@ use routemon_testbed::{
     watch::{PinDir, Watch, net_launcher},
 };
 
+routemon_testbed::new_machine_view!();
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }

@@ -17,6 +17,8 @@ use routemon_testbed::{
 };
 use serde_json::Value;
 
+routemon_testbed::new_machine_view!();
+
 fn corpus(part: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("corpus")

@@ -4,6 +4,8 @@
 use routemon_testbed::{cmd::require_root, eks::EksNode, routemon::routes_json};
 use serde_json::Value;
 
+routemon_testbed::new_machine_view!();
+
 /// (interface, metric) of the main table's IPv4 default routes, sorted by name (the
 /// kernel's listing order is not part of what is tested).
 fn dhcp_defaults(report: &Value) -> Vec<(String, u64)> {

@@ -22,6 +22,8 @@ use routemon_testbed::{
     routemon::Running,
 };
 
+routemon_testbed::new_machine_view!();
+
 /// `TC_ACT_UNSPEC`: "carry on as if no program ran".
 const TC_ACT_UNSPEC: i32 = -1;
 const PROGRAMS: [&str; 4] = [

@@ -3,6 +3,8 @@
 use routemon_testbed::{Testbed, UplinkSpec, cmd::require_root, routemon::routes_json};
 use serde_json::Value;
 
+routemon_testbed::new_machine_view!();
+
 fn findings_of_kind<'a>(report: &'a Value, kind: &str) -> Vec<&'a Value> {
     report["findings"]
         .as_array()

@@ -12,6 +12,8 @@ use routemon_testbed::{
 };
 use serde_json::Value;
 
+routemon_testbed::new_machine_view!();
+
 fn burst(
     dst: impl Into<std::net::IpAddr>,
     device: Option<&str>,

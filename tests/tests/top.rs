@@ -11,6 +11,8 @@ use routemon_testbed::{
 };
 use serde_json::Value;
 
+routemon_testbed::new_machine_view!();
+
 /// The flow of `interface`'s top flows whose node-side port is `port`.
 fn top_flow<'a>(report: &'a Value, interface_name: &str, port: u16) -> &'a Value {
     interface(report, interface_name)["top_flows"]
@@ -133,7 +135,7 @@ fn watch_exports_drops_per_interface_and_reason() {
     watch.stop_cleanly().unwrap();
 }
 
-/// A tmux session running one command, killed on drop.
+/// A tmux session running one command on a private tmux server, killed on drop.
 struct Tmux {
     session: String,
 }
@@ -174,42 +176,42 @@ impl Tmux {
         );
     }
 
+    /// Starts `command` in a new tmux session on a tmux server of its own (its
+    /// own socket): a server the machine already runs, with another environment
+    /// and mount namespace, is never used.
     fn start(session: &str, command: &str) -> Self {
-        let session = session.to_owned();
-        routemon_testbed::cmd::run(
-            "tmux",
-            &[
-                "new-session",
-                "-d",
-                "-s",
-                &session,
-                "-x",
-                "180",
-                "-y",
-                "50",
-                command,
-            ],
-        )
-        .unwrap();
-        Self { session }
+        let tmux = Self {
+            session: session.to_owned(),
+        };
+        let size = ["-x", "180", "-y", "50"];
+        let mut args = vec!["new-session", "-d", "-s", session];
+        args.extend(size);
+        args.push(command);
+        tmux.run(&args).unwrap();
+        tmux
+    }
+
+    /// Runs `tmux args…` against this session's own server.
+    fn run(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut all = vec!["-L", self.session.as_str()];
+        all.extend_from_slice(args);
+        routemon_testbed::cmd::run("tmux", &all)
     }
 
     fn screen(&self) -> String {
-        routemon_testbed::cmd::run("tmux", &["capture-pane", "-p", "-t", &self.session]).unwrap()
+        self.run(&["capture-pane", "-p", "-t", &self.session])
+            .unwrap()
     }
 
     fn keys(&self, keys: &str) {
-        routemon_testbed::cmd::run("tmux", &["send-keys", "-t", &self.session, keys]).unwrap();
+        self.run(&["send-keys", "-t", &self.session, keys]).unwrap();
     }
 
     fn query(&self, format: &str) -> String {
-        routemon_testbed::cmd::run(
-            "tmux",
-            &["display-message", "-p", "-t", &self.session, format],
-        )
-        .unwrap()
-        .trim()
-        .to_owned()
+        self.run(&["display-message", "-p", "-t", &self.session, format])
+            .unwrap()
+            .trim()
+            .to_owned()
     }
 
     /// Waits until the screen contains `text`; returns the screen.
@@ -231,7 +233,7 @@ impl Tmux {
 
 impl Drop for Tmux {
     fn drop(&mut self) {
-        let _ = routemon_testbed::cmd::run("tmux", &["kill-session", "-t", &self.session]);
+        let _ = self.run(&["kill-server"]);
     }
 }
 

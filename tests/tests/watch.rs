@@ -17,6 +17,8 @@ use routemon_testbed::{
 };
 use serde_json::Value;
 
+routemon_testbed::new_machine_view!();
+
 /// Generous bound for anything the daemon does in reaction to a change.
 const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 

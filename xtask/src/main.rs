@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod fuzz;
+mod host_state;
 mod setup;
 mod util;
 
@@ -118,40 +119,78 @@ fn run(args: &[String]) -> Result<()> {
 /// Seconds per fuzz target in `cargo xtask test`.
 const FUZZ_SECONDS_IN_TEST: u32 = 12;
 
+/// `cargo xtask test`: every test binary runs even when an earlier one failed
+/// (`--no-fail-fast`), the last line counts them all, and the command fails if any
+/// test failed, a fuzz target crashed, or the run changed what routemon writes on
+/// the host by default.
 fn test(filter: Option<&str>) -> Result<()> {
     setup::run()?;
     util::require_root("the integration tests create network namespaces and load eBPF programs")?;
     build()?;
+    let host_before = host_state::read();
     let filter: Vec<&str> = filter.into_iter().collect();
     let mut unit = vec![
         "test",
         "--release",
+        "--no-fail-fast",
         "-p",
         "routemon",
         "-p",
         "monitor-common",
+        "-p",
+        "xtask",
+        "--",
     ];
-    unit.extend(["-p", "xtask", "--"]);
     unit.extend(&filter);
-    let (unit_passed, unit_failed) = util::cargo_test(&unit, &[])?;
+    let unit = util::cargo_test(&unit, &[])?;
     let bin = util::workspace_root().join("target/release/routemon");
     let bin = bin.to_string_lossy().into_owned();
     // One test at a time: each checks that no routemon program is left system-wide.
-    let mut integration = vec!["test", "--release", "-p", "routemon-testbed", "--"];
-    integration.push("--test-threads=1");
+    let mut integration = vec![
+        "test",
+        "--release",
+        "--no-fail-fast",
+        "-p",
+        "routemon-testbed",
+        "--",
+        "--test-threads=1",
+    ];
     integration.extend(&filter);
-    let (passed, failed) = util::cargo_test(&integration, &[("ROUTEMON_BIN", bin.as_str())])?;
-    println!(
-        "\nunit and integration tests:\n{} passed, {} failed",
-        unit_passed + passed,
-        unit_failed + failed
-    );
-    if filter.is_empty() {
+    let integration = util::cargo_test(&integration, &[("ROUTEMON_BIN", bin.as_str())])?;
+
+    let mut problems = Vec::new();
+    for (name, run) in [("unit", unit), ("integration", integration)] {
+        if !run.succeeded && run.failed == 0 {
+            problems.push(format!("the {name} tests did not build or run"));
+        }
+    }
+    let fuzz_failed = if filter.is_empty() {
         // A short run of every fuzz target: none may crash on its seeds and what
         // it finds in this time (`cargo xtask fuzz` runs longer).
-        let runs = fuzz::run(FUZZ_SECONDS_IN_TEST, None)?;
-        let total: u64 = runs.iter().map(|(_, n)| n).sum();
-        println!("fuzz: {} targets, {total} executions, no crash", runs.len());
+        match fuzz::run(FUZZ_SECONDS_IN_TEST, None) {
+            Ok(runs) => {
+                let total: u64 = runs.iter().map(|(_, n)| n).sum();
+                println!("fuzz: {} targets, {total} executions, no crash", runs.len());
+                0
+            }
+            Err(err) => {
+                problems.push(format!("{err:#}"));
+                1
+            }
+        }
+    } else {
+        0
+    };
+    problems.extend(host_state::changes(&host_before, &host_state::read()));
+
+    let passed = unit.passed + integration.passed;
+    let failed = unit.failed + integration.failed + fuzz_failed;
+    for problem in &problems {
+        println!("xtask: {problem}");
+    }
+    println!("\ntests: {passed} passed, {failed} failed");
+    if failed > 0 || !problems.is_empty() {
+        anyhow::bail!("{failed} tests failed; {} other problems", problems.len());
     }
     Ok(())
 }

@@ -54,27 +54,36 @@ pub fn cargo_command(args: &[&str], env: &[(&str, &str)]) -> Command {
     cmd
 }
 
-/// Runs `cargo test …` like [`cargo`], echoing its output, and returns the
-/// (passed, failed) totals of its `test result:` lines. Fails if cargo fails.
-pub fn cargo_test(args: &[&str], env: &[(&str, &str)]) -> Result<(u64, u64)> {
+/// What one `cargo test …` run counted.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TestRun {
+    /// Tests that passed, over every `test result:` line.
+    pub passed: u64,
+    /// Tests that failed, likewise.
+    pub failed: u64,
+    /// Whether cargo itself exited 0 (false also when a build failed).
+    pub succeeded: bool,
+}
+
+/// Runs `cargo test …` like [`cargo`], echoing its output, and returns the totals
+/// of its `test result:` lines and whether cargo succeeded. Fails only if cargo
+/// cannot be started.
+pub fn cargo_test(args: &[&str], env: &[(&str, &str)]) -> Result<TestRun> {
     let mut cmd = cargo_command(args, env);
     cmd.stdout(Stdio::piped());
     let mut child = cmd.spawn().with_context(|| format!("running {cmd:?}"))?;
     let stdout = child.stdout.take().context("cargo test stdout")?;
-    let (mut passed, mut failed) = (0, 0);
+    let mut run = TestRun::default();
     for line in BufReader::new(stdout).lines() {
         let line = line?;
         println!("{line}");
         if let Some(summary) = line.strip_prefix("test result: ") {
-            passed += count_before(summary, " passed");
-            failed += count_before(summary, " failed");
+            run.passed += count_before(summary, " passed");
+            run.failed += count_before(summary, " failed");
         }
     }
-    let status = child.wait()?;
-    if !status.success() {
-        bail!("{cmd:?} failed ({status})");
-    }
-    Ok((passed, failed))
+    run.succeeded = child.wait()?.success();
+    Ok(run)
 }
 
 /// The number right before `label` in `text` ("ok. 5 passed; 0 failed; …").

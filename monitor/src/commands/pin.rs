@@ -116,6 +116,11 @@ pub async fn run_pin(args: &PinArgs) -> anyhow::Result<()> {
         }
         .into());
     }
+    if args.apply {
+        // Before planning: one who may not change routes learns that first, whether
+        // or not there would be anything to change.
+        preflight::require_route_privileges("pin --apply")?;
+    }
     let netlink = Netlink::connect()?;
     let model = netlink.dump().await?;
     let defaults = DefaultRoutes::dump(&netlink).await?;
@@ -225,7 +230,6 @@ pub async fn run_pin(args: &PinArgs) -> anyhow::Result<()> {
         );
     }
 
-    preflight::require_route_privileges("pin --apply")?;
     for dir in std::iter::once(&args.state.state_dir)
         .chain(args.persist.is_some().then_some(&args.networkd_dir))
     {
@@ -379,6 +383,10 @@ async fn verify(netlink: &Netlink, primary: &Primary) -> anyhow::Result<String> 
 
 /// Runs `unpin`.
 pub async fn run_unpin(args: &UnpinArgs) -> anyhow::Result<()> {
+    if args.apply {
+        // Whatever the state: one who may not change routes learns that first.
+        preflight::require_route_privileges("unpin --apply")?;
+    }
     let state_dir = &args.state.state_dir;
     let state =
         PinState::load(state_dir)?.ok_or_else(|| PinError::NoPinState(state_dir.clone()))?;
@@ -446,7 +454,6 @@ pub async fn run_unpin(args: &UnpinArgs) -> anyhow::Result<()> {
             }),
         );
     }
-    preflight::require_route_privileges("unpin --apply")?;
     let plain: Vec<Replacement> = replacements.iter().map(|(_, r)| r.clone()).collect();
     let actions = transition::replace(&netlink, &plain)
         .await
