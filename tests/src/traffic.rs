@@ -186,13 +186,25 @@ pub struct HttpLoopResult {
 }
 
 const HTTP_LOOP: &str = r#"
-import json, os, sys, urllib.request
-url, stop = sys.argv[1], sys.argv[2]
+import json, os, socket, sys
+host, port, stop, device = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 ok = failed = 0
 errors = []
+def get():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(2)
+        if device:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
+        s.connect((host, port))
+        s.sendall(b"GET / HTTP/1.0\r\nHost: " + host.encode() + b"\r\n\r\n")
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+        if not reply.startswith(b"HTTP/1.0 200") and not reply.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError("unexpected reply: %r" % reply[:40])
 while not os.path.exists(stop):
     try:
-        urllib.request.urlopen(url, timeout=2).read()
+        get()
         ok += 1
     except Exception as err:
         failed += 1
@@ -204,6 +216,12 @@ impl HttpLoop {
     /// Starts requesting `http://addr/` from namespace `ns` (or behind a launcher
     /// such as `nsenter …`, given as the full command prefix).
     pub fn start(prefix: &[String], addr: SocketAddr) -> Result<Self> {
+        Self::start_on(prefix, addr, None)
+    }
+
+    /// Like [`Self::start`], with every request's socket bound to `device`
+    /// (`SO_BINDTODEVICE`): only routes through that interface carry them.
+    pub fn start_on(prefix: &[String], addr: SocketAddr, device: Option<&str>) -> Result<Self> {
         let stop_file = std::env::temp_dir().join(format!(
             "routemon-http-loop-{}-{}",
             std::process::id(),
@@ -213,8 +231,11 @@ impl HttpLoop {
         let (program, args) = prefix.split_first().context("empty prefix")?;
         let child = std::process::Command::new(program)
             .args(args)
-            .args(["python3", "-c", HTTP_LOOP, &format!("http://{addr}/")])
+            .args(["python3", "-c", HTTP_LOOP])
+            .arg(addr.ip().to_string())
+            .arg(addr.port().to_string())
             .arg(&stop_file)
+            .arg(device.unwrap_or_default())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
             .spawn()

@@ -109,6 +109,68 @@ fn the_units_capabilities_are_enough_and_needed() {
     assert!(out.stderr.contains("CAP_BPF"), "{}", out.stderr);
 }
 
+/// A launcher that runs what follows it in a mount namespace of its own where no
+/// BPF filesystem is mounted (a host where systemd did not mount one).
+fn without_bpffs() -> Vec<String> {
+    [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "while mountpoint -q /sys/fs/bpf; do umount /sys/fs/bpf || exit 99; done; exec \"$@\"",
+        "sh",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// On a host without a BPF filesystem, `watch` as root mounts it and runs; with
+/// only the unit's capabilities (no CAP_SYS_ADMIN, as systemd mounts it at boot on
+/// every real host) it cannot, and says how to fix it instead of waiting.
+#[test]
+fn without_a_bpf_filesystem_root_mounts_it_and_the_unit_says_what_to_do() {
+    require_root();
+    let bed = Testbed::ens5_ens6(1000, 1024).unwrap();
+    let pins = PinDir::new();
+    let mut launcher = without_bpffs();
+    launcher.extend(net_launcher(&bed.node));
+    let mut watch = Watch::start(&launcher, &["--pin-dir", &pins.arg()]).unwrap();
+    watch
+        .wait_for("attach", Duration::from_secs(10), |e| {
+            e["event"] == "interface_attached" && e["interface"] == "ens5"
+        })
+        .unwrap();
+    watch.stop_cleanly().unwrap();
+
+    let caps = unit_capabilities();
+    let bounding = caps.iter().map(|c| format!(",+{c}")).collect::<String>();
+    launcher.extend([
+        "setpriv".to_owned(),
+        format!("--bounding-set=-all{bounding}"),
+        "--inh-caps=-all".to_owned(),
+    ]);
+    let out = routemon_testbed::routemon::run_with(&launcher, &["watch", "--pin-dir", &pins.arg()])
+        .unwrap();
+    assert!(!out.status.success(), "{}", out.stderr);
+    assert_ne!(
+        out.status.code(),
+        Some(99),
+        "the test could not unmount bpffs"
+    );
+    assert!(
+        out.stderr.contains("mount -t bpf bpf /sys/fs/bpf"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        routemon_testbed::kernel::routemon_programs_after(Duration::from_secs(5))
+            .unwrap()
+            .is_empty()
+    );
+}
+
 #[test]
 fn kubernetes_manifests_validate_against_the_api_schemas() {
     let validator = repo().join("target/tools/venv/bin/kubernetes-validate");

@@ -107,14 +107,23 @@ fn internet() -> SocketAddr {
 }
 
 /// Runs routemon inside the node while an HTTP client loop requests the
-/// "internet" host throughout, and records the kernel's route events. Asserts
-/// that requests ran; returns routemon's output, the events and the counts.
+/// "internet" host throughout (its sockets bound to `via`, if given), and records
+/// the kernel's route events. Asserts that requests ran; returns routemon's
+/// output, the events and the counts.
+///
+/// Bound to the primary, the requests prove what pinning promises: the primary
+/// keeps a default route at every instant. Unbound in an equal-metric tie, the
+/// kernel may send a connection out of the other ENI (when the primary gateway's
+/// neighbour entry is not reachable at that moment), and any fix of the tie —
+/// networkd's too — moves that connection to the primary with the other ENI's
+/// source address, which the VPC drops.
 fn run_under_traffic(
     eks: &EksNode,
     state: &Path,
     args: &[&str],
+    via: Option<&str>,
 ) -> (Finished, Vec<String>, HttpLoopResult) {
-    let client = HttpLoop::start(&eks.launcher(), internet()).unwrap();
+    let client = HttpLoop::start_on(&eks.launcher(), internet(), via).unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let monitor = RouteMonitor::start(&eks.node).unwrap();
     let out = routemon(eks, state, args).success();
@@ -207,7 +216,7 @@ fn pin_under_traffic_and_unpin_restore_the_exact_state() {
     let (routes_before, files_before) = (main_table(&eks), network_files(&eks));
     assert_eq!(ties(&eks), 1);
 
-    let (out, events, counted) = run_under_traffic(&eks, &state, &PIN_ENS5);
+    let (out, events, counted) = run_under_traffic(&eks, &state, &PIN_ENS5, Some("ens5"));
     assert_eq!(counted.failed, 0, "pin --apply: {counted:?}");
     assert_added_before_deleted(
         &events,
@@ -270,6 +279,7 @@ fn pinned_metrics_survive_reload_restart_and_dhcp_renewal() {
         &eks,
         &state,
         &["pin", "--persist", "networkd", "--apply", "--reload"],
+        None,
     );
     assert!(counted.failed * 100 < counted.ok, "--reload: {counted:?}");
     assert!(
@@ -450,7 +460,7 @@ fn single_eni_node_answers_every_request_through_pin_and_unpin() {
             "default via 10.0.1.1 dev ens5 proto dhcp src 10.0.1.10 metric 1000",
         ),
     ] {
-        let (_, events, counted) = run_under_traffic(&eks, &state, args);
+        let (_, events, counted) = run_under_traffic(&eks, &state, args, None);
         assert_eq!(counted.failed, 0, "{args:?}: {counted:?}");
         assert_added_before_deleted(&events, added, deleted);
     }
