@@ -119,6 +119,29 @@ pub const ROUTE_KEY_PREFIX_BITS: u32 = 64;
 /// Table slot of the main table (and of tables no source rule selects).
 pub const MAIN_TABLE_SLOT: u32 = 0;
 
+/// Name of the one-element array holding the [`DataPathConfig`].
+pub const CONFIG_MAP: &str = "CONFIG";
+
+/// What the data path may skip, written by userspace whenever the maps it
+/// summarises change (an inlined array read per packet, against an LPM or hash
+/// lookup whose answer is known in advance).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DataPathConfig {
+    /// [`HAS_SOURCE_RULES_V4`], [`HAS_SOURCE_RULES_V6`], [`CROSS_ENI_POSSIBLE`].
+    pub flags: u32,
+    /// Padding, always zero.
+    pub pad: u32,
+}
+
+/// The IPv4 source-rule trie has an entry: egress looks up the source's table.
+pub const HAS_SOURCE_RULES_V4: u32 = 1;
+/// The IPv6 source-rule trie has an entry.
+pub const HAS_SOURCE_RULES_V6: u32 = 1 << 1;
+/// Addresses have owners, and the owners and monitored interfaces are at least two
+/// interfaces: a packet can leave by another interface than its source's owner.
+pub const CROSS_ENI_POSSIBLE: u32 = 1 << 2;
+
 /// Name of the IPv4 source-rule LPM trie: source prefix → table slot.
 pub const SOURCE_RULES_V4_MAP: &str = "SOURCE_RULES_V4";
 /// Name of the IPv6 source-rule LPM trie: source prefix → table slot.
@@ -152,6 +175,12 @@ pub struct IfaceCounters {
     pub egress_unattributed_packets: u64,
     /// Bytes of [`Self::egress_unattributed_packets`].
     pub egress_unattributed_bytes: u64,
+    /// Packets, both ways, whose IP header is truncated or invalid (IPv4 IHL below
+    /// 5, a wrong version, IPv6 extension headers past the walked depth): counted
+    /// here and in the totals, never as a flow (and on egress never to a route).
+    pub unparsed_packets: u64,
+    /// Bytes of [`Self::unparsed_packets`].
+    pub unparsed_bytes: u64,
 }
 
 impl IfaceCounters {
@@ -163,6 +192,8 @@ impl IfaceCounters {
         self.ingress_bytes += other.ingress_bytes;
         self.egress_unattributed_packets += other.egress_unattributed_packets;
         self.egress_unattributed_bytes += other.egress_unattributed_bytes;
+        self.unparsed_packets += other.unparsed_packets;
+        self.unparsed_bytes += other.unparsed_bytes;
     }
 }
 
@@ -377,4 +408,5 @@ mod pod {
     unsafe impl aya::Pod for super::FlowState {}
     unsafe impl aya::Pod for super::DropKey {}
     unsafe impl aya::Pod for super::DropConfig {}
+    unsafe impl aya::Pod for super::DataPathConfig {}
 }

@@ -35,19 +35,24 @@ use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{classifier, map, raw_tracepoint},
     maps::{
-        HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf,
+        Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf,
         lpm_trie::Key,
     },
     programs::{RawTracePointContext, TcContext},
 };
 use monitor_common::{
-    AsymmetricKey, CrossEniKey, DEFAULT_MAX_INTERFACES, DEFAULT_MAX_OWNED_ADDRESSES,
-    DEFAULT_MAX_ROUTES, DropConfig, DropKey, FlowKey, FlowState, IfaceCounters, MAIN_TABLE_SLOT,
+    AsymmetricKey, CROSS_ENI_POSSIBLE, CrossEniKey, DEFAULT_MAX_INTERFACES,
+    DEFAULT_MAX_OWNED_ADDRESSES, DEFAULT_MAX_ROUTES, DataPathConfig, DropConfig, DropKey, FlowKey,
+    FlowState, HAS_SOURCE_RULES_V4, HAS_SOURCE_RULES_V6, IfaceCounters, MAIN_TABLE_SLOT,
     MAX_ASYMMETRIC_FLOWS, MAX_CROSS_ENI_PAIRS, MAX_DROP_KEYS, MAX_SOURCE_RULES, MAX_TRACKED_FLOWS,
     PacketCounters, ROUTE_KEY_PREFIX_BITS, RouteId, RouteKeyV4, RouteKeyV6, SAMPLE_BURST,
     SAMPLE_CROSS_ENI, SAMPLES_PER_SECOND_PER_CPU, SAMPLES_RING_BYTES, SampleEvent, SamplerState,
     TableStats,
 };
+
+/// What egress may skip ([`DataPathConfig`]); userspace rewrites it with the maps.
+#[map(name = "CONFIG")]
+static CONFIG: Array<DataPathConfig> = Array::with_max_entries(1, 0);
 
 /// Per-interface counters, keyed by ifindex. Userspace inserts an entry for each
 /// interface before it attaches the programs, so the data path only looks up.
@@ -182,6 +187,16 @@ const IPPROTO_ICMPV6: u8 = 58;
 const IPPROTO_SCTP: u8 = 132;
 /// Fixed IPv6 header; source at 8..24, destination at 24..40.
 const IPV6_HLEN: usize = 40;
+/// IPv6 extension headers that stand between the fixed header and the transport
+/// header (RFC 8200 section 4; AH, RFC 4302, counts its length in 4-byte words).
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_DSTOPTS: u8 = 60;
+/// Extension headers walked before a packet counts as unparsed (a usual packet has
+/// none; hop-by-hop + destination options + routing + fragment is already rare).
+const MAX_IPV6_EXTENSIONS: usize = 4;
 
 /// Egress of interfaces with an Ethernet header.
 #[classifier]
@@ -238,7 +253,7 @@ fn count_ingress(ctx: &TcContext, link_layer: LinkLayer) {
 
     // Remember where the flow arrived, keyed by the tuple its replies will carry,
     // and count its traffic.
-    if let Some(packet) = parse(ctx, link_layer) {
+    if let Some(packet) = parse(ctx, link_layer).counted_in(iface, len) {
         let reply = packet.flow.reversed();
         match FLOWS.get_ptr_mut(reply) {
             Some(state) => {
@@ -278,13 +293,15 @@ fn count_egress(ctx: &TcContext, link_layer: LinkLayer) {
     iface.egress_packets += 1;
     iface.egress_bytes += len;
 
-    let packet = parse(ctx, link_layer);
+    let packet = parse(ctx, link_layer).counted_in(iface, len);
+    let flags = CONFIG.get(0).map_or(0, |config| config.flags);
+    let cross_eni_possible = flags & CROSS_ENI_POSSIBLE != 0;
     let route = match &packet {
         Some(packet) => match packet.v4() {
             Some((src, dst)) => {
                 let tables = Tables {
-                    owners: &SOURCE_OWNERS_V4,
-                    rules: &SOURCE_RULES_V4,
+                    owners: cross_eni_possible.then_some(&SOURCE_OWNERS_V4),
+                    rules: (flags & HAS_SOURCE_RULES_V4 != 0).then_some(&SOURCE_RULES_V4),
                     routes: &ROUTES_V4,
                     addr_bits: 32,
                 };
@@ -297,8 +314,8 @@ fn count_egress(ctx: &TcContext, link_layer: LinkLayer) {
             }
             None => {
                 let tables = Tables {
-                    owners: &SOURCE_OWNERS_V6,
-                    rules: &SOURCE_RULES_V6,
+                    owners: cross_eni_possible.then_some(&SOURCE_OWNERS_V6),
+                    rules: (flags & HAS_SOURCE_RULES_V6 != 0).then_some(&SOURCE_RULES_V6),
                     routes: &ROUTES_V6,
                     addr_bits: 128,
                 };
@@ -354,10 +371,11 @@ fn count_egress(ctx: &TcContext, link_layer: LinkLayer) {
     }
 }
 
-/// The maps of one address family that egress consults.
+/// The maps of one address family that egress consults; `None` where the
+/// [`DataPathConfig`] says the lookup cannot find anything that matters.
 struct Tables<A: 'static, K: 'static> {
-    owners: &'static HashMap<A, u32>,
-    rules: &'static LpmTrie<A, u32>,
+    owners: Option<&'static HashMap<A, u32>>,
+    rules: Option<&'static LpmTrie<A, u32>>,
     routes: &'static LpmTrie<K, RouteId>,
     addr_bits: u32,
 }
@@ -374,11 +392,14 @@ impl<A: Copy, K> Tables<A, K> {
         len: u64,
         key: impl Fn(u32) -> K,
     ) -> Option<RouteId> {
-        if let Some(owner) = self.owners.get_ptr(src) {
+        if let Some(owner) = self.owners.and_then(|owners| owners.get_ptr(src)) {
             // SAFETY: a valid pointer into the hash map's value.
             count_cross_eni(ifindex, unsafe { *owner }, len, flow);
         }
-        let slot = self.rules.get(Key::new(self.addr_bits, *src)).copied();
+        let slot = self
+            .rules
+            .and_then(|rules| rules.get(Key::new(self.addr_bits, *src)))
+            .copied();
         let lookup = |table_slot| {
             self.routes
                 .get(Key::new(
@@ -550,6 +571,34 @@ struct Packet {
     flow: FlowKey,
 }
 
+/// What [`parse`] made of a frame.
+enum Parsed {
+    /// An IP packet with its 5-tuple.
+    Ip(Packet),
+    /// Not IP (ARP, LLDP, …): counted on the interface only.
+    NotIp,
+    /// IP by its ethertype, but a header that is truncated or invalid (IPv4 IHL
+    /// below 5, a wrong version, more IPv6 extension headers than are walked): no
+    /// 5-tuple can be trusted, so it is counted as unparsed, never as a flow.
+    Malformed,
+}
+
+impl Parsed {
+    /// The packet, if any; a malformed one is counted in `iface`'s `unparsed_*`.
+    #[inline(always)]
+    fn counted_in(self, iface: &mut IfaceCounters, len: u64) -> Option<Packet> {
+        match self {
+            Parsed::Ip(packet) => Some(packet),
+            Parsed::NotIp => None,
+            Parsed::Malformed => {
+                iface.unparsed_packets += 1;
+                iface.unparsed_bytes += len;
+                None
+            }
+        }
+    }
+}
+
 impl Packet {
     /// The IPv4 source and destination, for an IPv4 packet.
     #[inline(always)]
@@ -615,38 +664,103 @@ fn v4_in_v6_slot<const H: usize>(header: &[u8; H], at: usize) -> [u8; 16] {
 
 /// Reads the IP header and the ports (or ICMP echo identifier) of a packet.
 #[inline(always)]
-fn parse(ctx: &TcContext, link_layer: LinkLayer) -> Option<Packet> {
+fn parse(ctx: &TcContext, link_layer: LinkLayer) -> Parsed {
     let (ethertype, l3_offset) = match link_layer {
-        LinkLayer::Ethernet => ethertype_and_l3_offset(ctx)?,
+        LinkLayer::Ethernet => match ethertype_and_l3_offset(ctx) {
+            Some(found) => found,
+            None => return Parsed::NotIp,
+        },
         // skb->protocol holds the ethertype in network byte order in its low 16 bits.
         LinkLayer::None => (u16::from_be(ctx.skb.protocol() as u16), 0),
     };
     match ethertype {
-        ETH_P_IP => {
-            let header: [u8; IPV4_HLEN] = bytes(ctx, l3_offset)?;
-            let mut flow = flow_key(
-                4,
-                header[9],
-                v4_in_v6_slot(&header, 12),
-                v4_in_v6_slot(&header, 16),
-            );
-            // Only the first fragment carries the transport header.
-            let fragment_offset = u16::from_be_bytes([header[6] & 0x1f, header[7]]);
-            if fragment_offset == 0 {
-                let header_len = usize::from(header[0] & 0x0f) * 4;
-                read_ports(ctx, l3_offset + header_len, IPPROTO_ICMP, &mut flow);
-            }
-            Some(Packet { flow })
-        }
-        ETH_P_IPV6 => {
-            let header: [u8; IPV6_HLEN] = bytes(ctx, l3_offset)?;
-            // The next header; with extension headers in between, ports stay 0.
-            let mut flow = flow_key(6, header[6], field(&header, 8), field(&header, 24));
-            read_ports(ctx, l3_offset + IPV6_HLEN, IPPROTO_ICMPV6, &mut flow);
-            Some(Packet { flow })
-        }
-        _ => None,
+        ETH_P_IP => parse_ipv4(ctx, l3_offset),
+        ETH_P_IPV6 => parse_ipv6(ctx, l3_offset),
+        _ => Parsed::NotIp,
     }
+}
+
+#[inline(always)]
+fn parse_ipv4(ctx: &TcContext, l3_offset: usize) -> Parsed {
+    let Some(header) = bytes::<IPV4_HLEN>(ctx, l3_offset) else {
+        return Parsed::Malformed;
+    };
+    let header_words = header[0] & 0x0f;
+    // Version 4 and at least the fixed header: below 5 words the "ports" would be
+    // read from inside the IP header (the kernel drops such packets: IP_INHDR).
+    if header[0] >> 4 != 4 || header_words < 5 {
+        return Parsed::Malformed;
+    }
+    let mut flow = flow_key(
+        4,
+        header[9],
+        v4_in_v6_slot(&header, 12),
+        v4_in_v6_slot(&header, 16),
+    );
+    // Only the first fragment carries the transport header: the others are keyed
+    // with ports 0.
+    let fragment_offset = u16::from_be_bytes([header[6] & 0x1f, header[7]]);
+    if fragment_offset == 0 {
+        let header_len = usize::from(header_words) * 4;
+        read_ports(ctx, l3_offset + header_len, IPPROTO_ICMP, &mut flow);
+    }
+    Parsed::Ip(Packet { flow })
+}
+
+#[inline(always)]
+fn parse_ipv6(ctx: &TcContext, l3_offset: usize) -> Parsed {
+    let Some(header) = bytes::<IPV6_HLEN>(ctx, l3_offset) else {
+        return Parsed::Malformed;
+    };
+    if header[0] >> 4 != 6 {
+        return Parsed::Malformed;
+    }
+    // Walk the extension headers to the transport protocol, so that a UDP and a TCP
+    // flow between the same addresses never merge under the extension's number.
+    let mut protocol = header[6];
+    let mut offset = l3_offset + IPV6_HLEN;
+    let mut first_fragment = true;
+    for _ in 0..MAX_IPV6_EXTENSIONS {
+        match protocol {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                let Some(ext) = bytes::<2>(ctx, offset) else {
+                    return Parsed::Malformed;
+                };
+                protocol = ext[0];
+                offset += (usize::from(ext[1]) + 1) * 8;
+            }
+            IPPROTO_FRAGMENT => {
+                let Some(ext) = bytes::<4>(ctx, offset) else {
+                    return Parsed::Malformed;
+                };
+                protocol = ext[0];
+                // The fragment offset (upper 13 bits): not 0, no transport header.
+                if u16::from_be_bytes([ext[2], ext[3]]) & 0xfff8 != 0 {
+                    first_fragment = false;
+                }
+                offset += 8;
+            }
+            IPPROTO_AH => {
+                let Some(ext) = bytes::<2>(ctx, offset) else {
+                    return Parsed::Malformed;
+                };
+                protocol = ext[0];
+                offset += (usize::from(ext[1]) + 2) * 4;
+            }
+            _ => break,
+        }
+    }
+    if matches!(
+        protocol,
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_FRAGMENT | IPPROTO_AH | IPPROTO_DSTOPTS
+    ) {
+        return Parsed::Malformed;
+    }
+    let mut flow = flow_key(6, protocol, field(&header, 8), field(&header, 24));
+    if first_fragment {
+        read_ports(ctx, offset, IPPROTO_ICMPV6, &mut flow);
+    }
+    Parsed::Ip(Packet { flow })
 }
 
 /// Fills the flow's ports from the transport header at `offset`: TCP, UDP and SCTP

@@ -109,6 +109,13 @@ pub struct InterfaceReport {
     /// Bytes of those packets (snapshot only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub egress_unattributed_bytes: Option<u64>,
+    /// Packets, both ways, with a truncated or invalid IP header: in the totals,
+    /// never in a flow or a route (snapshot only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unparsed_packets: Option<u64>,
+    /// Bytes of those packets (snapshot only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unparsed_bytes: Option<u64>,
     /// Its busiest flows over the count, by bytes both ways (snapshot only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub top_flows: Option<Vec<crate::flows::FlowTraffic>>,
@@ -248,6 +255,8 @@ impl Report {
                     ingress_bytes: counters.map(|c| c.ingress_bytes),
                     egress_unattributed_packets: counters.map(|c| c.egress_unattributed_packets),
                     egress_unattributed_bytes: counters.map(|c| c.egress_unattributed_bytes),
+                    unparsed_packets: counters.map(|c| c.unparsed_packets),
+                    unparsed_bytes: counters.map(|c| c.unparsed_bytes),
                     top_flows: None,
                     drops: None,
                 }

@@ -17,7 +17,7 @@ use routemon_testbed::{
     Testbed, UplinkSpec,
     cmd::require_root,
     eks::wait_until,
-    frames::{random_frames, shaped_frames},
+    frames::{ethernet, ipv4, ipv6, random_frames, shaped_frames, tcp, udp},
     kernel,
     routemon::Running,
 };
@@ -103,6 +103,188 @@ fn programs_return_every_frame_unchanged_and_count_it_once() {
     assert_eq!(counters.egress_bytes, bytes[0] + bytes[2]);
     assert_eq!(counters.ingress_packets, runs[1] + runs[3]);
     assert_eq!(counters.ingress_bytes, bytes[1] + bytes[3]);
+}
+
+/// The data path skips the source-rule tries while they are empty and the owner
+/// lookup while no packet can leave by another interface than its source's owner;
+/// the flags follow every change, and a skipped lookup is never one that would
+/// have found something: a rule's table and a cross-ENI packet are still seen as
+/// soon as they exist.
+#[test]
+fn lookups_are_skipped_only_while_they_cannot_find_anything() {
+    use monitor_common::{CROSS_ENI_POSSIBLE, HAS_SOURCE_RULES_V4, HAS_SOURCE_RULES_V6};
+    require_root();
+    let mut monitor = Monitor::load_long_running(None).expect("the verifier accepts the programs");
+    let flags = |monitor: &Monitor| monitor.data_path_config().unwrap().flags;
+    assert_eq!(flags(&monitor), 0);
+    monitor.register_interface(1).unwrap();
+    let (own, other): (IpAddr, IpAddr) =
+        ("10.0.1.10".parse().unwrap(), "10.0.2.10".parse().unwrap());
+    monitor.set_source_owner(own, Some(1)).unwrap();
+    assert_eq!(flags(&monitor), 0, "one interface owns everything");
+    let key = |prefix: &str, table_slot| TrieKey {
+        ifindex: 1,
+        table_slot,
+        prefix: prefix.parse().unwrap(),
+    };
+    monitor
+        .update_route_entries(&[
+            (key("0.0.0.0/0", 0), Some(0)),
+            (key("0.0.0.0/0", 1), Some(1)),
+        ])
+        .unwrap();
+    let frame_from = |src: [u8; 4]| {
+        ethernet(
+            0x0800,
+            &ipv4(5, 17, 0, src, [198, 51, 100, 10], &udp(4000, 53, 20)),
+        )
+    };
+    monitor
+        .test_run("routemon_tx", &frame_from([10, 0, 2, 10]), 1)
+        .unwrap();
+    assert!(monitor.cross_eni_counters().unwrap().is_empty());
+
+    // Another interface's address: the owner lookup is on, and the packet counted.
+    monitor.set_source_owner(other, Some(2)).unwrap();
+    assert_eq!(flags(&monitor), CROSS_ENI_POSSIBLE);
+    monitor
+        .test_run("routemon_tx", &frame_from([10, 0, 2, 10]), 1)
+        .unwrap();
+    let cross: u64 = monitor
+        .cross_eni_counters()
+        .unwrap()
+        .values()
+        .map(|c| c.packets)
+        .sum();
+    assert_eq!(cross, 1);
+
+    // A source rule: its table's route gets the packet from then on.
+    let rule = |prefix: &str| routemon::attribution::SourceRule {
+        prefix: prefix.parse().unwrap(),
+        table_slot: 1,
+    };
+    monitor
+        .replace_source_rules(&[rule("10.0.1.0/24")])
+        .unwrap();
+    assert_eq!(flags(&monitor), CROSS_ENI_POSSIBLE | HAS_SOURCE_RULES_V4);
+    monitor
+        .test_run("routemon_tx", &frame_from([10, 0, 1, 10]), 1)
+        .unwrap();
+    let routes = monitor.route_counters(2).unwrap();
+    assert_eq!(
+        (routes[0].packets, routes[1].packets),
+        (2, 1),
+        "the rule's table"
+    );
+    monitor
+        .replace_source_rules(&[rule("2001:db8::/64")])
+        .unwrap();
+    assert_eq!(flags(&monitor), CROSS_ENI_POSSIBLE | HAS_SOURCE_RULES_V6);
+    monitor.replace_source_rules(&[]).unwrap();
+    monitor.set_source_owner(other, None).unwrap();
+    assert_eq!(flags(&monitor), 0);
+}
+
+/// An IPv6 extension header of 8 bytes (PadN option inside) before `payload`.
+fn extension(next_header: u8, payload: &[u8]) -> Vec<u8> {
+    let mut header = vec![next_header, 0, 1, 4, 0, 0, 0, 0];
+    header.extend_from_slice(payload);
+    header
+}
+
+/// An IPv6 fragment header (offset in 8-byte units, more-fragments set) before
+/// `payload`.
+fn fragment6(next_header: u8, offset: u16, payload: &[u8]) -> Vec<u8> {
+    let mut header = vec![next_header, 0];
+    header.extend_from_slice(&((offset << 3) | 1).to_be_bytes());
+    header.extend_from_slice(&[0, 0, 0x12, 0x34]);
+    header.extend_from_slice(payload);
+    header
+}
+
+/// IPv4 headers shorter than 5 words or of the wrong version, and IPv6 behind more
+/// extension headers than are walked, are counted as `unparsed` (both ways), never
+/// as flows; IPv6 extension headers are walked to the transport protocol, so UDP
+/// and TCP between the same addresses stay two flows with their ports; fragments
+/// after the first are keyed with ports 0. Every program runs in the kernel
+/// (BPF_PROG_TEST_RUN).
+#[test]
+fn unparsable_headers_are_counted_apart_and_ipv6_extensions_are_walked() {
+    require_root();
+    let mut monitor = Monitor::load_long_running(None).expect("the verifier accepts the programs");
+    monitor.register_interface(1).unwrap();
+    let (src, dst) = ([10, 0, 1, 10], [198, 51, 100, 10]);
+
+    let mut malformed = Vec::new();
+    for words in 0..5u8 {
+        // Before the fix, IHL 0–4 made flows like `udp 16384→48` out of the IP header.
+        let mut packet = ipv4(5, 17, 0, src, dst, &udp(4000, 53, 20));
+        packet[0] = 0x40 | words;
+        malformed.push(ethernet(0x0800, &packet));
+    }
+    let mut wrong_version = ipv4(5, 17, 0, src, dst, &udp(4000, 53, 20));
+    wrong_version[0] = 0x65;
+    malformed.push(ethernet(0x0800, &wrong_version));
+    // Five extension headers: one more than the programs walk.
+    let mut deep = extension(17, &udp(4000, 53, 20));
+    for _ in 0..4 {
+        deep = extension(60, &deep);
+    }
+    malformed.push(ethernet(0x86dd, &ipv6(60, 7, &deep)));
+    for frame in &malformed {
+        for program in ["routemon_tx", "routemon_rx"] {
+            let run = monitor.test_run(program, frame, 1).unwrap();
+            assert_eq!(run.verdict, TC_ACT_UNSPEC);
+        }
+    }
+    let counters = monitor.interface_counters().unwrap()[&1];
+    let malformed_bytes: u64 = malformed.iter().map(|f| f.len() as u64).sum();
+    assert_eq!(counters.unparsed_packets, 2 * malformed.len() as u64);
+    assert_eq!(counters.unparsed_bytes, 2 * malformed_bytes);
+    assert_eq!(counters.egress_packets, malformed.len() as u64);
+    assert_eq!(counters.egress_unattributed_packets, malformed.len() as u64);
+    assert!(
+        monitor.flows().unwrap().is_empty(),
+        "{:?}",
+        monitor.flows().unwrap()
+    );
+
+    let v6 = |next_header, payload: &[u8]| ethernet(0x86dd, &ipv6(next_header, 1, payload));
+    let walked = [
+        v6(60, &extension(17, &udp(5000, 53, 20))),
+        v6(60, &extension(6, &tcp(5000, 53, 20))),
+        v6(0, &extension(43, &extension(17, &udp(5001, 53, 20)))),
+        v6(44, &fragment6(17, 0, &udp(5002, 53, 20))),
+        v6(44, &fragment6(17, 185, &[0xab; 40])),
+        ethernet(0x0800, &ipv4(5, 17, 0x2000, src, dst, &udp(5003, 53, 20))),
+        ethernet(0x0800, &ipv4(5, 17, 185, src, dst, &[0xab; 40])),
+    ];
+    for frame in &walked {
+        let run = monitor.test_run("routemon_tx", frame, 1).unwrap();
+        assert_eq!(run.verdict, TC_ACT_UNSPEC);
+    }
+    let mut flows: Vec<(u8, u8, u16, u16)> = monitor
+        .flows()
+        .unwrap()
+        .iter()
+        .map(|(k, _)| (k.ip_version, k.protocol, k.src_port, k.dst_port))
+        .collect();
+    flows.sort();
+    assert_eq!(
+        flows,
+        [
+            // IPv4: the first fragment has ports, a later one is keyed with 0.
+            (4, 17, 0, 0),
+            (4, 17, 5003, 53),
+            (6, 6, 5000, 53),
+            (6, 17, 0, 0),
+            (6, 17, 5000, 53),
+            (6, 17, 5001, 53),
+            (6, 17, 5002, 53),
+        ]
+    );
+    let counters = monitor.interface_counters().unwrap()[&1];
+    assert_eq!(counters.unparsed_packets, 2 * malformed.len() as u64);
 }
 
 /// An `AF_PACKET` socket on `dev` (in the calling thread's network namespace),

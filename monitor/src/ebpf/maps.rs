@@ -1,15 +1,18 @@
 //! Typed access to the eBPF maps.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use aya::{
     Ebpf,
-    maps::{HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
+    maps::{
+        Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, lpm_trie::Key,
+    },
     util::nr_cpus,
 };
 use ipnet::IpNet;
 use monitor_common::{
-    DROPS_MAP, DropKey, FLOWS_MAP, FlowKey, FlowState, IFACE_COUNTERS_MAP, IfaceCounters,
+    CONFIG_MAP, CROSS_ENI_POSSIBLE, DROPS_MAP, DataPathConfig, DropKey, FLOWS_MAP, FlowKey,
+    FlowState, HAS_SOURCE_RULES_V4, HAS_SOURCE_RULES_V6, IFACE_COUNTERS_MAP, IfaceCounters,
     MAX_DROP_KEYS, MAX_SOURCE_RULES, MAX_TRACKED_FLOWS, PacketCounters, ROUTE_COUNTERS_MAP,
     ROUTE_KEY_PREFIX_BITS, ROUTES_V4_MAP, ROUTES_V6_MAP, RouteKeyV4, RouteKeyV6, SAMPLER_MAP,
     SOURCE_OWNERS_V4_MAP, SOURCE_OWNERS_V6_MAP, SOURCE_RULES_V4_MAP, SOURCE_RULES_V6_MAP,
@@ -39,6 +42,46 @@ fn map_error(map: &'static str) -> impl Fn(aya::maps::MapError) -> EbpfError {
 fn cpus() -> Result<usize, EbpfError> {
     nr_cpus()
         .map_err(|(path, err)| EbpfError::Other(format!("cannot count CPUs from {path}: {err}")))
+}
+
+/// Rewrites the [`DataPathConfig`] from what the maps hold now: which source-rule
+/// tries have entries, and whether a packet can leave by another interface than
+/// its source address's owner. Called after every change of the interfaces, the
+/// owners or the rules (and at load, for maps a previous routemon pinned), so the
+/// data path never skips a lookup that could find something.
+pub fn refresh_config(ebpf: &mut Ebpf) -> Result<DataPathConfig, EbpfError> {
+    fn has_entries<K: aya::Pod>(ebpf: &Ebpf, name: &'static str) -> Result<bool, EbpfError> {
+        let trie: LpmTrie<&MapData, K, u32> =
+            LpmTrie::try_from(map(ebpf, name)?).map_err(map_error(name))?;
+        Ok(trie.keys().next().is_some())
+    }
+    let mut flags = 0;
+    if has_entries::<[u8; 4]>(ebpf, SOURCE_RULES_V4_MAP)? {
+        flags |= HAS_SOURCE_RULES_V4;
+    }
+    if has_entries::<[u8; 16]>(ebpf, SOURCE_RULES_V6_MAP)? {
+        flags |= HAS_SOURCE_RULES_V6;
+    }
+    let owners: BTreeSet<u32> = source_owners(ebpf)?.into_iter().map(|(_, o)| o).collect();
+    let counters: PerCpuHashMap<&MapData, u32, IfaceCounters> =
+        PerCpuHashMap::try_from(map(ebpf, IFACE_COUNTERS_MAP)?)
+            .map_err(map_error(IFACE_COUNTERS_MAP))?;
+    let interfaces: BTreeSet<u32> = counters.keys().filter_map(Result::ok).collect();
+    if !owners.is_empty() && owners.union(&interfaces).nth(1).is_some() {
+        flags |= CROSS_ENI_POSSIBLE;
+    }
+    let config = DataPathConfig { flags, pad: 0 };
+    let mut array: Array<&mut MapData, DataPathConfig> =
+        Array::try_from(map_mut(ebpf, CONFIG_MAP)?).map_err(map_error(CONFIG_MAP))?;
+    array.set(0, config, 0).map_err(map_error(CONFIG_MAP))?;
+    Ok(config)
+}
+
+/// The [`DataPathConfig`] the data path reads now.
+pub fn config(ebpf: &Ebpf) -> Result<DataPathConfig, EbpfError> {
+    let array: Array<&MapData, DataPathConfig> =
+        Array::try_from(map(ebpf, CONFIG_MAP)?).map_err(map_error(CONFIG_MAP))?;
+    array.get(&0, 0).map_err(map_error(CONFIG_MAP))
 }
 
 /// Creates zeroed counters for each interface, so the data path only ever looks up.

@@ -123,6 +123,7 @@ impl Monitor {
         maps::register_interfaces(&mut ebpf, interfaces.iter().map(|l| l.index))?;
         maps::load_routes(&mut ebpf, plan)?;
         maps::register_source_owners(&mut ebpf, source_owners)?;
+        maps::refresh_config(&mut ebpf)?;
 
         load_programs(&mut ebpf)?;
         Ok(Self {
@@ -155,6 +156,8 @@ impl Monitor {
             }
         }
         let mut ebpf = loader.load(OBJECT).map_err(EbpfError::Object)?;
+        // Pinned maps of a previous routemon may hold interfaces, owners and rules.
+        maps::refresh_config(&mut ebpf)?;
         load_programs(&mut ebpf)?;
         Ok(Self {
             ebpf,
@@ -250,6 +253,7 @@ impl Monitor {
             .remove(&ifindex)
             .unwrap_or_default();
         maps::unregister_interface(&mut self.ebpf, ifindex)?;
+        maps::refresh_config(&mut self.ebpf)?;
         Ok(last)
     }
 
@@ -261,7 +265,8 @@ impl Monitor {
     /// Creates zeroed counters for an interface; existing counters (of a previous
     /// routemon, in pinned maps) are kept.
     pub fn register_interface(&mut self, ifindex: u32) -> Result<(), EbpfError> {
-        maps::register_interfaces(&mut self.ebpf, std::iter::once(ifindex))
+        maps::register_interfaces(&mut self.ebpf, std::iter::once(ifindex))?;
+        maps::refresh_config(&mut self.ebpf).map(drop)
     }
 
     /// The route entries in the kernel's tries, with their route ids.
@@ -282,7 +287,8 @@ impl Monitor {
         &mut self,
         rules: &[crate::attribution::SourceRule],
     ) -> Result<(), EbpfError> {
-        maps::replace_source_rules(&mut self.ebpf, rules)
+        maps::replace_source_rules(&mut self.ebpf, rules)?;
+        maps::refresh_config(&mut self.ebpf).map(drop)
     }
 
     /// Zeroes the counters of a route id before it is given to another route.
@@ -363,7 +369,13 @@ impl Monitor {
     /// Keeps the address → owner map current: `Some(ifindex)` when an address is
     /// added to a monitored interface, `None` when it is removed.
     pub fn set_source_owner(&mut self, addr: IpAddr, owner: Option<u32>) -> Result<(), EbpfError> {
-        maps::set_source_owner(&mut self.ebpf, addr, owner)
+        maps::set_source_owner(&mut self.ebpf, addr, owner)?;
+        maps::refresh_config(&mut self.ebpf).map(drop)
+    }
+
+    /// What the data path skips now ([`DataPathConfig`]).
+    pub fn data_path_config(&self) -> Result<monitor_common::DataPathConfig, EbpfError> {
+        maps::config(&self.ebpf)
     }
 
     /// Cross-ENI egress counters, summed over CPUs.

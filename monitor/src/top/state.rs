@@ -167,6 +167,8 @@ fn iface_delta(now: &IfaceCounters, before: &IfaceCounters) -> IfaceCounters {
         egress_unattributed_bytes: now
             .egress_unattributed_bytes
             .saturating_sub(before.egress_unattributed_bytes),
+        unparsed_packets: now.unparsed_packets.saturating_sub(before.unparsed_packets),
+        unparsed_bytes: now.unparsed_bytes.saturating_sub(before.unparsed_bytes),
     }
 }
 

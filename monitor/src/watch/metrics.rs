@@ -206,7 +206,7 @@ pub fn render(input: &MetricsInput<'_>) -> String {
     );
 
     type Field = fn(&IfaceCounters) -> u64;
-    let interface_counters: [(&str, &str, Field); 6] = [
+    let interface_counters: [(&str, &str, Field); 8] = [
         (
             "routemon_interface_egress_packets_total",
             "Packets seen leaving the interface (TC egress).",
@@ -236,6 +236,16 @@ pub fn render(input: &MetricsInput<'_>) -> String {
             "routemon_interface_egress_unattributed_bytes_total",
             "Bytes of routemon_interface_egress_unattributed_packets_total.",
             |c| c.egress_unattributed_bytes,
+        ),
+        (
+            "routemon_interface_unparsed_packets_total",
+            "Packets, both ways, with a truncated or invalid IP header (IPv4 IHL below 5, wrong version, too many IPv6 extension headers): never counted as a flow.",
+            |c| c.unparsed_packets,
+        ),
+        (
+            "routemon_interface_unparsed_bytes_total",
+            "Bytes of routemon_interface_unparsed_packets_total.",
+            |c| c.unparsed_bytes,
         ),
     ];
     for (name, help, field) in interface_counters {
