@@ -255,16 +255,16 @@ fn count_ingress(ctx: &TcContext, link_layer: LinkLayer) {
     // and count its traffic.
     if let Some(packet) = parse(ctx, link_layer).counted_in(iface, len) {
         let reply = packet.flow.reversed();
-        match FLOWS.get_ptr_mut(reply) {
-            Some(state) => {
-                // SAFETY: a valid pointer into the map's value; shared by all CPUs,
-                // so the counters are added atomically.
-                let state = unsafe { &mut *state };
-                if state.arrived_on != ifindex {
-                    state.arrived_on = ifindex;
-                }
-                add_shared(&mut state.ingress, len);
+        let arrive = |state: &mut FlowState| {
+            if state.arrived_on != ifindex {
+                state.arrived_on = ifindex;
             }
+            add_shared(&mut state.ingress, len);
+        };
+        match FLOWS.get_ptr_mut(reply) {
+            // SAFETY: a valid pointer into the map's value; shared by all CPUs, so
+            // the counters are added atomically.
+            Some(state) => arrive(unsafe { &mut *state }),
             None => new_flow(
                 &reply,
                 &FlowState {
@@ -276,6 +276,7 @@ fn count_ingress(ctx: &TcContext, link_layer: LinkLayer) {
                     },
                     egress: PacketCounters::default(),
                 },
+                arrive,
             ),
         }
     }
@@ -330,19 +331,19 @@ fn count_egress(ctx: &TcContext, link_layer: LinkLayer) {
         None => None,
     };
     if let Some(packet) = &packet {
-        match FLOWS.get_ptr_mut(packet.flow) {
-            Some(state) => {
-                // SAFETY: as in count_ingress.
-                let state = unsafe { &mut *state };
-                if state.left_by != ifindex {
-                    state.left_by = ifindex;
-                }
-                add_shared(&mut state.egress, len);
-                let arrived_on = state.arrived_on;
-                if arrived_on != 0 && arrived_on != ifindex {
-                    count_asymmetric(packet.flow, arrived_on, ifindex, len);
-                }
+        let leave = |state: &mut FlowState| {
+            if state.left_by != ifindex {
+                state.left_by = ifindex;
             }
+            add_shared(&mut state.egress, len);
+            let arrived_on = state.arrived_on;
+            if arrived_on != 0 && arrived_on != ifindex {
+                count_asymmetric(packet.flow, arrived_on, ifindex, len);
+            }
+        };
+        match FLOWS.get_ptr_mut(packet.flow) {
+            // SAFETY: as in count_ingress.
+            Some(state) => leave(unsafe { &mut *state }),
             None => new_flow(
                 &packet.flow,
                 &FlowState {
@@ -354,6 +355,7 @@ fn count_egress(ctx: &TcContext, link_layer: LinkLayer) {
                         bytes: len,
                     },
                 },
+                leave,
             ),
         }
     }
@@ -493,11 +495,20 @@ fn add_shared(counters: &mut PacketCounters, len: u64) {
     }
 }
 
-/// Adds a flow to the flow table (evicting the least recently used when full).
+/// `BPF_NOEXIST`: create only.
+const BPF_NOEXIST: u64 = 1;
+
+/// Adds a flow to the flow table (evicting the least recently used when full),
+/// with `state` holding this packet. When another CPU created the entry since this
+/// one's lookup missed, the create fails and `add_to_existing` counts the packet
+/// in the winner's entry instead: overwriting it would lose the winner's packet.
 #[inline(always)]
-fn new_flow(key: &FlowKey, state: &FlowState) {
-    if FLOWS.insert(key, state, 0).is_ok() {
+fn new_flow(key: &FlowKey, state: &FlowState, add_to_existing: impl FnOnce(&mut FlowState)) {
+    if FLOWS.insert(key, state, BPF_NOEXIST).is_ok() {
         table_stats(|s| s.flows_inserted += 1);
+    } else if let Some(existing) = FLOWS.get_ptr_mut(key) {
+        // SAFETY: a valid pointer into the map's value, as in count_ingress.
+        add_to_existing(unsafe { &mut *existing });
     }
 }
 
