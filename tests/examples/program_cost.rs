@@ -6,6 +6,9 @@
 //! Runs in a private network namespace it creates (the routes go on its loopback,
 //! which is the device of every test run), and prints one JSON object per case:
 //! `{"program", "frame", "routes", "flow_table", "ns": [mean ns of each round]}`.
+//! Programs: `empty`, the references `ref_iface_array` and `ref_flow_lookup` (the
+//! floor of a flow-tracking monitor, `routemon::ebpf::reference`), `routemon_tx`
+//! and `routemon_rx`, interleaved round by round.
 //!
 //! `cargo xtask bench` runs it; by hand (as root):
 //! `cargo run --release -p routemon-testbed --example program_cost -- --routes 10 --routes 100000`.
@@ -17,6 +20,7 @@ use routemon::{
     attribution::AttributionPlan,
     ebpf::{
         Monitor,
+        reference::{Reference, ReferenceProgram},
         test_run::{load_empty_classifier, test_run},
     },
     model::{Link, dump::Netlink},
@@ -74,6 +78,12 @@ fn main() -> Result<()> {
 
 async fn measure_all(options: &Options) -> Result<()> {
     let empty = load_empty_classifier().context("loading the empty program")?;
+    let references = References {
+        interface: ReferenceProgram::load(Reference::InterfaceCounter)
+            .context("loading the interface-counter reference")?,
+        flow: ReferenceProgram::load(Reference::FlowLookup)
+            .context("loading the flow-lookup reference")?,
+    };
     let netlink = Netlink::connect()?;
     let mut installed = 1; // the default route
     for &routes in &options.routes {
@@ -101,10 +111,12 @@ async fn measure_all(options: &Options) -> Result<()> {
             let reply = reversed(frame);
             let cases = [
                 ("empty", frame.as_slice()),
+                (Reference::InterfaceCounter.name(), frame),
+                (Reference::FlowLookup.name(), frame),
                 ("routemon_tx", frame),
                 ("routemon_rx", &reply),
             ];
-            for (program, ns) in interleaved(&monitor, &empty, &cases, options)? {
+            for (program, ns) in interleaved(&monitor, &empty, &references, &cases, options)? {
                 report(program, name, "empty", ns);
             }
         }
@@ -115,11 +127,18 @@ async fn measure_all(options: &Options) -> Result<()> {
         }
         let (name, frame) = &frames[0];
         let cases = [("empty", frame.as_slice()), ("routemon_tx", frame)];
-        for (program, ns) in interleaved(&monitor, &empty, &cases, options)? {
+        for (program, ns) in interleaved(&monitor, &empty, &references, &cases, options)? {
             report(program, name, "full", ns);
         }
     }
     Ok(())
+}
+
+/// The reference programs: the floor of a flow-tracking monitor, measured in the
+/// same rounds as routemon's programs.
+struct References {
+    interface: ReferenceProgram,
+    flow: ReferenceProgram,
 }
 
 /// Runs each (program, frame) case once per round, the cases interleaved round
@@ -127,15 +146,20 @@ async fn measure_all(options: &Options) -> Result<()> {
 fn interleaved(
     monitor: &Monitor,
     empty: &std::os::fd::OwnedFd,
+    references: &References,
     cases: &[(&'static str, &[u8])],
     options: &Options,
 ) -> Result<Vec<(&'static str, Vec<u32>)>> {
     let mut out: Vec<(&'static str, Vec<u32>)> =
         cases.iter().map(|(p, _)| (*p, Vec::new())).collect();
+    let interface = Reference::InterfaceCounter.name();
+    let flow = Reference::FlowLookup.name();
     for _ in 0..options.rounds {
         for ((program, frame), (_, ns)) in cases.iter().zip(&mut out) {
             let run = match *program {
                 "empty" => test_run(empty.as_fd(), frame, options.repeat)?,
+                p if p == interface => test_run(references.interface.fd(), frame, options.repeat)?,
+                p if p == flow => test_run(references.flow.fd(), frame, options.repeat)?,
                 program => monitor.test_run(program, frame, options.repeat)?,
             };
             ns.push(run.mean_ns);

@@ -74,6 +74,18 @@ fn systemd_unit_passes_systemd_analyze_verify() {
     }
 }
 
+/// `launcher` followed by `setpriv`, so that what it runs has only `caps` (lower
+/// case, without `cap_`) in its bounding set, as under the unit.
+fn limited_to(mut launcher: Vec<String>, caps: &[&str]) -> Vec<String> {
+    let bounding = caps.iter().map(|c| format!(",+{c}")).collect::<String>();
+    launcher.extend([
+        "setpriv".to_owned(),
+        format!("--bounding-set=-all{bounding}"),
+        "--inh-caps=-all".to_owned(),
+    ]);
+    launcher
+}
+
 /// routemon runs with exactly the unit's capabilities (as root, like the unit),
 /// and refuses early, naming what is missing, without CAP_BPF.
 #[test]
@@ -83,16 +95,7 @@ fn the_units_capabilities_are_enough_and_needed() {
     assert_eq!(caps, ["bpf", "net_admin", "perfmon", "sys_resource"]);
     let bed = Testbed::ens5_ens6(1000, 1024).unwrap();
     let pins = PinDir::new();
-    let with = |caps: &[&str]| {
-        let mut launcher = net_launcher(&bed.node);
-        let bounding = caps.iter().map(|c| format!(",+{c}")).collect::<String>();
-        launcher.extend([
-            "setpriv".to_owned(),
-            format!("--bounding-set=-all{bounding}"),
-            "--inh-caps=-all".to_owned(),
-        ]);
-        launcher
-    };
+    let with = |caps: &[&str]| limited_to(net_launcher(&bed.node), caps);
     let caps_ref: Vec<&str> = caps.iter().map(String::as_str).collect();
     let mut watch = Watch::start(&with(&caps_ref), &["--pin-dir", &pins.arg()]).unwrap();
     watch
@@ -145,12 +148,8 @@ fn without_a_bpf_filesystem_root_mounts_it_and_the_unit_says_what_to_do() {
     watch.stop_cleanly().unwrap();
 
     let caps = unit_capabilities();
-    let bounding = caps.iter().map(|c| format!(",+{c}")).collect::<String>();
-    launcher.extend([
-        "setpriv".to_owned(),
-        format!("--bounding-set=-all{bounding}"),
-        "--inh-caps=-all".to_owned(),
-    ]);
+    let caps: Vec<&str> = caps.iter().map(String::as_str).collect();
+    let launcher = limited_to(launcher, &caps);
     let out = routemon_testbed::routemon::run_with(&launcher, &["watch", "--pin-dir", &pins.arg()])
         .unwrap();
     assert!(!out.status.success(), "{}", out.stderr);

@@ -6,6 +6,7 @@ pub mod btf;
 pub mod drops;
 mod maps;
 pub mod pinning;
+pub mod reference;
 pub mod test_run;
 pub mod usage;
 

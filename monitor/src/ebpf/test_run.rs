@@ -40,7 +40,7 @@ struct TestRunAttr {
 /// # Safety
 /// `attr` must be the `union bpf_attr` member of `cmd` (padding included, zeroed),
 /// and every pointer in it valid for what the kernel reads or writes.
-unsafe fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+pub(super) unsafe fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: upheld by the caller; the size passed is the attribute's own.
     let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
     if rc < 0 {
@@ -90,24 +90,24 @@ pub fn test_run(fd: BorrowedFd<'_>, frame: &[u8], repeat: u32) -> io::Result<Tes
 }
 
 /// `BPF_PROG_LOAD` command of the `bpf(2)` syscall.
-const BPF_PROG_LOAD: libc::c_long = 5;
+pub(super) const BPF_PROG_LOAD: libc::c_long = 5;
 /// `BPF_PROG_TYPE_SCHED_CLS`.
-const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+pub(super) const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 
 /// The program-load member of `union bpf_attr`, up to the program name.
 #[repr(C)]
 #[derive(Default)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
+pub(super) struct ProgLoadAttr {
+    pub(super) prog_type: u32,
+    pub(super) insn_cnt: u32,
+    pub(super) insns: u64,
+    pub(super) license: u64,
+    pub(super) log_level: u32,
+    pub(super) log_size: u32,
+    pub(super) log_buf: u64,
+    pub(super) kern_version: u32,
+    pub(super) prog_flags: u32,
+    pub(super) prog_name: [u8; 16],
 }
 
 /// Loads a TC program that only returns `TC_ACT_UNSPEC` (`r0 = -1; exit`). Its
