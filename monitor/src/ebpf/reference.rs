@@ -12,7 +12,8 @@
 //!   of 65 536 flows and counted there (created with `BPF_NOEXIST` on a miss) —
 //!   what tracking flows costs at the least.
 //!
-//! They never change a packet and return `TC_ACT_UNSPEC`.
+//! They never change a packet and return `TC_ACT_UNSPEC`. [`Reference::Empty`] is
+//! the empty program itself, for attaching beside them.
 
 use std::{
     io,
@@ -24,6 +25,8 @@ use super::test_run::{BPF_PROG_LOAD, BPF_PROG_TYPE_SCHED_CLS, ProgLoadAttr, bpf}
 /// Which reference program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reference {
+    /// Nothing: `return TC_ACT_UNSPEC`, what any TC program costs.
+    Empty,
     /// A per-CPU array interface counter.
     InterfaceCounter,
     /// The interface counter plus one per-CPU LRU flow lookup with a 16-byte key.
@@ -34,6 +37,7 @@ impl Reference {
     /// The program's name, as the bench reports it.
     pub fn name(self) -> &'static str {
         match self {
+            Self::Empty => "ref_empty",
             Self::InterfaceCounter => "ref_iface_array",
             Self::FlowLookup => "ref_flow_lookup",
         }
@@ -60,20 +64,29 @@ const FLOW_KEY_SIZE: u32 = 16;
 impl ReferenceProgram {
     /// Creates the maps and loads the program (the verifier's acceptance included).
     pub fn load(reference: Reference) -> io::Result<Self> {
+        Self::load_as(reference, reference.name())
+    }
+
+    /// Like [`Self::load`], with another program name (at most 15 bytes are
+    /// kept): one instance per hook, so the kernel's statistics tell them apart.
+    pub fn load_as(reference: Reference, name: &str) -> io::Result<Self> {
         let interfaces = create_map(BPF_MAP_TYPE_PERCPU_ARRAY, 4, INTERFACE_SLOTS)?;
         let flows = match reference {
-            Reference::InterfaceCounter => None,
+            Reference::Empty | Reference::InterfaceCounter => None,
             Reference::FlowLookup => Some(create_map(
                 BPF_MAP_TYPE_LRU_PERCPU_HASH,
                 FLOW_KEY_SIZE,
                 FLOWS,
             )?),
         };
-        let insns = program(
-            interfaces.as_raw_fd(),
-            flows.as_ref().map(|fd| fd.as_raw_fd()),
-        );
-        let program = load_classifier(&insns, reference.name())?;
+        let insns = match reference {
+            Reference::Empty => empty_program(),
+            _ => program(
+                interfaces.as_raw_fd(),
+                flows.as_ref().map(|fd| fd.as_raw_fd()),
+            ),
+        };
+        let program = load_classifier(&insns, name)?;
         Ok(Self {
             program,
             interfaces,
@@ -84,6 +97,13 @@ impl ReferenceProgram {
     /// The program, for [`super::test_run::test_run`].
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.program.as_fd()
+    }
+
+    /// Attaches the program to `ifindex` (of the calling thread's network
+    /// namespace) with a TCX link, on egress or ingress; closing the returned link
+    /// detaches it.
+    pub fn attach_tcx(&self, ifindex: u32, egress: bool) -> io::Result<OwnedFd> {
+        attach_tcx(self.fd(), ifindex, egress)
     }
 
     /// Packets counted for `ifindex`, summed over CPUs.
@@ -222,6 +242,13 @@ fn count_into_r0(asm: &mut Asm) {
         .store(0x7b, R0, 8, R2);
 }
 
+/// `r0 = TC_ACT_UNSPEC; exit`.
+fn empty_program() -> Vec<u64> {
+    let mut asm = Asm::default();
+    asm.mov_imm(R0, -1).op(0x95, 0, 0, 0, 0);
+    asm.finish()
+}
+
 /// The program: the interface counter, then (with `flows`) the flow lookup.
 fn program(interfaces: i32, flows: Option<i32>) -> Vec<u64> {
     let mut asm = Asm::default();
@@ -285,6 +312,9 @@ fn program(interfaces: i32, flows: Option<i32>) -> Vec<u64> {
 // ---- the syscalls ----
 
 const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_TCX_INGRESS: u32 = 46;
+const BPF_TCX_EGRESS: u32 = 47;
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
@@ -315,6 +345,38 @@ struct ElemAttr {
     key: u64,
     value_or_next: u64,
     flags: u64,
+}
+
+/// The link-create member of `union bpf_attr` for TCX (no relative program, any
+/// revision), zero-padded.
+#[repr(C)]
+#[derive(Default)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target_ifindex: u32,
+    attach_type: u32,
+    flags: u32,
+    relative: u32,
+    pad: u32,
+    expected_revision: u64,
+    rest: [u64; 4],
+}
+
+/// Attaches the TC program `program` to `ifindex` with a TCX link (Linux 6.6+);
+/// closing the link detaches it.
+pub fn attach_tcx(program: BorrowedFd<'_>, ifindex: u32, egress: bool) -> io::Result<OwnedFd> {
+    let mut attr = LinkCreateAttr {
+        prog_fd: u32::try_from(program.as_raw_fd()).map_err(|_| io::Error::other("fd"))?,
+        target_ifindex: ifindex,
+        attach_type: if egress {
+            BPF_TCX_EGRESS
+        } else {
+            BPF_TCX_INGRESS
+        },
+        ..LinkCreateAttr::default()
+    };
+    // SAFETY: a zero-padded link-create attribute with no pointers.
+    owned(unsafe { bpf(BPF_LINK_CREATE, &mut attr) }?)
 }
 
 fn owned(fd: libc::c_long) -> io::Result<OwnedFd> {

@@ -8,6 +8,8 @@ use nix::sys::signal::Signal;
 use routemon_testbed::{Testbed, UplinkSpec, routemon::Running};
 use serde_json::Value;
 
+use crate::util;
+
 use super::{
     Figure, Plan, Stats,
     traffic::{Iperf, fill_flow_table, fill_routes},
@@ -68,6 +70,51 @@ fn mean_ns(
 /// Measures the egress and ingress programs with 10, 1 000 and 100 000 routes in
 /// the tries (quick: 10 and 1 000), for 64-byte UDP and MTU-size TCP, and at the
 /// largest size also with the flow table full.
+/// The floor programs of `tests/examples/reference_attach.rs` (the empty program
+/// and the one-flow-lookup reference), attached next to routemon on one interface
+/// of a namespace while this lives.
+struct Floor(std::process::Child);
+
+impl Floor {
+    fn attach(ns: &routemon_testbed::netns::NetNs, interface: &str) -> Result<Self> {
+        use std::io::BufRead as _;
+        util::cargo(&[
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "routemon-testbed",
+            "--example",
+            "reference_attach",
+        ])?;
+        let bin = util::workspace_root().join("target/release/examples/reference_attach");
+        let mut child = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", ns.path().display()))
+            .arg(&bin)
+            .arg(interface)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        anyhow::ensure!(
+            line.trim() == "attached",
+            "reference_attach did not attach the floor programs"
+        );
+        Ok(Self(child))
+    }
+}
+
+impl Drop for Floor {
+    fn drop(&mut self) {
+        // Closing its standard input detaches and ends it.
+        drop(self.0.stdin.take());
+        let _ = self.0.wait();
+    }
+}
+
 pub fn cost_per_packet(plan: Plan) -> Result<Vec<Figure>> {
     let counts: &[usize] = if plan.quick {
         &[10, 1_000]
@@ -82,6 +129,8 @@ pub fn cost_per_packet(plan: Plan) -> Result<Vec<Figure>> {
         fill_routes(&bed.node, "ens5", installed, routes)?;
         installed = routes;
         let snapshot = Running::start(&bed.node, &["snapshot", "-d", "1h", "-i", "ens5"])?;
+        // The floor, under the same traffic in the same rounds.
+        let floor = Floor::attach(&bed.node, "ens5")?;
         let mut cases = vec![
             ("64 B UDP", Iperf::small_udp_args(plan)),
             ("MTU TCP", Iperf::tcp_args(plan)),
@@ -92,35 +141,67 @@ pub fn cost_per_packet(plan: Plan) -> Result<Vec<Figure>> {
             cases.push(("64 B UDP, flow table full", Iperf::small_udp_args(plan)));
         }
         for (traffic, args) in cases {
-            let (mut egress, mut ingress) = (Vec::new(), Vec::new());
+            // Per hook: routemon's program, the empty one and the reference, each
+            // one run (ns/run) per round.
+            let hooks = [
+                ("egress", "routemon_tx", "ref_empty_tx", "ref_flow_tx"),
+                ("ingress", "routemon_rx", "ref_empty_rx", "ref_flow_rx"),
+            ];
+            let mut rounds: Vec<[Vec<f64>; 3]> = vec![Default::default(); hooks.len()];
             for _ in 0..plan.rounds() {
                 let stats = BpfStats::enable()?;
                 let before = program_stats()?;
                 iperf.client(&bed, &args)?;
                 let after = program_stats()?;
                 drop(stats);
-                egress.extend(mean_ns(&before, &after, "routemon_tx"));
-                ingress.extend(mean_ns(&before, &after, "routemon_rx"));
+                for ((_, own, empty, reference), values) in hooks.iter().zip(&mut rounds) {
+                    for (name, into) in [own, empty, reference].into_iter().zip(values.iter_mut()) {
+                        into.extend(mean_ns(&before, &after, name));
+                    }
+                }
             }
-            for (program, values) in [("egress", &egress), ("ingress", &ingress)] {
+            for ((hook, ..), [own, empty, reference]) in hooks.iter().zip(&rounds) {
                 // One-way UDP brings only iperf3's few control packets in: their
                 // mean is cold-cache cost, not a per-packet figure.
-                if values.is_empty() || (program == "ingress" && traffic.contains("UDP")) {
+                if own.is_empty() || (*hook == "ingress" && traffic.contains("UDP")) {
                     continue;
                 }
-                let figure = Figure::new(
-                    "kernel cost",
-                    format!("{program}, {traffic}, {routes} routes"),
-                    Stats::of(values),
-                    "ns/packet",
-                );
-                figures.push(if routes == 100_000 {
-                    figure.at_most(60.0)
-                } else {
-                    figure
-                });
+                let case = format!("{hook}, {traffic}, {routes} routes");
+                for (what, values) in [
+                    ("", own),
+                    (", empty program", empty),
+                    (", reference: one flow lookup", reference),
+                ] {
+                    figures.push(Figure::new(
+                        "kernel cost",
+                        format!("{case}{what}"),
+                        Stats::of(values),
+                        "ns/packet",
+                    ));
+                }
+                if own.len() == empty.len() && own.len() == reference.len() {
+                    // Round by round, both over the empty program of the same round.
+                    let ratios: Vec<f64> = own
+                        .iter()
+                        .zip(empty)
+                        .zip(reference)
+                        .map(|((own, floor), reference)| {
+                            (own - floor) / (reference - floor).max(1.0)
+                        })
+                        .collect();
+                    figures.push(
+                        Figure::new(
+                            "kernel cost",
+                            format!("{case}, ÷ one-flow-lookup reference (both minus empty)"),
+                            Stats::of(&ratios),
+                            "ratio",
+                        )
+                        .at_most(1.0),
+                    );
+                }
             }
         }
+        drop(floor);
         snapshot.signal(Signal::SIGINT)?;
         snapshot.wait(std::time::Duration::from_secs(30))?;
     }
