@@ -36,6 +36,12 @@ impl Plan {
     pub fn rounds(self) -> usize {
         if self.quick { 2 } else { 5 }
     }
+
+    /// Rounds of the throughput comparison: at least 7 in the full run, so that
+    /// the median ratio has a chance to tell 3 % from noise.
+    pub fn throughput_rounds(self) -> usize {
+        if self.quick { 2 } else { 7 }
+    }
 }
 
 /// One part of the bench: its `--section` name, what it prints, what it runs.
