@@ -8,8 +8,6 @@ use nix::sys::signal::Signal;
 use routemon_testbed::{Testbed, UplinkSpec, routemon::Running};
 use serde_json::Value;
 
-use crate::util;
-
 use super::{
     Figure, Plan, Stats,
     traffic::{Iperf, fill_flow_table, fill_routes},
@@ -78,16 +76,7 @@ struct Floor(std::process::Child);
 impl Floor {
     fn attach(ns: &routemon_testbed::netns::NetNs, interface: &str) -> Result<Self> {
         use std::io::BufRead as _;
-        util::cargo(&[
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "routemon-testbed",
-            "--example",
-            "reference_attach",
-        ])?;
-        let bin = util::workspace_root().join("target/release/examples/reference_attach");
+        let bin = super::testbed_example("reference_attach")?;
         let mut child = std::process::Command::new("nsenter")
             .arg(format!("--net={}", ns.path().display()))
             .arg(&bin)

@@ -73,6 +73,22 @@ const SECTIONS: [Section; 6] = [
     ("latency", "detection latency", scale::detection_latency),
 ];
 
+/// Builds the testbed's example `name` (release) and returns its path.
+fn testbed_example(name: &str) -> Result<std::path::PathBuf> {
+    crate::util::cargo(&[
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "routemon-testbed",
+        "--example",
+        name,
+    ])?;
+    Ok(crate::util::workspace_root()
+        .join("target/release/examples")
+        .join(name))
+}
+
 /// Runs the bench (every section, or those named) and writes the results.
 pub fn run(quick: bool, only: &[String]) -> Result<()> {
     crate::util::require_root("the bench creates network namespaces and loads eBPF programs")?;

@@ -9,8 +9,6 @@ use anyhow::{Context as _, Result};
 use serde_json::Value;
 
 use super::{Figure, Plan, Stats};
-use crate::util;
-
 /// The target: routemon's cost over the empty program at most the one-flow-lookup
 /// reference's (both measured in the same rounds, so machine speed cancels).
 const TARGET_RATIO: f64 = 1.0;
@@ -28,16 +26,7 @@ const REGRESSION_FACTOR: f64 = 1.5;
 /// Runs the example and turns its lines into figures: each program's mean time
 /// per run, and that time minus the empty program's of the same round.
 pub fn cost_alone(plan: Plan) -> Result<Vec<Figure>> {
-    util::cargo(&[
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "routemon-testbed",
-        "--example",
-        "program_cost",
-    ])?;
-    let bin = util::workspace_root().join("target/release/examples/program_cost");
+    let bin = super::testbed_example("program_cost")?;
     let mut args: Vec<String> = Vec::new();
     let counts: &[usize] = if plan.quick {
         &[10, 1_000]
