@@ -190,7 +190,10 @@ fn test(filter: Option<&str>) -> Result<()> {
     }
     println!("\ntests: {passed} passed, {failed} failed");
     if failed > 0 || !problems.is_empty() {
-        anyhow::bail!("{failed} tests failed; {} other problems", problems.len());
+        anyhow::bail!(
+            "the suite failed: {failed} failed, {} problem(s) listed above",
+            problems.len()
+        );
     }
     Ok(())
 }

@@ -20,7 +20,7 @@ use std::{
     os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
 };
 
-use super::test_run::{BPF_PROG_LOAD, BPF_PROG_TYPE_SCHED_CLS, ProgLoadAttr, bpf};
+use super::test_run::bpf;
 
 /// Which reference program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,6 +181,10 @@ impl Asm {
     fn add_imm(&mut self, dst: u8, imm: i32) -> &mut Self {
         self.op(0x07, dst, 0, 0, imm)
     }
+    /// `dst = r10 + off`: a pointer to the stack slot at `off`.
+    fn frame_pointer(&mut self, dst: u8, off: i32) -> &mut Self {
+        self.mov(dst, R10).add_imm(dst, off)
+    }
     fn add(&mut self, dst: u8, src: u8) -> &mut Self {
         self.op(0x0f, dst, src, 0, 0)
     }
@@ -243,7 +247,7 @@ fn count_into_r0(asm: &mut Asm) {
 }
 
 /// `r0 = TC_ACT_UNSPEC; exit`.
-fn empty_program() -> Vec<u64> {
+pub(super) fn empty_program() -> Vec<u64> {
     let mut asm = Asm::default();
     asm.mov_imm(R0, -1).op(0x95, 0, 0, 0, 0);
     asm.finish()
@@ -257,8 +261,7 @@ fn program(interfaces: i32, flows: Option<i32>) -> Vec<u64> {
         .and_imm(R1, (INTERFACE_SLOTS - 1) as i32)
         .store(0x63, R10, -4, R1)
         .map(R1, interfaces)
-        .mov(R2, R10)
-        .add_imm(R2, -4)
+        .frame_pointer(R2, -4)
         .call(MAP_LOOKUP_ELEM)
         .jump(0x15, R0, 0, 0, "flow");
     count_into_r0(&mut asm);
@@ -285,8 +288,7 @@ fn program(interfaces: i32, flows: Option<i32>) -> Vec<u64> {
             .load(0x71, R5, R2, 23)
             .store(0x63, R10, -4, R5)
             .map(R1, flows)
-            .mov(R2, R10)
-            .add_imm(R2, -16)
+            .frame_pointer(R2, -16)
             .call(MAP_LOOKUP_ELEM)
             .jump(0x15, R0, 0, 0, "insert");
         count_into_r0(&mut asm);
@@ -296,10 +298,8 @@ fn program(interfaces: i32, flows: Option<i32>) -> Vec<u64> {
             .load(0x61, R1, R6, SKB_LEN)
             .store(0x7b, R10, -24, R1)
             .map(R1, flows)
-            .mov(R2, R10)
-            .add_imm(R2, -16)
-            .mov(R3, R10)
-            .add_imm(R3, -32)
+            .frame_pointer(R2, -16)
+            .frame_pointer(R3, -32)
             .mov_imm(R4, 1) // BPF_NOEXIST
             .call(MAP_UPDATE_ELEM);
     }
@@ -310,6 +310,27 @@ fn program(interfaces: i32, flows: Option<i32>) -> Vec<u64> {
 }
 
 // ---- the syscalls ----
+
+/// `BPF_PROG_LOAD` command of the `bpf(2)` syscall.
+const BPF_PROG_LOAD: libc::c_long = 5;
+/// `BPF_PROG_TYPE_SCHED_CLS`.
+const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+
+/// The program-load member of `union bpf_attr`, up to the program name.
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+}
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_LINK_CREATE: libc::c_long = 28;
@@ -397,7 +418,8 @@ fn create_map(map_type: u32, key_size: u32, max_entries: u32) -> io::Result<Owne
     owned(unsafe { bpf(BPF_MAP_CREATE, &mut attr) }?)
 }
 
-fn load_classifier(insns: &[u64], name: &str) -> io::Result<OwnedFd> {
+/// Loads `insns` as a TC program named `name` (at most 15 bytes are kept).
+pub(super) fn load_classifier(insns: &[u64], name: &str) -> io::Result<OwnedFd> {
     let license = c"GPL";
     let mut prog_name = [0u8; 16];
     prog_name[..name.len().min(15)].copy_from_slice(&name.as_bytes()[..name.len().min(15)]);

@@ -89,51 +89,9 @@ pub fn test_run(fd: BorrowedFd<'_>, frame: &[u8], repeat: u32) -> io::Result<Tes
     })
 }
 
-/// `BPF_PROG_LOAD` command of the `bpf(2)` syscall.
-pub(super) const BPF_PROG_LOAD: libc::c_long = 5;
-/// `BPF_PROG_TYPE_SCHED_CLS`.
-pub(super) const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
-
-/// The program-load member of `union bpf_attr`, up to the program name.
-#[repr(C)]
-#[derive(Default)]
-pub(super) struct ProgLoadAttr {
-    pub(super) prog_type: u32,
-    pub(super) insn_cnt: u32,
-    pub(super) insns: u64,
-    pub(super) license: u64,
-    pub(super) log_level: u32,
-    pub(super) log_size: u32,
-    pub(super) log_buf: u64,
-    pub(super) kern_version: u32,
-    pub(super) prog_flags: u32,
-    pub(super) prog_name: [u8; 16],
-}
-
 /// Loads a TC program that only returns `TC_ACT_UNSPEC` (`r0 = -1; exit`). Its
 /// test-run time is the fixed cost of running any TC program: what a measured
 /// program adds is its time minus this one's.
 pub fn load_empty_classifier() -> io::Result<std::os::fd::OwnedFd> {
-    // BPF_ALU64 | BPF_MOV | BPF_K into r0 with imm -1, then BPF_JMP | BPF_EXIT.
-    let insns: [u64; 2] = [
-        u64::from_le_bytes([0xb7, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]),
-        u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
-    ];
-    let license = c"GPL";
-    let mut name = [0u8; 16];
-    name[..13].copy_from_slice(b"routemon_none");
-    let mut attr = ProgLoadAttr {
-        prog_type: BPF_PROG_TYPE_SCHED_CLS,
-        insn_cnt: 2,
-        insns: insns.as_ptr() as u64,
-        license: license.as_ptr() as u64,
-        prog_name: name,
-        ..ProgLoadAttr::default()
-    };
-    // SAFETY: the kernel reads the instructions and the license, both alive for
-    // the call.
-    let fd = unsafe { bpf(BPF_PROG_LOAD, &mut attr) }?;
-    let fd = i32::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
-    // SAFETY: the syscall returned a new file descriptor that nothing else owns.
-    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+    super::reference::load_classifier(&super::reference::empty_program(), "routemon_none")
 }

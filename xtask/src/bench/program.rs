@@ -9,6 +9,7 @@ use anyhow::{Context as _, Result};
 use serde_json::Value;
 
 use super::{Figure, Plan, Stats};
+
 /// The target: routemon's cost over the empty program at most the one-flow-lookup
 /// reference's (both measured in the same rounds, so machine speed cancels).
 const TARGET_RATIO: f64 = 1.0;
