@@ -5,7 +5,7 @@
 //! types implement [`aya::Pod`] so they can be used as map keys and values.
 #![no_std]
 
-/// Name of the per-CPU hash map of [`IfaceCounters`], keyed by ifindex (`u32`).
+/// Name of the per-CPU array of [`IfaceCounters`], indexed by the slot [`IFACE_SLOTS_MAP`] gives.
 pub const IFACE_COUNTERS_MAP: &str = "IFACE_COUNTERS";
 /// Name of the per-CPU array of [`PacketCounters`], indexed by [`RouteId`].
 pub const ROUTE_COUNTERS_MAP: &str = "ROUTE_COUNTERS";
@@ -21,9 +21,12 @@ pub const SOURCE_OWNERS_V6_MAP: &str = "SOURCE_OWNERS_V6";
 /// Name of the per-CPU hash of cross-ENI egress: [`CrossEniKey`] → [`PacketCounters`].
 pub const CROSS_ENI_MAP: &str = "CROSS_ENI";
 
-/// Name of the LRU hash of recently seen flows: [`FlowKey`] in the node's egress
-/// direction (for a flow that arrived, the tuple its replies carry) → [`FlowState`].
+/// Name of the LRU hash of recently seen IPv4 flows: [`FlowKeyV4`] in the node's
+/// egress direction (for a flow that arrived, the tuple its replies carry) →
+/// [`FlowEntry`].
 pub const FLOWS_MAP: &str = "FLOWS";
+/// Name of the LRU hash of IPv6 flows: [`FlowKey`] → [`FlowEntry`].
+pub const FLOWS_V6_MAP: &str = "FLOWS_V6";
 /// Name of the LRU per-CPU hash of asymmetric flows: [`AsymmetricKey`] → [`PacketCounters`].
 pub const ASYMMETRIC_FLOWS_MAP: &str = "ASYMMETRIC_FLOWS";
 /// Flows remembered at ingress; the least recently used are evicted first.
@@ -130,8 +133,11 @@ pub const CONFIG_MAP: &str = "CONFIG";
 pub struct DataPathConfig {
     /// [`HAS_SOURCE_RULES_V4`], [`HAS_SOURCE_RULES_V6`], [`CROSS_ENI_POSSIBLE`].
     pub flags: u32,
-    /// Padding, always zero.
-    pub pad: u32,
+    /// The routing state's version: userspace moves it on after every change of the
+    /// routes, rules, owners or interfaces the data path reads. A flow entry whose
+    /// [`FlowEntry::generation`] equals it reuses its cached route and owner; any
+    /// other value (0 is never current) makes the next egress packet look them up.
+    pub generation: u32,
 }
 
 /// The IPv4 source-rule trie has an entry: egress looks up the source's table.
@@ -151,8 +157,29 @@ pub const MAX_SOURCE_RULES: u32 = 1024;
 
 /// Default capacity of the route maps when userspace does not size them at load time.
 pub const DEFAULT_MAX_ROUTES: u32 = 16_384;
-/// Default capacity of the interface counter map.
+/// Interfaces routemon can monitor at once: the slots of the interface counter array.
 pub const DEFAULT_MAX_INTERFACES: u32 = 256;
+
+/// Name of the array that maps an ifindex to its counter slot: entry
+/// `ifindex % IFACE_SLOT_BUCKETS` holds an [`IfaceSlot`] when that ifindex is
+/// monitored (an inlined array read on every packet, where a hash lookup would be a
+/// call).
+pub const IFACE_SLOTS_MAP: &str = "IFACE_SLOTS";
+/// Entries of [`IFACE_SLOTS_MAP`] (a power of two).
+pub const IFACE_SLOT_BUCKETS: u32 = 4096;
+/// Name of the hash `ifindex → slot` for a monitored ifindex whose bucket another
+/// monitored ifindex holds (rare: ifindexes of one node seldom collide modulo 4096).
+pub const IFACE_SLOTS_OVERFLOW_MAP: &str = "IFACE_SLOTS_OVERFLOW";
+
+/// A monitored interface's place in the interface counter array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceSlot {
+    /// The interface (0: the bucket is free).
+    pub ifindex: u32,
+    /// Its index in `IFACE_COUNTERS`.
+    pub slot: u32,
+}
 
 /// Per-interface packet and byte counters. One copy per CPU; userspace sums them.
 ///
@@ -298,9 +325,59 @@ impl FlowKey {
     }
 }
 
-/// What the flow table holds for one flow: where it arrived and left last, and its
-/// packets and bytes each way. Every CPU updates the one entry (the counters with
-/// atomic adds), so a flow is one entry however many CPUs carry it.
+/// An IPv4 flow's 5-tuple, as the IPv4 flow table keys it: 16 bytes, so the
+/// kernel hashes and compares 4 words per lookup instead of [`FlowKey`]'s 10.
+/// Ports as in [`FlowKey`].
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKeyV4 {
+    /// Source address (network byte order).
+    pub src: [u8; 4],
+    /// Destination address (network byte order).
+    pub dst: [u8; 4],
+    /// Source port (host byte order).
+    pub src_port: u16,
+    /// Destination port (host byte order).
+    pub dst_port: u16,
+    /// IP protocol number.
+    pub protocol: u8,
+    /// Padding, always zero.
+    pub pad: [u8; 3],
+}
+
+impl FlowKeyV4 {
+    /// The same flow seen from the other direction.
+    pub fn reversed(&self) -> Self {
+        Self {
+            src: self.dst,
+            dst: self.src,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+            protocol: self.protocol,
+            pad: [0; 3],
+        }
+    }
+
+    /// The same 5-tuple in the family-independent form.
+    pub fn flow_key(&self) -> FlowKey {
+        let mut src = [0u8; 16];
+        let mut dst = [0u8; 16];
+        src[..4].copy_from_slice(&self.src);
+        dst[..4].copy_from_slice(&self.dst);
+        FlowKey {
+            ip_version: 4,
+            protocol: self.protocol,
+            pad: [0; 2],
+            src_port: self.src_port,
+            dst_port: self.dst_port,
+            src,
+            dst,
+        }
+    }
+}
+
+/// What routemon reports of one flow (from its [`FlowEntry`]): where it arrived and
+/// left last, and its packets and bytes each way.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowState {
@@ -312,6 +389,78 @@ pub struct FlowState {
     pub ingress: PacketCounters,
     /// Outgoing packets and bytes.
     pub egress: PacketCounters,
+}
+
+/// [`FlowEntry::route_id`] of a flow whose egress no route of its interface matched.
+pub const NO_ROUTE: u32 = u32::MAX;
+
+/// [`FlowEntry::flags`]: a cross-ENI sample of this flow reached userspace.
+pub const FLOW_SAMPLED: u32 = 1;
+
+/// What the flow table holds for one flow: where it arrived and left last, the
+/// egress route and source owner looked up for it (cached until the routing state's
+/// [`DataPathConfig::generation`] moves on), and its packets and bytes each way.
+///
+/// Every CPU updates the one entry, the counters with atomic adds. The three groups
+/// are written by different paths: the cache by the rare lookup, `egress` by the
+/// sending CPU, `ingress` by the receiving one (a TCP stream's ACKs usually arrive
+/// on another CPU than its data leaves from). 64 bytes of padding between groups
+/// keep them on separate cache lines wherever the kernel places the entry, so one
+/// direction's adds never take the line the other direction or the cache is on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowEntry {
+    /// Interface its incoming packets arrived on last; 0 until one arrives.
+    pub arrived_on: u32,
+    /// Interface its outgoing packets left by last; 0 until one leaves.
+    pub left_by: u32,
+    /// The route id its egress via `left_by` is counted to, or [`NO_ROUTE`].
+    pub route_id: u32,
+    /// The monitored interface owning its source address, 0 when none (or when the
+    /// node cannot send cross-ENI: [`CROSS_ENI_POSSIBLE`] clear).
+    pub source_owner: u32,
+    /// The [`DataPathConfig::generation`] `route_id` and `source_owner` were looked up
+    /// in; 0 when never.
+    pub generation: u32,
+    /// [`FLOW_SAMPLED`].
+    pub flags: u32,
+    /// Keeps `egress` off the cache group's line.
+    pub pad_cache: [u64; 8],
+    /// Outgoing packets and bytes.
+    pub egress: PacketCounters,
+    /// Keeps `ingress` off `egress`'s line.
+    pub pad_egress: [u64; 8],
+    /// Incoming packets and bytes.
+    pub ingress: PacketCounters,
+}
+
+impl Default for FlowEntry {
+    fn default() -> Self {
+        Self {
+            arrived_on: 0,
+            left_by: 0,
+            route_id: NO_ROUTE,
+            source_owner: 0,
+            generation: 0,
+            flags: 0,
+            pad_cache: [0; 8],
+            egress: PacketCounters::default(),
+            pad_egress: [0; 8],
+            ingress: PacketCounters::default(),
+        }
+    }
+}
+
+impl FlowEntry {
+    /// What userspace reports of the entry.
+    pub fn state(&self) -> FlowState {
+        FlowState {
+            arrived_on: self.arrived_on,
+            left_by: self.left_by,
+            ingress: self.ingress,
+            egress: self.egress,
+        }
+    }
 }
 
 /// Key of asymmetric-flow counters: packets of `flow` (egress direction) left by
@@ -371,8 +520,10 @@ impl SamplerState {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TableStats {
-    /// Flows added to the flow table (new keys).
+    /// Flows added to the IPv4 flow table (new keys).
     pub flows_inserted: u64,
+    /// Flows added to the IPv6 flow table.
+    pub flows_v6_inserted: u64,
     /// Flows added to the asymmetric-flow table.
     pub asymmetric_inserted: u64,
     /// Cross-ENI packets not counted because the pair table was full.
@@ -385,6 +536,7 @@ impl TableStats {
     /// Adds another CPU's counts to these.
     pub fn accumulate(&mut self, other: &Self) {
         self.flows_inserted += other.flows_inserted;
+        self.flows_v6_inserted += other.flows_v6_inserted;
         self.asymmetric_inserted += other.asymmetric_inserted;
         self.cross_eni_uncounted_packets += other.cross_eni_uncounted_packets;
         self.drops_uncounted += other.drops_uncounted;
@@ -401,11 +553,14 @@ mod pod {
     unsafe impl aya::Pod for super::RouteKeyV6 {}
     unsafe impl aya::Pod for super::CrossEniKey {}
     unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowKeyV4 {}
     unsafe impl aya::Pod for super::AsymmetricKey {}
     unsafe impl aya::Pod for super::SampleEvent {}
     unsafe impl aya::Pod for super::SamplerState {}
     unsafe impl aya::Pod for super::TableStats {}
     unsafe impl aya::Pod for super::FlowState {}
+    unsafe impl aya::Pod for super::FlowEntry {}
+    unsafe impl aya::Pod for super::IfaceSlot {}
     unsafe impl aya::Pod for super::DropKey {}
     unsafe impl aya::Pod for super::DropConfig {}
     unsafe impl aya::Pod for super::DataPathConfig {}

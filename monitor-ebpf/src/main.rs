@@ -42,9 +42,10 @@ use aya_ebpf::{
 };
 use monitor_common::{
     AsymmetricKey, CROSS_ENI_POSSIBLE, CrossEniKey, DEFAULT_MAX_INTERFACES,
-    DEFAULT_MAX_OWNED_ADDRESSES, DEFAULT_MAX_ROUTES, DataPathConfig, DropConfig, DropKey, FlowKey,
-    FlowState, HAS_SOURCE_RULES_V4, HAS_SOURCE_RULES_V6, IfaceCounters, MAIN_TABLE_SLOT,
-    MAX_ASYMMETRIC_FLOWS, MAX_CROSS_ENI_PAIRS, MAX_DROP_KEYS, MAX_SOURCE_RULES, MAX_TRACKED_FLOWS,
+    DEFAULT_MAX_OWNED_ADDRESSES, DEFAULT_MAX_ROUTES, DataPathConfig, DropConfig, DropKey,
+    FLOW_SAMPLED, FlowEntry, FlowKey, FlowKeyV4, HAS_SOURCE_RULES_V4, HAS_SOURCE_RULES_V6,
+    IFACE_SLOT_BUCKETS, IfaceCounters, IfaceSlot, MAIN_TABLE_SLOT, MAX_ASYMMETRIC_FLOWS,
+    MAX_CROSS_ENI_PAIRS, MAX_DROP_KEYS, MAX_SOURCE_RULES, MAX_TRACKED_FLOWS, NO_ROUTE,
     PacketCounters, ROUTE_KEY_PREFIX_BITS, RouteId, RouteKeyV4, RouteKeyV6, SAMPLE_BURST,
     SAMPLE_CROSS_ENI, SAMPLES_PER_SECOND_PER_CPU, SAMPLES_RING_BYTES, SampleEvent, SamplerState,
     TableStats,
@@ -54,11 +55,37 @@ use monitor_common::{
 #[map(name = "CONFIG")]
 static CONFIG: Array<DataPathConfig> = Array::with_max_entries(1, 0);
 
-/// Per-interface counters, keyed by ifindex. Userspace inserts an entry for each
-/// interface before it attaches the programs, so the data path only looks up.
+/// Where each monitored interface counts: bucket `ifindex % IFACE_SLOT_BUCKETS`.
+/// Userspace fills it before it attaches the programs. An array, so the kernel
+/// inlines the lookup: no helper call per packet.
+#[map(name = "IFACE_SLOTS")]
+static IFACE_SLOTS: Array<IfaceSlot> = Array::with_max_entries(IFACE_SLOT_BUCKETS, 0);
+
+/// Monitored interfaces whose bucket in `IFACE_SLOTS` another one holds.
+#[map(name = "IFACE_SLOTS_OVERFLOW")]
+static IFACE_SLOTS_OVERFLOW: HashMap<u32, u32> =
+    HashMap::with_max_entries(DEFAULT_MAX_INTERFACES, 0);
+
+/// Per-interface counters, indexed by the interface's slot (inlined lookup).
 #[map(name = "IFACE_COUNTERS")]
-static IFACE_COUNTERS: PerCpuHashMap<u32, IfaceCounters> =
-    PerCpuHashMap::with_max_entries(DEFAULT_MAX_INTERFACES, 0);
+static IFACE_COUNTERS: PerCpuArray<IfaceCounters> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_INTERFACES, 0);
+
+/// The counters of `ifindex` on this CPU, when it is monitored.
+#[inline(always)]
+fn iface_counters(ifindex: u32) -> Option<&'static mut IfaceCounters> {
+    let slot = match IFACE_SLOTS.get(ifindex & (IFACE_SLOT_BUCKETS - 1)) {
+        Some(bucket) if bucket.ifindex == ifindex => bucket.slot,
+        _ => *IFACE_SLOTS_OVERFLOW
+            .get_ptr(ifindex)
+            .map(|slot| unsafe { &*slot })?,
+    };
+    // SAFETY: per-CPU value, and TC programs run with migration disabled, so no
+    // other program instance writes this copy concurrently.
+    IFACE_COUNTERS
+        .get_ptr_mut(slot)
+        .map(|counters| unsafe { &mut *counters })
+}
 
 /// Per-route egress counters, indexed by the route id stored in the tries.
 #[map(name = "ROUTE_COUNTERS")]
@@ -106,9 +133,21 @@ static SAMPLER: PerCpuArray<SamplerState> = PerCpuArray::with_max_entries(1, 0);
 
 /// Recently seen flows, keyed by the node's egress-direction 5-tuple (for a flow
 /// that arrives, the tuple its replies will carry): where they arrived and left,
-/// and their traffic each way.
+/// their cached egress route, and their traffic each way. A shared LRU: the kernel
+/// inlines its lookup to one call (a per-CPU LRU's is a helper that calls it).
 #[map(name = "FLOWS")]
-static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(MAX_TRACKED_FLOWS, 0);
+static FLOWS: LruHashMap<FlowKeyV4, FlowEntry> = LruHashMap::with_max_entries(MAX_TRACKED_FLOWS, 0);
+
+/// The IPv6 flows, as `FLOWS` the IPv4 ones.
+#[map(name = "FLOWS_V6")]
+static FLOWS_V6: LruHashMap<FlowKey, FlowEntry> =
+    LruHashMap::with_max_entries(MAX_TRACKED_FLOWS, 0);
+
+/// This CPU's template of a new flow entry. Its padding is never written, so an
+/// insert copies it from here instead of zeroing 184 bytes on the stack (which the
+/// compiler would do with a byte-wise memset subprogram).
+#[map(name = "FLOW_TEMPLATE")]
+static FLOW_TEMPLATE: PerCpuArray<FlowEntry> = PerCpuArray::with_max_entries(1, 0);
 
 /// Packets that left by another interface than their flow arrived on.
 #[map(name = "ASYMMETRIC_FLOWS")]
@@ -241,127 +280,81 @@ fn ifindex(ctx: &TcContext) -> u32 {
 #[inline(always)]
 fn count_ingress(ctx: &TcContext, link_layer: LinkLayer) {
     let ifindex = ifindex(ctx);
-    let Some(iface) = IFACE_COUNTERS.get_ptr_mut(ifindex) else {
+    let Some(iface) = iface_counters(ifindex) else {
         return;
     };
-    // SAFETY: per-CPU value, and TC programs run with migration disabled, so no
-    // other program instance writes this copy concurrently.
-    let iface = unsafe { &mut *iface };
     let len = u64::from(ctx.len());
     iface.ingress_packets += 1;
     iface.ingress_bytes += len;
 
     // Remember where the flow arrived, keyed by the tuple its replies will carry,
     // and count its traffic.
-    if let Some(packet) = parse(ctx, link_layer).counted_in(iface, len) {
-        let reply = packet.flow.reversed();
-        let arrive = |state: &mut FlowState| {
-            if state.arrived_on != ifindex {
-                state.arrived_on = ifindex;
-            }
-            add_shared(&mut state.ingress, len);
-        };
-        match FLOWS.get_ptr_mut(reply) {
-            // SAFETY: a valid pointer into the map's value; shared by all CPUs, so
-            // the counters are added atomically.
-            Some(state) => arrive(unsafe { &mut *state }),
-            None => new_flow(
-                &reply,
-                &FlowState {
-                    arrived_on: ifindex,
-                    left_by: 0,
-                    ingress: PacketCounters {
-                        packets: 1,
-                        bytes: len,
-                    },
-                    egress: PacketCounters::default(),
-                },
-                arrive,
-            ),
+    match parse(ctx, link_layer).counted_in(iface, len) {
+        Some(Packet::V4(flow)) => arrive(&flow.reversed(), ifindex, len),
+        Some(Packet::V6(flow)) => arrive(&flow.reversed(), ifindex, len),
+        None => {}
+    }
+}
+
+/// Counts an incoming packet of `reply`'s flow (keyed in the egress direction).
+#[inline(always)]
+fn arrive<T: Tuple>(reply: &T, ifindex: u32, len: u64) {
+    let arrive = |entry: &mut FlowEntry| {
+        if entry.arrived_on != ifindex {
+            entry.arrived_on = ifindex;
         }
+        add_shared(&mut entry.ingress, len);
+    };
+    match T::table().get_ptr_mut(reply) {
+        // SAFETY: a valid pointer into the map's value; shared by all CPUs, so the
+        // counters are added atomically.
+        Some(entry) => arrive(unsafe { &mut *entry }),
+        None => new_flow(
+            reply,
+            |entry| {
+                entry.arrived_on = ifindex;
+                entry.left_by = 0;
+                entry.route_id = NO_ROUTE;
+                entry.source_owner = 0;
+                // Never current: the first egress packet looks its route up.
+                entry.generation = 0;
+                entry.flags = 0;
+                entry.ingress = PacketCounters {
+                    packets: 1,
+                    bytes: len,
+                };
+                entry.egress = PacketCounters::default();
+            },
+            arrive,
+        ),
     }
 }
 
 #[inline(always)]
 fn count_egress(ctx: &TcContext, link_layer: LinkLayer) {
     let ifindex = ifindex(ctx);
-    let Some(iface) = IFACE_COUNTERS.get_ptr_mut(ifindex) else {
+    let Some(iface) = iface_counters(ifindex) else {
         return;
     };
-    // SAFETY: see count_ingress.
-    let iface = unsafe { &mut *iface };
     let len = u64::from(ctx.len());
     iface.egress_packets += 1;
     iface.egress_bytes += len;
 
-    let packet = parse(ctx, link_layer).counted_in(iface, len);
-    let flags = CONFIG.get(0).map_or(0, |config| config.flags);
-    let cross_eni_possible = flags & CROSS_ENI_POSSIBLE != 0;
-    let route = match &packet {
-        Some(packet) => match packet.v4() {
-            Some((src, dst)) => {
-                let tables = Tables {
-                    owners: cross_eni_possible.then_some(&SOURCE_OWNERS_V4),
-                    rules: (flags & HAS_SOURCE_RULES_V4 != 0).then_some(&SOURCE_RULES_V4),
-                    routes: &ROUTES_V4,
-                    addr_bits: 32,
-                };
-                let key = |table_slot| RouteKeyV4 {
-                    ifindex,
-                    table_slot,
-                    addr: dst,
-                };
-                tables.egress(ifindex, &src, &packet.flow, len, key)
-            }
-            None => {
-                let tables = Tables {
-                    owners: cross_eni_possible.then_some(&SOURCE_OWNERS_V6),
-                    rules: (flags & HAS_SOURCE_RULES_V6 != 0).then_some(&SOURCE_RULES_V6),
-                    routes: &ROUTES_V6,
-                    addr_bits: 128,
-                };
-                let key = |table_slot| RouteKeyV6 {
-                    ifindex,
-                    table_slot,
-                    addr: packet.flow.dst,
-                };
-                tables.egress(ifindex, &packet.flow.src, &packet.flow, len, key)
-            }
+    let config = CONFIG.get(0).copied().unwrap_or_default();
+    let found = match parse(ctx, link_layer).counted_in(iface, len) {
+        Some(Packet::V4(flow)) => leave(&flow, ifindex, len, &config),
+        Some(Packet::V6(flow)) => leave(&flow, ifindex, len, &config),
+        None => Resolved {
+            route_id: NO_ROUTE,
+            source_owner: 0,
         },
-        None => None,
     };
-    if let Some(packet) = &packet {
-        let leave = |state: &mut FlowState| {
-            if state.left_by != ifindex {
-                state.left_by = ifindex;
-            }
-            add_shared(&mut state.egress, len);
-            let arrived_on = state.arrived_on;
-            if arrived_on != 0 && arrived_on != ifindex {
-                count_asymmetric(packet.flow, arrived_on, ifindex, len);
-            }
-        };
-        match FLOWS.get_ptr_mut(packet.flow) {
-            // SAFETY: as in count_ingress.
-            Some(state) => leave(unsafe { &mut *state }),
-            None => new_flow(
-                &packet.flow,
-                &FlowState {
-                    arrived_on: 0,
-                    left_by: ifindex,
-                    ingress: PacketCounters::default(),
-                    egress: PacketCounters {
-                        packets: 1,
-                        bytes: len,
-                    },
-                },
-                leave,
-            ),
-        }
+    if found.source_owner != 0 && found.source_owner != ifindex {
+        count_cross_eni(ifindex, found.source_owner, len);
     }
-    match route.and_then(|id| ROUTE_COUNTERS.get_ptr_mut(id)) {
+    match ROUTE_COUNTERS.get_ptr_mut(found.route_id) {
         Some(route) => {
-            // SAFETY: per-CPU value, as above.
+            // SAFETY: per-CPU value, as in iface_counters.
             let route = unsafe { &mut *route };
             route.packets += 1;
             route.bytes += len;
@@ -371,6 +364,166 @@ fn count_egress(ctx: &TcContext, link_layer: LinkLayer) {
             iface.egress_unattributed_bytes += len;
         }
     }
+}
+
+/// Counts an outgoing packet of `flow` in its entry and returns its route and
+/// source owner: cached in the entry while the routing state is the one they were
+/// looked up in and the flow still leaves by this interface, else looked up.
+#[inline(always)]
+fn leave<T: Tuple>(flow: &T, ifindex: u32, len: u64, config: &DataPathConfig) -> Resolved {
+    let Some(entry) = T::table().get_ptr_mut(flow) else {
+        let found = flow.resolve(ifindex, config);
+        let sent = is_cross_eni(&found, ifindex) && sample_cross_eni(ifindex, &found, flow);
+        new_flow(
+            flow,
+            |entry| {
+                entry.arrived_on = 0;
+                entry.left_by = ifindex;
+                entry.route_id = found.route_id;
+                entry.source_owner = found.source_owner;
+                entry.generation = config.generation;
+                entry.flags = if sent { FLOW_SAMPLED } else { 0 };
+                entry.ingress = PacketCounters::default();
+                entry.egress = PacketCounters {
+                    packets: 1,
+                    bytes: len,
+                };
+            },
+            |entry| count_leaving(entry, flow, ifindex, len),
+        );
+        return found;
+    };
+    // SAFETY: as in arrive.
+    let entry = unsafe { &mut *entry };
+    if entry.generation != config.generation || entry.left_by != ifindex {
+        let found = flow.resolve(ifindex, config);
+        entry.route_id = found.route_id;
+        entry.source_owner = found.source_owner;
+        entry.left_by = ifindex;
+        entry.generation = config.generation;
+    }
+    let found = Resolved {
+        route_id: entry.route_id,
+        source_owner: entry.source_owner,
+    };
+    count_leaving(entry, flow, ifindex, len);
+    if is_cross_eni(&found, ifindex)
+        && entry.flags & FLOW_SAMPLED == 0
+        && sample_cross_eni(ifindex, &found, flow)
+    {
+        entry.flags |= FLOW_SAMPLED;
+    }
+    found
+}
+
+/// Adds an outgoing packet to an existing entry, and to the asymmetric flows when
+/// the flow arrived on another interface.
+#[inline(always)]
+fn count_leaving<T: Tuple>(entry: &mut FlowEntry, flow: &T, ifindex: u32, len: u64) {
+    add_shared(&mut entry.egress, len);
+    let arrived_on = entry.arrived_on;
+    if arrived_on != 0 && arrived_on != ifindex {
+        count_asymmetric(flow.flow_key(), arrived_on, ifindex, len);
+    }
+}
+
+#[inline(always)]
+fn is_cross_eni(found: &Resolved, ifindex: u32) -> bool {
+    found.source_owner != 0 && found.source_owner != ifindex
+}
+
+/// A flow's 5-tuple in the form its family's flow table keys it.
+trait Tuple: Copy + 'static {
+    /// The family's flow table.
+    fn table() -> &'static LruHashMap<Self, FlowEntry>;
+    /// The family-independent form (for samples and asymmetric-flow keys).
+    fn flow_key(&self) -> FlowKey;
+    /// Counts an insert into [`Self::table`].
+    fn count_insert(stats: &mut TableStats);
+    /// The route and source owner of a packet of this flow leaving by `ifindex`.
+    fn resolve(&self, ifindex: u32, config: &DataPathConfig) -> Resolved;
+}
+
+impl Tuple for FlowKeyV4 {
+    #[inline(always)]
+    fn table() -> &'static LruHashMap<Self, FlowEntry> {
+        &FLOWS
+    }
+
+    #[inline(always)]
+    fn flow_key(&self) -> FlowKey {
+        flow_key(
+            4,
+            self.protocol,
+            self.src_port,
+            self.dst_port,
+            v4_in_v6_slot(&self.src, 0),
+            v4_in_v6_slot(&self.dst, 0),
+        )
+    }
+
+    #[inline(always)]
+    fn count_insert(stats: &mut TableStats) {
+        stats.flows_inserted += 1;
+    }
+
+    #[inline(always)]
+    fn resolve(&self, ifindex: u32, config: &DataPathConfig) -> Resolved {
+        let flags = config.flags;
+        let tables = Tables {
+            owners: (flags & CROSS_ENI_POSSIBLE != 0).then_some(&SOURCE_OWNERS_V4),
+            rules: (flags & HAS_SOURCE_RULES_V4 != 0).then_some(&SOURCE_RULES_V4),
+            routes: &ROUTES_V4,
+            addr_bits: 32,
+        };
+        tables.resolve(&self.src, |table_slot| RouteKeyV4 {
+            ifindex,
+            table_slot,
+            addr: self.dst,
+        })
+    }
+}
+
+impl Tuple for FlowKey {
+    #[inline(always)]
+    fn table() -> &'static LruHashMap<Self, FlowEntry> {
+        &FLOWS_V6
+    }
+
+    #[inline(always)]
+    fn flow_key(&self) -> FlowKey {
+        *self
+    }
+
+    #[inline(always)]
+    fn count_insert(stats: &mut TableStats) {
+        stats.flows_v6_inserted += 1;
+    }
+
+    #[inline(always)]
+    fn resolve(&self, ifindex: u32, config: &DataPathConfig) -> Resolved {
+        let flags = config.flags;
+        let tables = Tables {
+            owners: (flags & CROSS_ENI_POSSIBLE != 0).then_some(&SOURCE_OWNERS_V6),
+            rules: (flags & HAS_SOURCE_RULES_V6 != 0).then_some(&SOURCE_RULES_V6),
+            routes: &ROUTES_V6,
+            addr_bits: 128,
+        };
+        tables.resolve(&self.src, |table_slot| RouteKeyV6 {
+            ifindex,
+            table_slot,
+            addr: self.dst,
+        })
+    }
+}
+
+/// What egress looked up for a flow leaving by one interface.
+#[derive(Clone, Copy)]
+struct Resolved {
+    /// Its route, or [`NO_ROUTE`].
+    route_id: RouteId,
+    /// The monitored interface owning its source, 0 when none or not looked up.
+    source_owner: u32,
 }
 
 /// The maps of one address family that egress consults; `None` where the
@@ -383,21 +536,15 @@ struct Tables<A: 'static, K: 'static> {
 }
 
 impl<A: Copy, K> Tables<A, K> {
-    /// Counts the packet if it is cross-ENI and returns its route: looked up in the
-    /// table slot its source selects, then in the main table's.
+    /// The source's owner, and the route: looked up in the table slot the source
+    /// selects, then in the main table's.
     #[inline(always)]
-    fn egress(
-        &self,
-        ifindex: u32,
-        src: &A,
-        flow: &FlowKey,
-        len: u64,
-        key: impl Fn(u32) -> K,
-    ) -> Option<RouteId> {
-        if let Some(owner) = self.owners.and_then(|owners| owners.get_ptr(src)) {
+    fn resolve(&self, src: &A, key: impl Fn(u32) -> K) -> Resolved {
+        let source_owner = self
+            .owners
+            .and_then(|owners| owners.get_ptr(src))
             // SAFETY: a valid pointer into the hash map's value.
-            count_cross_eni(ifindex, unsafe { *owner }, len, flow);
-        }
+            .map_or(0, |owner| unsafe { *owner });
         let slot = self
             .rules
             .and_then(|rules| rules.get(Key::new(self.addr_bits, *src)))
@@ -410,7 +557,13 @@ impl<A: Copy, K> Tables<A, K> {
                 ))
                 .copied()
         };
-        slot.and_then(lookup).or_else(|| lookup(MAIN_TABLE_SLOT))
+        Resolved {
+            route_id: slot
+                .and_then(lookup)
+                .or_else(|| lookup(MAIN_TABLE_SLOT))
+                .unwrap_or(NO_ROUTE),
+            source_owner,
+        }
     }
 }
 
@@ -453,7 +606,7 @@ fn count_drop(ctx: &RawTracePointContext) -> Option<()> {
     }
     let ifindex: u32 = read_kernel(dev, config.dev_ifindex)?;
     // Monitored interfaces only (the cheap test first)…
-    IFACE_COUNTERS.get_ptr(ifindex)?;
+    iface_counters(ifindex)?;
     // …of routemon's namespace: ifindexes repeat across namespaces.
     let net: u64 = read_kernel(dev, config.dev_net)?;
     let inum: u32 = read_kernel(net, config.net_inum)?;
@@ -499,34 +652,34 @@ fn add_shared(counters: &mut PacketCounters, len: u64) {
 const BPF_NOEXIST: u64 = 1;
 
 /// Adds a flow to the flow table (evicting the least recently used when full),
-/// with `state` holding this packet. When another CPU created the entry since this
-/// one's lookup missed, the create fails and `add_to_existing` counts the packet
-/// in the winner's entry instead: overwriting it would lose the winner's packet.
+/// with the entry `fill` writes holding this packet. When another CPU created the
+/// entry since this one's lookup missed, the create fails and `add_to_existing`
+/// counts the packet in the winner's entry instead: overwriting it would lose the
+/// winner's packet.
 #[inline(always)]
-fn new_flow(key: &FlowKey, state: &FlowState, add_to_existing: impl FnOnce(&mut FlowState)) {
-    if FLOWS.insert(key, state, BPF_NOEXIST).is_ok() {
-        table_stats(|s| s.flows_inserted += 1);
-    } else if let Some(existing) = FLOWS.get_ptr_mut(key) {
+fn new_flow<T: Tuple>(
+    key: &T,
+    fill: impl FnOnce(&mut FlowEntry),
+    add_to_existing: impl FnOnce(&mut FlowEntry),
+) {
+    let Some(template) = FLOW_TEMPLATE.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU value, as in count_ingress.
+    let template = unsafe { &mut *template };
+    fill(template);
+    if T::table().insert(key, template, BPF_NOEXIST).is_ok() {
+        table_stats(T::count_insert);
+    } else if let Some(existing) = T::table().get_ptr_mut(key) {
         // SAFETY: a valid pointer into the map's value, as in count_ingress.
         add_to_existing(unsafe { &mut *existing });
     }
 }
 
-/// Counts a packet that leaves by `egress` with a source address owned by `owner`,
-/// when those differ: the VPC's source/destination check drops such packets. A
-/// rate-limited sample of them goes to userspace with the 5-tuple.
+/// Counts a packet that leaves by `egress` with a source address owned by `owner`
+/// (another interface): the VPC's source/destination check drops such packets.
 #[inline(always)]
-fn count_cross_eni(egress: u32, owner: u32, len: u64, flow: &FlowKey) {
-    if owner == egress {
-        return;
-    }
-    sample(&SampleEvent {
-        kind: SAMPLE_CROSS_ENI,
-        egress_ifindex: egress,
-        source_ifindex: owner,
-        pad: 0,
-        flow: *flow,
-    });
+fn count_cross_eni(egress: u32, owner: u32, len: u64) {
     let key = CrossEniKey {
         egress_ifindex: egress,
         source_ifindex: owner,
@@ -536,12 +689,26 @@ fn count_cross_eni(egress: u32, owner: u32, len: u64, flow: &FlowKey) {
     }
 }
 
-/// Sends `event` to userspace unless this CPU's token bucket is empty or the ring
-/// buffer is full; either way the outcome is counted in `SAMPLER`.
+/// Sends userspace the 5-tuple of a cross-ENI flow (once per flow: the caller
+/// remembers a sample that went through); says whether it did.
 #[inline(always)]
-fn sample(event: &SampleEvent) {
+fn sample_cross_eni<T: Tuple>(egress: u32, found: &Resolved, flow: &T) -> bool {
+    sample(&SampleEvent {
+        kind: SAMPLE_CROSS_ENI,
+        egress_ifindex: egress,
+        source_ifindex: found.source_owner,
+        pad: 0,
+        flow: flow.flow_key(),
+    })
+}
+
+/// Sends `event` to userspace unless this CPU's token bucket is empty or the ring
+/// buffer is full; either way the outcome is counted in `SAMPLER`. Says whether it
+/// was sent.
+#[inline(always)]
+fn sample(event: &SampleEvent) -> bool {
     let Some(state) = SAMPLER.get_ptr_mut(0) else {
-        return;
+        return false;
     };
     // SAFETY: per-CPU value, as in count_ingress.
     let state = unsafe { &mut *state };
@@ -554,12 +721,18 @@ fn sample(event: &SampleEvent) {
     }
     if state.tokens == 0 {
         state.suppressed += 1;
-        return;
+        return false;
     }
     state.tokens -= 1;
     match SAMPLES.output::<SampleEvent>(event, 0) {
-        Ok(()) => state.sampled += 1,
-        Err(_) => state.suppressed += 1,
+        Ok(()) => {
+            state.sampled += 1;
+            true
+        }
+        Err(_) => {
+            state.suppressed += 1;
+            false
+        }
     }
 }
 
@@ -576,10 +749,11 @@ fn count_asymmetric(flow: FlowKey, ingress: u32, egress: u32, len: u64) {
     }
 }
 
-/// What the programs read from an IP packet: its 5-tuple, whose addresses are the
-/// packet's (IPv4 in the first 4 bytes of each).
-struct Packet {
-    flow: FlowKey,
+/// What the programs read from an IP packet: its 5-tuple, in the form of its
+/// family's flow table.
+enum Packet {
+    V4(FlowKeyV4),
+    V6(FlowKey),
 }
 
 /// What [`parse`] made of a frame.
@@ -610,20 +784,6 @@ impl Parsed {
     }
 }
 
-impl Packet {
-    /// The IPv4 source and destination, for an IPv4 packet.
-    #[inline(always)]
-    fn v4(&self) -> Option<([u8; 4], [u8; 4])> {
-        let f = &self.flow;
-        (f.ip_version == 4).then(|| {
-            (
-                [f.src[0], f.src[1], f.src[2], f.src[3]],
-                [f.dst[0], f.dst[1], f.dst[2], f.dst[3]],
-            )
-        })
-    }
-}
-
 /// Reads `N` bytes at `offset` of the packet: straight from the linear data when
 /// they are there (no helper call, no copy through the stack), else with
 /// `bpf_skb_load_bytes` (headers in paged data, rare on the TC hooks).
@@ -640,16 +800,23 @@ fn bytes<const N: usize>(ctx: &TcContext, offset: usize) -> Option<[u8; N]> {
     }
 }
 
-/// A flow key without ports, built whole: field-by-field zeroing would cost a
-/// call to a memset subprogram on every packet.
+/// A flow key built whole: field-by-field zeroing would cost a call to a memset
+/// subprogram.
 #[inline(always)]
-fn flow_key(ip_version: u8, protocol: u8, src: [u8; 16], dst: [u8; 16]) -> FlowKey {
+fn flow_key(
+    ip_version: u8,
+    protocol: u8,
+    src_port: u16,
+    dst_port: u16,
+    src: [u8; 16],
+    dst: [u8; 16],
+) -> FlowKey {
     FlowKey {
         ip_version,
         protocol,
         pad: [0; 2],
-        src_port: 0,
-        dst_port: 0,
+        src_port,
+        dst_port,
         src,
         dst,
     }
@@ -702,20 +869,24 @@ fn parse_ipv4(ctx: &TcContext, l3_offset: usize) -> Parsed {
     if header[0] >> 4 != 4 || header_words < 5 {
         return Parsed::Malformed;
     }
-    let mut flow = flow_key(
-        4,
-        header[9],
-        v4_in_v6_slot(&header, 12),
-        v4_in_v6_slot(&header, 16),
-    );
+    let protocol = header[9];
     // Only the first fragment carries the transport header: the others are keyed
     // with ports 0.
     let fragment_offset = u16::from_be_bytes([header[6] & 0x1f, header[7]]);
-    if fragment_offset == 0 {
+    let (src_port, dst_port) = if fragment_offset == 0 {
         let header_len = usize::from(header_words) * 4;
-        read_ports(ctx, l3_offset + header_len, IPPROTO_ICMP, &mut flow);
-    }
-    Parsed::Ip(Packet { flow })
+        ports(ctx, l3_offset + header_len, protocol, IPPROTO_ICMP)
+    } else {
+        (0, 0)
+    };
+    Parsed::Ip(Packet::V4(FlowKeyV4 {
+        src: field(&header, 12),
+        dst: field(&header, 16),
+        src_port,
+        dst_port,
+        protocol,
+        pad: [0; 3],
+    }))
 }
 
 #[inline(always)]
@@ -767,35 +938,43 @@ fn parse_ipv6(ctx: &TcContext, l3_offset: usize) -> Parsed {
     ) {
         return Parsed::Malformed;
     }
-    let mut flow = flow_key(6, protocol, field(&header, 8), field(&header, 24));
-    if first_fragment {
-        read_ports(ctx, offset, IPPROTO_ICMPV6, &mut flow);
-    }
-    Parsed::Ip(Packet { flow })
+    let (src_port, dst_port) = if first_fragment {
+        ports(ctx, offset, protocol, IPPROTO_ICMPV6)
+    } else {
+        (0, 0)
+    };
+    Parsed::Ip(Packet::V6(flow_key(
+        6,
+        protocol,
+        src_port,
+        dst_port,
+        field(&header, 8),
+        field(&header, 24),
+    )))
 }
 
-/// Fills the flow's ports from the transport header at `offset`: TCP, UDP and SCTP
-/// ports, or the identifier of an ICMP echo request/reply in both.
+/// The flow's ports from the transport header at `offset`: TCP, UDP and SCTP
+/// ports, or the identifier of an ICMP echo request/reply in both; 0 and 0 for
+/// anything else (or a truncated header).
 #[inline(always)]
-fn read_ports(ctx: &TcContext, offset: usize, icmp: u8, flow: &mut FlowKey) {
-    match flow.protocol {
-        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => {
-            if let Some(ports) = bytes::<4>(ctx, offset) {
-                flow.src_port = u16::from_be_bytes([ports[0], ports[1]]);
-                flow.dst_port = u16::from_be_bytes([ports[2], ports[3]]);
+fn ports(ctx: &TcContext, offset: usize, protocol: u8, icmp: u8) -> (u16, u16) {
+    match protocol {
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => match bytes::<4>(ctx, offset) {
+            Some(ports) => (
+                u16::from_be_bytes([ports[0], ports[1]]),
+                u16::from_be_bytes([ports[2], ports[3]]),
+            ),
+            None => (0, 0),
+        },
+        protocol if protocol == icmp => match bytes::<6>(ctx, offset) {
+            // Echo request/reply: 8/0 for ICMP, 128/129 for ICMPv6.
+            Some(header) if matches!(header[0], 0 | 8 | 128 | 129) => {
+                let id = u16::from_be_bytes([header[4], header[5]]);
+                (id, id)
             }
-        }
-        protocol if protocol == icmp => {
-            if let Some(header) = bytes::<6>(ctx, offset) {
-                // Echo request/reply: 8/0 for ICMP, 128/129 for ICMPv6.
-                if matches!(header[0], 0 | 8 | 128 | 129) {
-                    let id = u16::from_be_bytes([header[4], header[5]]);
-                    flow.src_port = id;
-                    flow.dst_port = id;
-                }
-            }
-        }
-        _ => {}
+            _ => (0, 0),
+        },
+        _ => (0, 0),
     }
 }
 

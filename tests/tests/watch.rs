@@ -693,7 +693,10 @@ fn foreign_pinned_map_is_replaced_and_run_time_is_exported() {
     require_root();
     let bed = Testbed::ens5_ens6(1000, 1024).unwrap();
     let pins = PinDir::new();
-    let maps = pins.path().join("maps-v2");
+    let maps = pins.path().join(format!(
+        "maps-v{}",
+        routemon::ebpf::pinning::MAP_LAYOUT_VERSION
+    ));
     std::fs::create_dir_all(&maps).unwrap();
     routemon_testbed::cmd::run(
         "bpftool",

@@ -12,7 +12,10 @@ use super::Investigation;
 use crate::{
     attribution::AttributionPlan,
     cli::SelectionArgs,
-    ebpf::{AttachMode, AttachedVia, EbpfError, Monitor, usage::TableUsage},
+    ebpf::{
+        AttachMode, AttachedVia, EbpfError, Monitor,
+        usage::{FlowEntries, TableUsage},
+    },
     model::{Link, dump::Netlink},
 };
 
@@ -101,7 +104,7 @@ impl Counting {
             routes: monitor.route_counters(self.plan.route_ids.len())?,
             cross_eni: monitor.cross_eni_counters()?,
             asymmetric: monitor.asymmetric_flows()?,
-            tables: monitor.table_usage(Some(flows.len()))?,
+            tables: monitor.table_usage(Some(flow_entries(&flows)))?,
             flows,
             drops: monitor.drop_counters()?,
         })
@@ -124,4 +127,10 @@ pub struct Readings {
     pub flows: Vec<(FlowKey, FlowState)>,
     /// Drops per (interface, reason).
     pub drops: BTreeMap<(u32, String), u64>,
+}
+
+/// How many of `flows` each flow table holds (IPv4, IPv6).
+fn flow_entries(flows: &[(FlowKey, FlowState)]) -> FlowEntries {
+    let v4 = flows.iter().filter(|(key, _)| key.ip_version == 4).count() as u64;
+    (v4, flows.len() as u64 - v4)
 }

@@ -11,15 +11,15 @@ use aya::{
 };
 use ipnet::IpNet;
 use monitor_common::{
-    CONFIG_MAP, CROSS_ENI_POSSIBLE, DROPS_MAP, DataPathConfig, DropKey, FLOWS_MAP, FlowKey,
-    FlowState, HAS_SOURCE_RULES_V4, HAS_SOURCE_RULES_V6, IFACE_COUNTERS_MAP, IfaceCounters,
-    MAX_DROP_KEYS, MAX_SOURCE_RULES, MAX_TRACKED_FLOWS, PacketCounters, ROUTE_COUNTERS_MAP,
-    ROUTE_KEY_PREFIX_BITS, ROUTES_V4_MAP, ROUTES_V6_MAP, RouteKeyV4, RouteKeyV6, SAMPLER_MAP,
-    SOURCE_OWNERS_V4_MAP, SOURCE_OWNERS_V6_MAP, SOURCE_RULES_V4_MAP, SOURCE_RULES_V6_MAP,
-    SamplerState, TABLE_STATS_MAP, TableStats,
+    CONFIG_MAP, CROSS_ENI_POSSIBLE, DROPS_MAP, DataPathConfig, DropKey, FLOWS_MAP, FLOWS_V6_MAP,
+    FlowEntry, FlowKey, FlowKeyV4, FlowState, HAS_SOURCE_RULES_V4, HAS_SOURCE_RULES_V6,
+    IfaceCounters, MAX_DROP_KEYS, MAX_SOURCE_RULES, MAX_TRACKED_FLOWS, PacketCounters,
+    ROUTE_COUNTERS_MAP, ROUTE_KEY_PREFIX_BITS, ROUTES_V4_MAP, ROUTES_V6_MAP, RouteKeyV4,
+    RouteKeyV6, SAMPLER_MAP, SOURCE_OWNERS_V4_MAP, SOURCE_OWNERS_V6_MAP, SOURCE_RULES_V4_MAP,
+    SOURCE_RULES_V6_MAP, SamplerState, TABLE_STATS_MAP, TableStats,
 };
 
-use super::EbpfError;
+use super::{EbpfError, iface_slots};
 use crate::attribution::AttributionPlan;
 
 fn map_mut<'a>(
@@ -63,18 +63,28 @@ pub fn refresh_config(ebpf: &mut Ebpf) -> Result<DataPathConfig, EbpfError> {
         flags |= HAS_SOURCE_RULES_V6;
     }
     let owners: BTreeSet<u32> = source_owners(ebpf)?.into_iter().map(|(_, o)| o).collect();
-    let counters: PerCpuHashMap<&MapData, u32, IfaceCounters> =
-        PerCpuHashMap::try_from(map(ebpf, IFACE_COUNTERS_MAP)?)
-            .map_err(map_error(IFACE_COUNTERS_MAP))?;
-    let interfaces: BTreeSet<u32> = counters.keys().filter_map(Result::ok).collect();
+    let interfaces: BTreeSet<u32> = iface_slots::assigned(ebpf)?.into_keys().collect();
     if !owners.is_empty() && owners.union(&interfaces).nth(1).is_some() {
         flags |= CROSS_ENI_POSSIBLE;
     }
-    let config = DataPathConfig { flags, pad: 0 };
+    let generation = config(ebpf)?.generation;
     let mut array: Array<&mut MapData, DataPathConfig> =
         Array::try_from(map_mut(ebpf, CONFIG_MAP)?).map_err(map_error(CONFIG_MAP))?;
-    array.set(0, config, 0).map_err(map_error(CONFIG_MAP))?;
-    Ok(config)
+    // Two new generations, one after the other: a packet that read the first one
+    // torn (the kernel copies the value without atomicity guarantees) cached a
+    // generation that is not current once the second write is done.
+    let mut written = DataPathConfig { flags, generation };
+    for _ in 0..2 {
+        written.generation = next_generation(written.generation);
+        array.set(0, written, 0).map_err(map_error(CONFIG_MAP))?;
+    }
+    Ok(written)
+}
+
+/// The generation after `generation`; never 0, which marks a flow entry whose route
+/// was never looked up.
+fn next_generation(generation: u32) -> u32 {
+    generation.wrapping_add(1).max(1)
 }
 
 /// The [`DataPathConfig`] the data path reads now.
@@ -84,29 +94,14 @@ pub fn config(ebpf: &Ebpf) -> Result<DataPathConfig, EbpfError> {
     array.get(&0, 0).map_err(map_error(CONFIG_MAP))
 }
 
-/// Creates zeroed counters for each interface, so the data path only ever looks up.
+/// Creates zeroed counters for each interface, so the data path only ever looks up;
+/// counters a previous routemon left in pinned maps continue.
 pub fn register_interfaces(
     ebpf: &mut Ebpf,
     ifindexes: impl Iterator<Item = u32>,
 ) -> Result<(), EbpfError> {
-    let nr_cpus = cpus()?;
-    let mut counters: PerCpuHashMap<&mut MapData, u32, IfaceCounters> =
-        PerCpuHashMap::try_from(map_mut(ebpf, IFACE_COUNTERS_MAP)?)
-            .map_err(map_error(IFACE_COUNTERS_MAP))?;
-    for ifindex in ifindexes {
-        match counters.insert(ifindex, zeroed(nr_cpus)?, BPF_NOEXIST) {
-            Ok(()) => {}
-            // Counters a previous routemon left in a pinned map continue.
-            Err(aya::maps::MapError::SyscallError(err))
-                if err.io_error.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(err) => return Err(map_error(IFACE_COUNTERS_MAP)(err)),
-        }
-    }
-    Ok(())
+    iface_slots::assign(ebpf, ifindexes)
 }
-
-/// `BPF_NOEXIST`: create only.
-const BPF_NOEXIST: u64 = 1;
 
 fn zeroed<T: aya::Pod + Default>(nr_cpus: usize) -> Result<PerCpuValues<T>, EbpfError> {
     PerCpuValues::try_from(vec![T::default(); nr_cpus])
@@ -115,10 +110,7 @@ fn zeroed<T: aya::Pod + Default>(nr_cpus: usize) -> Result<PerCpuValues<T>, Ebpf
 
 /// Removes an interface's counters.
 pub fn unregister_interface(ebpf: &mut Ebpf, ifindex: u32) -> Result<(), EbpfError> {
-    let mut counters: PerCpuHashMap<&mut MapData, u32, IfaceCounters> =
-        PerCpuHashMap::try_from(map_mut(ebpf, IFACE_COUNTERS_MAP)?)
-            .map_err(map_error(IFACE_COUNTERS_MAP))?;
-    ignore_missing(counters.remove(&ifindex)).map_err(map_error(IFACE_COUNTERS_MAP))
+    iface_slots::release(ebpf, ifindex)
 }
 
 fn ignore_missing(result: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
@@ -444,16 +436,25 @@ pub fn drop_counters(ebpf: &Ebpf) -> Result<BTreeMap<DropKey, u64>, EbpfError> {
     Ok(out)
 }
 
-/// Reads every flow of the flow table (at most its capacity: see [`key_count`]).
+/// Reads every flow of both flow tables (at most their capacity each: see
+/// [`key_count`]), IPv4 keys in the family-independent form.
 pub fn flows(ebpf: &Ebpf) -> Result<Vec<(FlowKey, FlowState)>, EbpfError> {
-    let table: HashMap<&MapData, FlowKey, FlowState> =
+    let v4: HashMap<&MapData, FlowKeyV4, FlowEntry> =
         HashMap::try_from(map(ebpf, FLOWS_MAP)?).map_err(map_error(FLOWS_MAP))?;
-    // An entry evicted while the table is read is skipped, not an error.
-    Ok(table
+    let v6: HashMap<&MapData, FlowKey, FlowEntry> =
+        HashMap::try_from(map(ebpf, FLOWS_V6_MAP)?).map_err(map_error(FLOWS_V6_MAP))?;
+    // An entry evicted while a table is read is skipped, not an error.
+    let v4 = v4
         .iter()
         .take(MAX_TRACKED_FLOWS as usize)
         .filter_map(Result::ok)
-        .collect())
+        .map(|(key, entry)| (key.flow_key(), entry.state()));
+    let v6 = v6
+        .iter()
+        .take(MAX_TRACKED_FLOWS as usize)
+        .filter_map(Result::ok)
+        .map(|(key, entry)| (key, entry.state()));
+    Ok(v4.chain(v6).collect())
 }
 
 /// Reads the sampler's per-CPU counts, summed.
@@ -490,17 +491,7 @@ pub fn key_count<K: aya::Pod, V: aya::Pod>(
 
 /// Reads every interface's counters, summed over CPUs.
 pub fn interface_counters(ebpf: &Ebpf) -> Result<BTreeMap<u32, IfaceCounters>, EbpfError> {
-    let counters: PerCpuHashMap<&MapData, u32, IfaceCounters> =
-        PerCpuHashMap::try_from(map(ebpf, IFACE_COUNTERS_MAP)?)
-            .map_err(map_error(IFACE_COUNTERS_MAP))?;
-    let mut out = BTreeMap::new();
-    for item in counters.iter() {
-        let (ifindex, per_cpu) = item.map_err(map_error(IFACE_COUNTERS_MAP))?;
-        let mut total = IfaceCounters::default();
-        per_cpu.iter().for_each(|c| total.accumulate(c));
-        out.insert(ifindex, total);
-    }
-    Ok(out)
+    iface_slots::counters(ebpf)
 }
 
 /// Reads the counters of route ids `0..count`, summed over CPUs.

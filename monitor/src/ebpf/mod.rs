@@ -4,6 +4,7 @@
 mod attach;
 pub mod btf;
 pub mod drops;
+mod iface_slots;
 mod maps;
 pub mod pinning;
 pub mod reference;
@@ -280,7 +281,10 @@ impl Monitor {
         &mut self,
         changes: &[(TrieKey, Option<u32>)],
     ) -> Result<(), EbpfError> {
-        maps::update_route_entries(&mut self.ebpf, changes)
+        maps::update_route_entries(&mut self.ebpf, changes)?;
+        // Flows cached the routes they were counted to: the next packet of each
+        // looks its route up again.
+        maps::refresh_config(&mut self.ebpf).map(drop)
     }
 
     /// Replaces the source rules (prefix → table slot).
@@ -412,7 +416,10 @@ impl Monitor {
 
     /// How full the bounded kernel tables are and what they dropped;
     /// `flow_entries` as in [`usage::read`].
-    pub fn table_usage(&self, flow_entries: Option<usize>) -> Result<usage::TableUsage, EbpfError> {
+    pub fn table_usage(
+        &self,
+        flow_entries: Option<usage::FlowEntries>,
+    ) -> Result<usage::TableUsage, EbpfError> {
         usage::read(&self.ebpf, flow_entries)
     }
 

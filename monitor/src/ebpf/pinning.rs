@@ -19,16 +19,17 @@ use std::{
 use aya::maps::{MapInfo, MapType};
 use monitor_common::{
     ASYMMETRIC_FLOWS_MAP, AsymmetricKey, CROSS_ENI_MAP, CrossEniKey, DROPS_MAP, DropKey, FLOWS_MAP,
-    FlowKey, FlowState, IFACE_COUNTERS_MAP, IfaceCounters, PacketCounters, ROUTE_COUNTERS_MAP,
-    ROUTES_V4_MAP, ROUTES_V6_MAP, RouteKeyV4, RouteKeyV6, SAMPLER_MAP, SOURCE_OWNERS_V4_MAP,
-    SOURCE_OWNERS_V6_MAP, SOURCE_RULES_V4_MAP, SOURCE_RULES_V6_MAP, SamplerState, TABLE_STATS_MAP,
-    TableStats,
+    FLOWS_V6_MAP, FlowEntry, FlowKey, FlowKeyV4, IFACE_COUNTERS_MAP, IFACE_SLOT_BUCKETS,
+    IFACE_SLOTS_MAP, IFACE_SLOTS_OVERFLOW_MAP, IfaceCounters, IfaceSlot, PacketCounters,
+    ROUTE_COUNTERS_MAP, ROUTES_V4_MAP, ROUTES_V6_MAP, RouteKeyV4, RouteKeyV6, SAMPLER_MAP,
+    SOURCE_OWNERS_V4_MAP, SOURCE_OWNERS_V6_MAP, SOURCE_RULES_V4_MAP, SOURCE_RULES_V6_MAP,
+    SamplerState, TABLE_STATS_MAP, TableStats,
 };
 
 use super::{Direction, EbpfError};
 
 /// Bumped whenever a pinned map's meaning changes without its sizes changing.
-pub const MAP_LAYOUT_VERSION: u32 = 2;
+pub const MAP_LAYOUT_VERSION: u32 = 3;
 
 /// The default pin directory.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/routemon";
@@ -61,7 +62,7 @@ const fn lpm_key<K>() -> usize {
 
 /// Every map routemon pins, with the layout it must have. The sample ring buffer
 /// is not pinned: samples are a live view, not state.
-pub fn pinned_maps() -> [MapLayout; 14] {
+pub fn pinned_maps() -> [MapLayout; 17] {
     use monitor_common::{
         DEFAULT_MAX_INTERFACES, DEFAULT_MAX_OWNED_ADDRESSES, DEFAULT_MAX_ROUTES,
         MAX_ASYMMETRIC_FLOWS, MAX_CROSS_ENI_PAIRS, MAX_SOURCE_RULES, MAX_TRACKED_FLOWS,
@@ -76,9 +77,23 @@ pub fn pinned_maps() -> [MapLayout; 14] {
     [
         layout(
             IFACE_COUNTERS_MAP,
-            MapType::PerCpuHash,
+            MapType::PerCpuArray,
             4,
             size_of::<IfaceCounters>(),
+            DEFAULT_MAX_INTERFACES,
+        ),
+        layout(
+            IFACE_SLOTS_MAP,
+            MapType::Array,
+            4,
+            size_of::<IfaceSlot>(),
+            IFACE_SLOT_BUCKETS,
+        ),
+        layout(
+            IFACE_SLOTS_OVERFLOW_MAP,
+            MapType::Hash,
+            4,
+            4,
             DEFAULT_MAX_INTERFACES,
         ),
         layout(
@@ -140,8 +155,15 @@ pub fn pinned_maps() -> [MapLayout; 14] {
         layout(
             FLOWS_MAP,
             MapType::LruHash,
+            size_of::<FlowKeyV4>(),
+            size_of::<FlowEntry>(),
+            MAX_TRACKED_FLOWS,
+        ),
+        layout(
+            FLOWS_V6_MAP,
+            MapType::LruHash,
             size_of::<FlowKey>(),
-            size_of::<FlowState>(),
+            size_of::<FlowEntry>(),
             MAX_TRACKED_FLOWS,
         ),
         layout(

@@ -8,8 +8,8 @@
 use aya::Ebpf;
 use monitor_common::{
     ASYMMETRIC_FLOWS_MAP, AsymmetricKey, CROSS_ENI_MAP, CrossEniKey, DROPS_MAP, DropKey, FLOWS_MAP,
-    FlowKey, FlowState, MAX_ASYMMETRIC_FLOWS, MAX_CROSS_ENI_PAIRS, MAX_DROP_KEYS,
-    MAX_TRACKED_FLOWS, PacketCounters,
+    FLOWS_V6_MAP, FlowEntry, FlowKey, FlowKeyV4, MAX_ASYMMETRIC_FLOWS, MAX_CROSS_ENI_PAIRS,
+    MAX_DROP_KEYS, MAX_TRACKED_FLOWS, PacketCounters,
 };
 use serde::Serialize;
 
@@ -64,8 +64,10 @@ pub struct SampleUsage {
 /// Every bounded kernel table's fill and losses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct TableUsage {
-    /// Ingress flows remembered to recognise their replies.
+    /// IPv4 flows: their counts, and where they arrived to recognise their replies.
     pub flows: LruUsage,
+    /// IPv6 flows, likewise.
+    pub flows_v6: LruUsage,
     /// Asymmetric flows counted one by one.
     pub asymmetric_flows: LruUsage,
     /// (egress, source owner) pairs of cross-ENI egress.
@@ -76,16 +78,22 @@ pub struct TableUsage {
     pub samples: SampleUsage,
 }
 
-/// Reads the tables of a loaded object. Walking the flow table costs one syscall
-/// per entry (65 536 at most), so callers read it per report or scrape, not per
-/// packet batch; a caller that has just read the flows passes how many
-/// (`flow_entries`) and the table is not walked again.
-pub fn read(ebpf: &Ebpf, flow_entries: Option<usize>) -> Result<TableUsage, EbpfError> {
+/// How many flows each flow table holds: IPv4, IPv6.
+pub type FlowEntries = (u64, u64);
+
+/// Reads the tables of a loaded object. Walking a flow table costs one syscall per
+/// entry (65 536 at most), so callers read it per report or scrape, not per packet
+/// batch; a caller that has just read the flows passes how many (`flow_entries`)
+/// and the tables are not walked again.
+pub fn read(ebpf: &Ebpf, flow_entries: Option<FlowEntries>) -> Result<TableUsage, EbpfError> {
     let stats = maps::table_stats(ebpf)?;
     let sampler = maps::sampler_totals(ebpf)?;
-    let flows = match flow_entries {
-        Some(entries) => entries as u64,
-        None => maps::key_count::<FlowKey, FlowState>(ebpf, FLOWS_MAP, false, MAX_TRACKED_FLOWS)?,
+    let (flows, flows_v6) = match flow_entries {
+        Some(entries) => entries,
+        None => (
+            maps::key_count::<FlowKeyV4, FlowEntry>(ebpf, FLOWS_MAP, false, MAX_TRACKED_FLOWS)?,
+            maps::key_count::<FlowKey, FlowEntry>(ebpf, FLOWS_V6_MAP, false, MAX_TRACKED_FLOWS)?,
+        ),
     };
     let asymmetric = maps::key_count::<AsymmetricKey, PacketCounters>(
         ebpf,
@@ -101,6 +109,7 @@ pub fn read(ebpf: &Ebpf, flow_entries: Option<usize>) -> Result<TableUsage, Ebpf
     )?;
     Ok(TableUsage {
         flows: LruUsage::new(MAX_TRACKED_FLOWS, flows, stats.flows_inserted),
+        flows_v6: LruUsage::new(MAX_TRACKED_FLOWS, flows_v6, stats.flows_v6_inserted),
         asymmetric_flows: LruUsage::new(
             MAX_ASYMMETRIC_FLOWS,
             asymmetric,

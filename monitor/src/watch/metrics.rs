@@ -469,6 +469,7 @@ pub fn render(input: &MetricsInput<'_>) -> String {
 fn render_tables(x: &mut Exposition, tables: &TableUsage) {
     let lru = [
         ("flows", &tables.flows),
+        ("flows_v6", &tables.flows_v6),
         ("asymmetric_flows", &tables.asymmetric_flows),
     ];
     let pairs = &tables.cross_eni_pairs;
@@ -486,8 +487,8 @@ fn render_tables(x: &mut Exposition, tables: &TableUsage) {
     x.family(
         "routemon_table_entries",
         "gauge",
-        "Entries in routemon's bounded kernel tables (flows: the flow table of top flows \
-         and asymmetry; read at most every 10 s).",
+        "Entries in routemon's bounded kernel tables (flows, flows_v6: the IPv4 and IPv6 \
+         flow tables of top flows and asymmetry; read at most every 10 s).",
     );
     for (table, entries, _) in sizes.clone() {
         x.sample("routemon_table_entries", &[("table", table)], entries);

@@ -516,11 +516,21 @@ impl Watcher {
             );
         }
         self.uncounted_routes = assignment.uncounted;
-        let mut result = Ok(());
+        // Flows cache their route id until the routing state's generation moves on
+        // (each update moves it). So a freed id is out of the tries and out of every
+        // cache before it is zeroed and given to its new route.
+        let (to_fresh, others): (Vec<_>, Vec<_>) = assignment
+            .trie_changes
+            .iter()
+            .copied()
+            .partition(|(_, id)| id.is_some_and(|id| assignment.fresh_ids.contains(&id)));
+        let mut result = self.monitor.update_route_entries(&others);
         for id in &assignment.fresh_ids {
             result = result.and_then(|()| self.monitor.reset_route_counter(*id));
         }
-        result = result.and_then(|()| self.monitor.update_route_entries(&assignment.trie_changes));
+        if !to_fresh.is_empty() {
+            result = result.and_then(|()| self.monitor.update_route_entries(&to_fresh));
+        }
         if plan.source_rules != self.source_rules {
             result = result.and_then(|()| self.monitor.replace_source_rules(&plan.source_rules));
             self.source_rules = plan.source_rules;
