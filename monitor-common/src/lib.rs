@@ -27,6 +27,16 @@ pub const CROSS_ENI_MAP: &str = "CROSS_ENI";
 pub const FLOWS_MAP: &str = "FLOWS";
 /// Name of the LRU hash of IPv6 flows: [`FlowKey`] → [`FlowEntry`].
 pub const FLOWS_V6_MAP: &str = "FLOWS_V6";
+/// Name of the LRU hash of IPv4 tuples that arrived and were never answered
+/// ([`FlowKeyV4`] in the reply direction → [`FlowEntry`], ingress counts only). They
+/// live apart from the flows, so a flood of unanswered tuples (a scan, a SYN flood)
+/// evicts only its own kind, never an established flow; when the node answers, the
+/// tuple's counts move into the flow table.
+pub const FLOWS_INBOUND_MAP: &str = "FLOWS_INBOUND";
+/// The IPv6 counterpart of [`FLOWS_INBOUND_MAP`].
+pub const FLOWS_INBOUND_V6_MAP: &str = "FLOWS_INBOUND_V6";
+/// Capacity of each unanswered-tuple table.
+pub const MAX_INBOUND_TUPLES: u32 = 16_384;
 /// Name of the LRU per-CPU hash of asymmetric flows: [`AsymmetricKey`] → [`PacketCounters`].
 pub const ASYMMETRIC_FLOWS_MAP: &str = "ASYMMETRIC_FLOWS";
 /// Flows remembered at ingress; the least recently used are evicted first.
@@ -171,7 +181,8 @@ pub const IFACE_SLOT_BUCKETS: u32 = 4096;
 /// monitored ifindex holds (rare: ifindexes of one node seldom collide modulo 4096).
 pub const IFACE_SLOTS_OVERFLOW_MAP: &str = "IFACE_SLOTS_OVERFLOW";
 
-/// A monitored interface's place in the interface counter array.
+/// A monitored interface's place in the interface counter array, and its place in
+/// a stack of monitored devices.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IfaceSlot {
@@ -179,7 +190,23 @@ pub struct IfaceSlot {
     pub ifindex: u32,
     /// Its index in `IFACE_COUNTERS`.
     pub slot: u32,
+    /// [`ROLE_BOND_PORT`], [`ROLE_VLAN_LOWER`], [`ROLE_ADDRESS_LOWER`]: which of the
+    /// packets it sees another monitored device of its stack also sees, and counts
+    /// as a flow and to a route instead of it.
+    pub role: u32,
+    /// The monitored device this one is stacked on (macvlan, ipvlan, VLAN), or 0.
+    pub lower: u32,
 }
+
+/// A port of a monitored bond or team: every IP packet it carries also crosses the
+/// bond's hooks, which count its flow and route.
+pub const ROLE_BOND_PORT: u32 = 1;
+/// The lower device of a monitored VLAN: its tagged packets are the VLAN's.
+pub const ROLE_VLAN_LOWER: u32 = 1 << 1;
+/// The lower device of a monitored macvlan or ipvlan: packets whose node-side
+/// address (egress source, ingress destination) an upper stacked on it owns are
+/// that upper's.
+pub const ROLE_ADDRESS_LOWER: u32 = 1 << 2;
 
 /// Per-interface packet and byte counters. One copy per CPU; userspace sums them.
 ///
@@ -524,6 +551,10 @@ pub struct TableStats {
     pub flows_inserted: u64,
     /// Flows added to the IPv6 flow table.
     pub flows_v6_inserted: u64,
+    /// Unanswered tuples added to the IPv4 unanswered-tuple table.
+    pub inbound_inserted: u64,
+    /// Unanswered tuples added to the IPv6 unanswered-tuple table.
+    pub inbound_v6_inserted: u64,
     /// Flows added to the asymmetric-flow table.
     pub asymmetric_inserted: u64,
     /// Cross-ENI packets not counted because the pair table was full.
@@ -537,6 +568,8 @@ impl TableStats {
     pub fn accumulate(&mut self, other: &Self) {
         self.flows_inserted += other.flows_inserted;
         self.flows_v6_inserted += other.flows_v6_inserted;
+        self.inbound_inserted += other.inbound_inserted;
+        self.inbound_v6_inserted += other.inbound_v6_inserted;
         self.asymmetric_inserted += other.asymmetric_inserted;
         self.cross_eni_uncounted_packets += other.cross_eni_uncounted_packets;
         self.drops_uncounted += other.drops_uncounted;

@@ -45,10 +45,10 @@ use monitor_common::{
     DEFAULT_MAX_OWNED_ADDRESSES, DEFAULT_MAX_ROUTES, DataPathConfig, DropConfig, DropKey,
     FLOW_SAMPLED, FlowEntry, FlowKey, FlowKeyV4, HAS_SOURCE_RULES_V4, HAS_SOURCE_RULES_V6,
     IFACE_SLOT_BUCKETS, IfaceCounters, IfaceSlot, MAIN_TABLE_SLOT, MAX_ASYMMETRIC_FLOWS,
-    MAX_CROSS_ENI_PAIRS, MAX_DROP_KEYS, MAX_SOURCE_RULES, MAX_TRACKED_FLOWS, NO_ROUTE,
-    PacketCounters, ROUTE_KEY_PREFIX_BITS, RouteId, RouteKeyV4, RouteKeyV6, SAMPLE_BURST,
-    SAMPLE_CROSS_ENI, SAMPLES_PER_SECOND_PER_CPU, SAMPLES_RING_BYTES, SampleEvent, SamplerState,
-    TableStats,
+    MAX_CROSS_ENI_PAIRS, MAX_DROP_KEYS, MAX_INBOUND_TUPLES, MAX_SOURCE_RULES, MAX_TRACKED_FLOWS,
+    NO_ROUTE, PacketCounters, ROLE_ADDRESS_LOWER, ROLE_BOND_PORT, ROLE_VLAN_LOWER,
+    ROUTE_KEY_PREFIX_BITS, RouteId, RouteKeyV4, RouteKeyV6, SAMPLE_BURST, SAMPLE_CROSS_ENI,
+    SAMPLES_PER_SECOND_PER_CPU, SAMPLES_RING_BYTES, SampleEvent, SamplerState, TableStats,
 };
 
 /// What egress may skip ([`DataPathConfig`]); userspace rewrites it with the maps.
@@ -63,7 +63,7 @@ static IFACE_SLOTS: Array<IfaceSlot> = Array::with_max_entries(IFACE_SLOT_BUCKET
 
 /// Monitored interfaces whose bucket in `IFACE_SLOTS` another one holds.
 #[map(name = "IFACE_SLOTS_OVERFLOW")]
-static IFACE_SLOTS_OVERFLOW: HashMap<u32, u32> =
+static IFACE_SLOTS_OVERFLOW: HashMap<u32, IfaceSlot> =
     HashMap::with_max_entries(DEFAULT_MAX_INTERFACES, 0);
 
 /// Per-interface counters, indexed by the interface's slot (inlined lookup).
@@ -71,19 +71,25 @@ static IFACE_SLOTS_OVERFLOW: HashMap<u32, u32> =
 static IFACE_COUNTERS: PerCpuArray<IfaceCounters> =
     PerCpuArray::with_max_entries(DEFAULT_MAX_INTERFACES, 0);
 
-/// The counters of `ifindex` on this CPU, when it is monitored.
+/// Where `ifindex` counts, when it is monitored.
 #[inline(always)]
-fn iface_counters(ifindex: u32) -> Option<&'static mut IfaceCounters> {
-    let slot = match IFACE_SLOTS.get(ifindex & (IFACE_SLOT_BUCKETS - 1)) {
-        Some(bucket) if bucket.ifindex == ifindex => bucket.slot,
-        _ => *IFACE_SLOTS_OVERFLOW
+fn iface_slot(ifindex: u32) -> Option<IfaceSlot> {
+    match IFACE_SLOTS.get(ifindex & (IFACE_SLOT_BUCKETS - 1)) {
+        Some(bucket) if bucket.ifindex == ifindex => Some(*bucket),
+        // SAFETY: a valid pointer into the hash map's value.
+        _ => IFACE_SLOTS_OVERFLOW
             .get_ptr(ifindex)
-            .map(|slot| unsafe { &*slot })?,
-    };
+            .map(|slot| unsafe { *slot }),
+    }
+}
+
+/// The counters of a monitored interface on this CPU.
+#[inline(always)]
+fn iface_counters(slot: &IfaceSlot) -> Option<&'static mut IfaceCounters> {
     // SAFETY: per-CPU value, and TC programs run with migration disabled, so no
     // other program instance writes this copy concurrently.
     IFACE_COUNTERS
-        .get_ptr_mut(slot)
+        .get_ptr_mut(slot.slot)
         .map(|counters| unsafe { &mut *counters })
 }
 
@@ -142,6 +148,16 @@ static FLOWS: LruHashMap<FlowKeyV4, FlowEntry> = LruHashMap::with_max_entries(MA
 #[map(name = "FLOWS_V6")]
 static FLOWS_V6: LruHashMap<FlowKey, FlowEntry> =
     LruHashMap::with_max_entries(MAX_TRACKED_FLOWS, 0);
+
+/// IPv4 tuples that arrived and were never answered (see `FLOWS_INBOUND_MAP`).
+#[map(name = "FLOWS_INBOUND")]
+static FLOWS_INBOUND: LruHashMap<FlowKeyV4, FlowEntry> =
+    LruHashMap::with_max_entries(MAX_INBOUND_TUPLES, 0);
+
+/// IPv6 tuples that arrived and were never answered.
+#[map(name = "FLOWS_INBOUND_V6")]
+static FLOWS_INBOUND_V6: LruHashMap<FlowKey, FlowEntry> =
+    LruHashMap::with_max_entries(MAX_INBOUND_TUPLES, 0);
 
 /// This CPU's template of a new flow entry. Its padding is never written, so an
 /// insert copies it from here instead of zeroing 184 bytes on the stack (which the
@@ -280,7 +296,10 @@ fn ifindex(ctx: &TcContext) -> u32 {
 #[inline(always)]
 fn count_ingress(ctx: &TcContext, link_layer: LinkLayer) {
     let ifindex = ifindex(ctx);
-    let Some(iface) = iface_counters(ifindex) else {
+    let Some(slot) = iface_slot(ifindex) else {
+        return;
+    };
+    let Some(iface) = iface_counters(&slot) else {
         return;
     };
     let len = u64::from(ctx.len());
@@ -289,10 +308,17 @@ fn count_ingress(ctx: &TcContext, link_layer: LinkLayer) {
 
     // Remember where the flow arrived, keyed by the tuple its replies will carry,
     // and count its traffic.
-    match parse(ctx, link_layer).counted_in(iface, len) {
-        Some(Packet::V4(flow)) => arrive(&flow.reversed(), ifindex, len),
-        Some(Packet::V6(flow)) => arrive(&flow.reversed(), ifindex, len),
-        None => {}
+    let Some(packet) = parse(ctx, link_layer).counted_in(iface, len) else {
+        return;
+    };
+    // The packet of a monitored upper device of this one: the upper's ingress
+    // (which runs next, on this CPU) counts its flow.
+    if slot.role != 0 && is_upper_packet(ctx, &slot, &packet, Side::Destination) {
+        return;
+    }
+    match packet {
+        Packet::V4(flow) => arrive(&flow.reversed(), ifindex, len),
+        Packet::V6(flow) => arrive(&flow.reversed(), ifindex, len),
     }
 }
 
@@ -305,35 +331,48 @@ fn arrive<T: Tuple>(reply: &T, ifindex: u32, len: u64) {
         }
         add_shared(&mut entry.ingress, len);
     };
-    match T::table().get_ptr_mut(reply) {
+    // A flow the node sent on, else a tuple only ever seen arriving: those wait in
+    // a table of their own, so a flood of them never evicts an established flow.
+    let entry = match T::table().get_ptr_mut(reply) {
+        Some(entry) => Some(entry),
+        None => T::inbound_table().get_ptr_mut(reply),
+    };
+    match entry {
         // SAFETY: a valid pointer into the map's value; shared by all CPUs, so the
         // counters are added atomically.
         Some(entry) => arrive(unsafe { &mut *entry }),
-        None => new_flow(
-            reply,
-            |entry| {
-                entry.arrived_on = ifindex;
-                entry.left_by = 0;
-                entry.route_id = NO_ROUTE;
-                entry.source_owner = 0;
-                // Never current: the first egress packet looks its route up.
-                entry.generation = 0;
-                entry.flags = 0;
-                entry.ingress = PacketCounters {
-                    packets: 1,
-                    bytes: len,
-                };
-                entry.egress = PacketCounters::default();
-            },
-            arrive,
-        ),
+        None => {
+            new_entry(
+                T::inbound_table(),
+                reply,
+                T::count_inbound_insert,
+                |entry| {
+                    entry.arrived_on = ifindex;
+                    entry.left_by = 0;
+                    entry.route_id = NO_ROUTE;
+                    entry.source_owner = 0;
+                    // Never current: the first egress packet looks its route up.
+                    entry.generation = 0;
+                    entry.flags = 0;
+                    entry.ingress = PacketCounters {
+                        packets: 1,
+                        bytes: len,
+                    };
+                    entry.egress = PacketCounters::default();
+                },
+                arrive,
+            );
+        }
     }
 }
 
 #[inline(always)]
 fn count_egress(ctx: &TcContext, link_layer: LinkLayer) {
     let ifindex = ifindex(ctx);
-    let Some(iface) = iface_counters(ifindex) else {
+    let Some(slot) = iface_slot(ifindex) else {
+        return;
+    };
+    let Some(iface) = iface_counters(&slot) else {
         return;
     };
     let len = u64::from(ctx.len());
@@ -341,7 +380,12 @@ fn count_egress(ctx: &TcContext, link_layer: LinkLayer) {
     iface.egress_bytes += len;
 
     let config = CONFIG.get(0).copied().unwrap_or_default();
-    let found = match parse(ctx, link_layer).counted_in(iface, len) {
+    let packet = parse(ctx, link_layer)
+        .counted_in(iface, len)
+        // The packet of a monitored upper device of this one: its flow and route
+        // were counted on the upper (whose egress ran first, on this CPU).
+        .filter(|packet| slot.role == 0 || !is_upper_packet(ctx, &slot, packet, Side::Source));
+    let found = match packet {
         Some(Packet::V4(flow)) => leave(&flow, ifindex, len, &config),
         Some(Packet::V6(flow)) => leave(&flow, ifindex, len, &config),
         None => Resolved {
@@ -374,16 +418,25 @@ fn leave<T: Tuple>(flow: &T, ifindex: u32, len: u64, config: &DataPathConfig) ->
     let Some(entry) = T::table().get_ptr_mut(flow) else {
         let found = flow.resolve(ifindex, config);
         let sent = is_cross_eni(&found, ifindex) && sample_cross_eni(ifindex, &found, flow);
-        new_flow(
+        // What arrived of the flow before the node answered moves into its entry.
+        let (arrived_on, taken) = match T::inbound_table().get_ptr(flow) {
+            // SAFETY: a valid pointer into the map's value; plain loads of whole
+            // words, whatever ingress adds meanwhile stays there as residue.
+            Some(inbound) => unsafe { ((*inbound).arrived_on, (*inbound).ingress) },
+            None => (0, PacketCounters::default()),
+        };
+        let inserted = new_entry(
+            T::table(),
             flow,
+            T::count_insert,
             |entry| {
-                entry.arrived_on = 0;
+                entry.arrived_on = arrived_on;
                 entry.left_by = ifindex;
                 entry.route_id = found.route_id;
                 entry.source_owner = found.source_owner;
                 entry.generation = config.generation;
                 entry.flags = if sent { FLOW_SAMPLED } else { 0 };
-                entry.ingress = PacketCounters::default();
+                entry.ingress = taken;
                 entry.egress = PacketCounters {
                     packets: 1,
                     bytes: len,
@@ -391,6 +444,14 @@ fn leave<T: Tuple>(flow: &T, ifindex: u32, len: u64, config: &DataPathConfig) ->
             },
             |entry| count_leaving(entry, flow, ifindex, len),
         );
+        if inserted {
+            if taken.packets != 0 {
+                take_inbound(flow, &taken);
+            }
+            if arrived_on != 0 && arrived_on != ifindex {
+                count_asymmetric(flow.flow_key(), arrived_on, ifindex, len);
+            }
+        }
         return found;
     };
     // SAFETY: as in arrive.
@@ -436,6 +497,10 @@ fn is_cross_eni(found: &Resolved, ifindex: u32) -> bool {
 trait Tuple: Copy + 'static {
     /// The family's flow table.
     fn table() -> &'static LruHashMap<Self, FlowEntry>;
+    /// The family's table of tuples that arrived and were never answered.
+    fn inbound_table() -> &'static LruHashMap<Self, FlowEntry>;
+    /// Counts an insert into [`Self::inbound_table`].
+    fn count_inbound_insert(stats: &mut TableStats);
     /// The family-independent form (for samples and asymmetric-flow keys).
     fn flow_key(&self) -> FlowKey;
     /// Counts an insert into [`Self::table`].
@@ -448,6 +513,16 @@ impl Tuple for FlowKeyV4 {
     #[inline(always)]
     fn table() -> &'static LruHashMap<Self, FlowEntry> {
         &FLOWS
+    }
+
+    #[inline(always)]
+    fn inbound_table() -> &'static LruHashMap<Self, FlowEntry> {
+        &FLOWS_INBOUND
+    }
+
+    #[inline(always)]
+    fn count_inbound_insert(stats: &mut TableStats) {
+        stats.inbound_inserted += 1;
     }
 
     #[inline(always)]
@@ -491,6 +566,16 @@ impl Tuple for FlowKey {
     }
 
     #[inline(always)]
+    fn inbound_table() -> &'static LruHashMap<Self, FlowEntry> {
+        &FLOWS_INBOUND_V6
+    }
+
+    #[inline(always)]
+    fn count_inbound_insert(stats: &mut TableStats) {
+        stats.inbound_v6_inserted += 1;
+    }
+
+    #[inline(always)]
     fn flow_key(&self) -> FlowKey {
         *self
     }
@@ -515,6 +600,69 @@ impl Tuple for FlowKey {
             addr: self.dst,
         })
     }
+}
+
+/// Which address of a packet is the node's: the source on egress, the destination
+/// on ingress.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Source,
+    Destination,
+}
+
+/// Whether a packet on a device with a stack role (see `IfaceSlot::role`) belongs
+/// to a monitored device stacked with it, whose hooks count its flow and route. The
+/// kernel runs the upper's egress and then the lower's on one skb (and ingress the
+/// other way round); nothing in the skb names the other device, so the roles come
+/// from userspace's view of the links.
+#[inline(always)]
+fn is_upper_packet(ctx: &TcContext, slot: &IfaceSlot, packet: &Packet, side: Side) -> bool {
+    if slot.role & ROLE_BOND_PORT != 0 {
+        return true;
+    }
+    if slot.role & ROLE_VLAN_LOWER != 0 && is_tagged(ctx) {
+        return true;
+    }
+    if slot.role & ROLE_ADDRESS_LOWER != 0 {
+        let owner = match packet {
+            Packet::V4(flow) => {
+                let addr = if side == Side::Source {
+                    flow.src
+                } else {
+                    flow.dst
+                };
+                SOURCE_OWNERS_V4.get_ptr(addr)
+            }
+            Packet::V6(flow) => {
+                let addr = if side == Side::Source {
+                    flow.src
+                } else {
+                    flow.dst
+                };
+                SOURCE_OWNERS_V6.get_ptr(addr)
+            }
+        };
+        // SAFETY: a valid pointer into the hash map's value.
+        if let Some(owner) = owner.map(|owner| unsafe { *owner }) {
+            return owner != slot.ifindex
+                && iface_slot(owner).is_some_and(|upper| upper.lower == slot.ifindex);
+        }
+    }
+    false
+}
+
+/// Whether the frame carries a VLAN tag: in the skb's metadata (where the VLAN
+/// device puts it on egress and the receive path moves it on ingress) or in band.
+#[inline(always)]
+fn is_tagged(ctx: &TcContext) -> bool {
+    // SAFETY: the kernel hands TC programs a valid __sk_buff context.
+    if unsafe { (*ctx.skb.skb).vlan_present } != 0 {
+        return true;
+    }
+    matches!(
+        bytes::<2>(ctx, ETH_TYPE_OFFSET).map(u16::from_be_bytes),
+        Some(ETH_P_8021Q | ETH_P_8021AD)
+    )
 }
 
 /// What egress looked up for a flow leaving by one interface.
@@ -606,7 +754,7 @@ fn count_drop(ctx: &RawTracePointContext) -> Option<()> {
     }
     let ifindex: u32 = read_kernel(dev, config.dev_ifindex)?;
     // Monitored interfaces only (the cheap test first)…
-    iface_counters(ifindex)?;
+    iface_slot(ifindex)?;
     // …of routemon's namespace: ifindexes repeat across namespaces.
     let net: u64 = read_kernel(dev, config.dev_net)?;
     let inum: u32 = read_kernel(net, config.net_inum)?;
@@ -651,28 +799,58 @@ fn add_shared(counters: &mut PacketCounters, len: u64) {
 /// `BPF_NOEXIST`: create only.
 const BPF_NOEXIST: u64 = 1;
 
-/// Adds a flow to the flow table (evicting the least recently used when full),
-/// with the entry `fill` writes holding this packet. When another CPU created the
-/// entry since this one's lookup missed, the create fails and `add_to_existing`
-/// counts the packet in the winner's entry instead: overwriting it would lose the
-/// winner's packet.
+/// Adds an entry to `table` (evicting the least recently used when full), with the
+/// entry `fill` writes holding this packet, and says whether it did. When another
+/// CPU created the entry since this one's lookup missed, the create fails and
+/// `add_to_existing` counts the packet in the winner's entry instead: overwriting
+/// it would lose the winner's packet.
 #[inline(always)]
-fn new_flow<T: Tuple>(
+fn new_entry<T: Tuple>(
+    table: &'static LruHashMap<T, FlowEntry>,
     key: &T,
+    count_insert: fn(&mut TableStats),
     fill: impl FnOnce(&mut FlowEntry),
     add_to_existing: impl FnOnce(&mut FlowEntry),
-) {
+) -> bool {
     let Some(template) = FLOW_TEMPLATE.get_ptr_mut(0) else {
-        return;
+        return false;
     };
     // SAFETY: per-CPU value, as in count_ingress.
     let template = unsafe { &mut *template };
     fill(template);
-    if T::table().insert(key, template, BPF_NOEXIST).is_ok() {
-        table_stats(T::count_insert);
-    } else if let Some(existing) = T::table().get_ptr_mut(key) {
+    if table.insert(key, template, BPF_NOEXIST).is_ok() {
+        table_stats(count_insert);
+        return true;
+    }
+    if let Some(existing) = table.get_ptr_mut(key) {
         // SAFETY: a valid pointer into the map's value, as in count_ingress.
         add_to_existing(unsafe { &mut *existing });
+    }
+    false
+}
+
+/// Subtracts from `flow`'s unanswered-tuple entry the counts its new flow entry
+/// took over; what arrived since the take stays there, and userspace adds it to
+/// the flow. An entry with fewer packets than were taken is a new one (the old was
+/// evicted meanwhile): its packets are all new, and it is left alone.
+#[inline(always)]
+fn take_inbound<T: Tuple>(flow: &T, taken: &PacketCounters) {
+    if let Some(inbound) = T::inbound_table().get_ptr_mut(flow) {
+        // SAFETY: a valid pointer into the map's value.
+        let inbound = unsafe { &mut *inbound };
+        if inbound.ingress.packets >= taken.packets {
+            // SAFETY: valid, aligned u64s; a wrapping add of the negation subtracts.
+            unsafe {
+                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+                    &raw mut inbound.ingress.packets,
+                    taken.packets.wrapping_neg(),
+                );
+                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+                    &raw mut inbound.ingress.bytes,
+                    taken.bytes.wrapping_neg(),
+                );
+            }
+        }
     }
 }
 

@@ -24,6 +24,8 @@ pub fn model_with_links(names: &[&str]) -> NetworkModel {
                 admin_up: true,
                 mac: None,
                 mtu: Some(1500),
+                lower: None,
+                controller: None,
             },
         );
     }

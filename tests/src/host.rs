@@ -11,6 +11,8 @@
 //!   at boot on every real node, but holding nothing of the host's);
 //! - `/var/lib` is an overlay whose writes go to memory, with no `routemon` in it;
 //! - `/etc/systemd/network` and `/run/routemon` (where they exist) are empty;
+//!   where `/run/routemon` does not exist, `RUNTIME_DIRECTORY` points routemon at
+//!   one in the private `/tmp`;
 //! - `/tmp` is an empty tmpfs (scratch directories, tmux sockets).
 //!
 //! Every process a test starts inherits that view, and it all goes away with the
@@ -108,6 +110,13 @@ fn set_up() -> Result<(), String> {
                 Some("mode=0755"),
             )?;
         }
+    }
+    if !Path::new("/run/routemon").is_dir() {
+        // routemon's runtime directory would be created on the host's /run: the
+        // routemons this binary starts use one in the private /tmp instead (the
+        // variable systemd sets for a unit's RuntimeDirectory=).
+        // SAFETY: before main, while the process has one thread.
+        unsafe { std::env::set_var("RUNTIME_DIRECTORY", "/tmp/routemon-runtime") };
     }
     Ok(())
 }

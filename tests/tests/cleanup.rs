@@ -173,3 +173,94 @@ fn clsact_mode_keeps_a_qdisc_that_was_there_before() {
             .is_empty()
     );
 }
+
+fn routemon_filters(bed: &Testbed, dev: &str) -> usize {
+    kernel::tc_filters(&bed.node, dev)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("routemon_"))
+        .count()
+}
+
+/// clsact filters outlive their process: a clsact snapshot killed with SIGKILL
+/// leaves its programs running on every packet. The next routemon says so, and
+/// `cleanup` removes exactly those (never the filters of a routemon still running),
+/// then the clsact qdisc routemon added once nothing uses it — never a qdisc that
+/// was there before.
+#[test]
+fn orphaned_clsact_programs_are_reported_and_cleanup_removes_only_them() {
+    require_root();
+    let bed = testbed();
+    // The operator's own qdisc on ens5; routemon adds ens6's.
+    bed.node
+        .exec("tc", &["qdisc", "add", "dev", "ens5", "clsact"])
+        .unwrap();
+    let clsact = ["snapshot", "--duration", "10m", "--attach", "clsact"];
+    let killed = Running::start(&bed.node, &clsact).unwrap();
+    killed.signal(Signal::SIGKILL).unwrap();
+    assert!(
+        !killed
+            .wait(Duration::from_secs(10))
+            .unwrap()
+            .status
+            .success()
+    );
+    for dev in ["ens5", "ens6"] {
+        assert_eq!(
+            routemon_filters(&bed, dev),
+            2,
+            "the killed run's filters stay"
+        );
+    }
+
+    // A live clsact snapshot of ens6 warns about the orphans, and stacks its own
+    // filters beside them.
+    let mut args = clsact.to_vec();
+    args.extend(["-i", "ens6"]);
+    let live = Running::start(&bed.node, &args).unwrap();
+    assert_eq!(routemon_filters(&bed, "ens6"), 4);
+    let out = run(Some(&bed.node), &["cleanup"]).unwrap().success();
+    assert!(
+        out.stdout.contains("4 clsact filter(s)"),
+        "the four orphans only: {}",
+        out.stdout
+    );
+    assert_eq!(routemon_filters(&bed, "ens5"), 0);
+    assert_eq!(
+        routemon_filters(&bed, "ens6"),
+        2,
+        "the live snapshot's filters stay"
+    );
+    assert!(
+        kernel::has_clsact(&bed.node, "ens5").unwrap(),
+        "the operator's qdisc stays"
+    );
+    assert!(
+        kernel::has_clsact(&bed.node, "ens6").unwrap(),
+        "still used by the live snapshot"
+    );
+    live.signal(Signal::SIGTERM).unwrap();
+    let finished = live.wait(Duration::from_secs(10)).unwrap().success();
+    for dev in ["ens5", "ens6"] {
+        assert!(
+            finished.stderr.contains(&format!("interface={dev}"))
+                && finished.stderr.contains("routemon cleanup"),
+            "the orphans on {dev} were reported: {}",
+            finished.stderr
+        );
+    }
+    assert_eq!(
+        routemon_filters(&bed, "ens6"),
+        0,
+        "the live snapshot detached"
+    );
+
+    // Nothing is orphaned any more; the qdisc the killed run added goes now.
+    let out = run(Some(&bed.node), &["cleanup"]).unwrap().success();
+    assert!(out.stdout.contains("0 clsact filter(s)"), "{}", out.stdout);
+    assert!(out.stdout.contains("1 clsact qdisc(s)"), "{}", out.stdout);
+    assert!(!kernel::has_clsact(&bed.node, "ens6").unwrap());
+    assert!(kernel::has_clsact(&bed.node, "ens5").unwrap());
+    let left = kernel::routemon_programs_after(Duration::from_secs(5)).unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -382,15 +382,26 @@ fn a_secondary_ip_added_mid_snapshot_is_owned_at_once() {
     assert_eq!(cross["packets"], 17);
 }
 
+/// A flood of unanswered tuples (a scan) fills the table kept for them, which
+/// evicts and counts what it evicted, while an established flow that stays idle
+/// through the flood keeps its exact counts: unanswered tuples never evict a flow.
 #[test]
-fn a_full_flow_table_evicts_and_counts_what_it_evicted() {
+fn an_unanswered_flood_evicts_only_unanswered_tuples() {
+    use routemon_testbed::traffic::spawn_udp_echo;
+
     require_root();
     let bed = Testbed::ens5_ens6(1000, 1024).unwrap();
+    let gw = bed.uplink("ens5").gw4;
+    let echo = spawn_udp_echo(&bed.router, gw.into(), 7, 10).unwrap();
     kernel::wait_quiet(&bed.node, &["ens5", "ens6"], 500).unwrap();
     let before = kernel::link_stats(&bed.node, "ens5").unwrap();
     let running = Running::start(&bed.node, &["snapshot", "--duration", "6s", "--json"]).unwrap();
-    // 80 000 flows arrive on ens5, one datagram each (two source ports × 40 000
-    // destination ports): more than the 65 536 the ingress flow table holds.
+    // An established flow: 10 datagrams each way, then idle through the flood.
+    send_udp(&bed.node, &burst(gw, Some("ens5"), 10, 100)).unwrap();
+    assert_eq!(echo.join().unwrap(), 10);
+    // 80 000 tuples arrive on ens5, one datagram each (two source ports × 40 000
+    // destination ports), none answered: more than the 65 536 flows the flow table
+    // holds, and than the 16 384 the unanswered table holds.
     const PORTS: u16 = 40_000;
     let node_addr = bed.uplink("ens5").addr4;
     bed.router
@@ -415,15 +426,15 @@ fn a_full_flow_table_evicts_and_counts_what_it_evicted() {
         .rx_packets;
     let report = running.report();
 
-    let flows = &report["snapshot"]["tables"]["flows"];
-    let field = |name: &str| flows[name].as_u64().unwrap();
-    assert_eq!(field("capacity"), 65_536, "{flows}");
-    assert!(field("entries") <= 65_536, "{flows}");
-    // Every datagram that arrived is a new flow. The router's own chatter (IPv6
-    // multicast, ARP) may add a packet or two before or after the reading.
+    let unanswered = &report["snapshot"]["tables"]["unanswered"];
+    let field = |name: &str| unanswered[name].as_u64().unwrap();
+    assert_eq!(field("capacity"), 16_384, "{unanswered}");
+    assert!(field("entries") <= 16_384, "{unanswered}");
+    // Every datagram of the flood is a new tuple (the 10 echoes are not). The
+    // router's own chatter (IPv6 multicast, ARP) may add a packet or two.
     assert!(
-        field("inserted").abs_diff(arrived) <= 4,
-        "flows inserted vs {arrived} packets that arrived: {flows}"
+        field("inserted").abs_diff(arrived - 10) <= 4,
+        "tuples inserted vs {arrived} packets that arrived: {unanswered}"
     );
     assert!(
         arrived >= 2 * u64::from(PORTS) * 9 / 10,
@@ -431,9 +442,25 @@ fn a_full_flow_table_evicts_and_counts_what_it_evicted() {
     );
     assert_eq!(field("evicted"), field("inserted") - field("entries"));
     assert!(
-        field("evicted") >= field("inserted") - 65_536,
-        "at least the overflow was evicted: {flows}"
+        field("evicted") >= field("inserted") - 16_384,
+        "at least the overflow was evicted: {unanswered}"
     );
+    // The flow table took in the established flow (and the node's ICMP errors),
+    // and evicted nothing.
+    let flows = &report["snapshot"]["tables"]["flows"];
+    assert_eq!(flows["capacity"], 65_536, "{flows}");
+    assert_eq!(flows["evicted"], 0, "{flows}");
+    assert!(flows["inserted"].as_u64() <= Some(4), "{flows}");
+    // The established flow kept its counts through the flood.
+    let established: Vec<&Value> = interface(&report, "ens5")["top_flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["dst"] == gw.to_string() && f["dst_port"] == 7)
+        .collect();
+    assert_eq!(established.len(), 1, "{report:#}");
+    assert_eq!(established[0]["egress_packets"], 10);
+    assert_eq!(established[0]["ingress_packets"], 10);
     // Nothing else is lost: the interface still counts every packet.
     let ingress = interface(&report, "ens5")["ingress_packets"]
         .as_u64()

@@ -1,9 +1,11 @@
 //! `routemon cleanup`: removes whatever routemon left in the kernel.
 
-use aya::programs::tc::{self, TcAttachType};
-use monitor_common::program;
-
-use crate::{cli::CleanupArgs, ebpf::pinning::PinStore, model::dump::Netlink, preflight};
+use crate::{
+    cli::CleanupArgs,
+    ebpf::{orphans, pinning::PinStore, remove_clsact_if_unused},
+    model::dump::Netlink,
+    preflight,
+};
 
 /// Runs `cleanup`.
 pub async fn run(args: &CleanupArgs) -> anyhow::Result<()> {
@@ -18,27 +20,51 @@ pub async fn run(args: &CleanupArgs) -> anyhow::Result<()> {
         println!("removed pin {}", path.display());
     }
 
+    // Only orphans: the filters of a routemon that is still running stay.
     let netlink = Netlink::connect()?;
+    let links: Vec<(u32, String)> = netlink
+        .links()
+        .await?
+        .values()
+        .map(|l| (l.index, l.name.clone()))
+        .collect();
+    let found = orphans::find(&netlink, links.iter().cloned()).await;
     let mut filters = 0;
-    for link in netlink.links().await?.values() {
-        for name in [
-            program::EGRESS,
-            program::INGRESS,
-            program::EGRESS_L3,
-            program::INGRESS_L3,
-        ] {
-            for attach_type in [TcAttachType::Ingress, TcAttachType::Egress] {
-                // Fails when there is no clsact qdisc or no such filter: nothing to do.
-                if tc::qdisc_detach_program(&link.name, attach_type, name).is_ok() {
-                    println!("removed clsact filter {name} from {}", link.name);
-                    filters += 1;
-                }
+    let mut failures = Vec::new();
+    for orphan in &found {
+        match orphans::remove(&netlink, orphan).await {
+            Ok(()) => {
+                println!(
+                    "removed clsact filter {} (program id {}) from {} {}",
+                    orphan.program, orphan.prog_id, orphan.interface, orphan.direction
+                );
+                filters += 1;
             }
+            Err(err) => failures.push(format!(
+                "{} {} on {}: {err}",
+                orphan.program, orphan.direction, orphan.interface
+            )),
+        }
+    }
+    // The clsact qdiscs routemon added, once nothing uses them any more.
+    let mut qdiscs = 0;
+    for (ifindex, name) in &links {
+        if orphans::created_clsact(*ifindex, name)
+            && remove_clsact_if_unused(&netlink, *ifindex, name).await
+        {
+            println!("removed the clsact qdisc routemon added to {name}");
+            qdiscs += 1;
         }
     }
     println!(
-        "routemon cleanup: {} pinned object(s) and {filters} clsact filter(s) removed",
+        "routemon cleanup: {} pinned object(s), {filters} clsact filter(s) and {qdiscs} clsact \
+         qdisc(s) removed",
         removed.len()
+    );
+    anyhow::ensure!(
+        failures.is_empty(),
+        "some orphaned filters could not be removed: {}",
+        failures.join("; ")
     );
     Ok(())
 }

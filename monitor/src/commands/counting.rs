@@ -13,7 +13,7 @@ use crate::{
     attribution::AttributionPlan,
     cli::SelectionArgs,
     ebpf::{
-        AttachMode, AttachedVia, EbpfError, Monitor,
+        AttachMode, AttachedVia, EbpfError, Monitor, orphans,
         usage::{FlowEntries, TableUsage},
     },
     model::{Link, dump::Netlink},
@@ -54,6 +54,17 @@ impl Counting {
             .model
             .owned_addresses(|i| found.monitored.contains(&i))
             .collect();
+        orphans::warn(
+            &orphans::find(
+                netlink,
+                found
+                    .model
+                    .links
+                    .values()
+                    .map(|l| (l.index, l.name.clone())),
+            )
+            .await,
+        );
         let mut monitor = Monitor::load(&plan, &links, &source_owners)?;
         for link in &links {
             if let Err(err) = monitor.attach(link, mode) {

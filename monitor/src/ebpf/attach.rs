@@ -179,6 +179,9 @@ pub fn attach(
         }
     } else {
         let created = ensure_clsact(&link.name).map_err(&fail)?;
+        if created {
+            super::orphans::record_created_clsact(link.index, &link.name);
+        }
         let options = TcAttachOptions::Netlink(NlOptions::default());
         let id = program
             .attach_with_options(&link.name, direction.into(), options)
@@ -329,10 +332,10 @@ pub fn interface_exists(ifindex: u32, name: &str) -> bool {
 }
 
 /// Removes the clsact qdisc of `ifindex` (one routemon created) unless a filter of
-/// someone else's is still on it.
-pub async fn remove_clsact_if_unused(netlink: &Netlink, ifindex: u32, interface: &str) {
+/// someone else's is still on it; says whether it did.
+pub async fn remove_clsact_if_unused(netlink: &Netlink, ifindex: u32, interface: &str) -> bool {
     let Ok(index) = i32::try_from(ifindex) else {
-        return;
+        return false;
     };
     let mut filters = 0usize;
     for direction in [Direction::Ingress, Direction::Egress] {
@@ -346,13 +349,13 @@ pub async fn remove_clsact_if_unused(netlink: &Netlink, ifindex: u32, interface:
             // The interface is gone, or the qdisc is: nothing to clean.
             Err(err) => {
                 tracing::debug!(%interface, "listing tc filters failed: {err}");
-                return;
+                return false;
             }
         }
     }
     if filters > 0 {
         tracing::info!(%interface, "leaving the clsact qdisc in place: other filters use it");
-        return;
+        return false;
     }
     let mut request = netlink.handle().qdisc().del(index);
     request.message_mut().header.parent = TcHandle::CLSACT;
@@ -360,7 +363,14 @@ pub async fn remove_clsact_if_unused(netlink: &Netlink, ifindex: u32, interface:
         major: 0xffff,
         minor: 0,
     };
-    if let Err(err) = request.execute().await {
-        tracing::warn!(%interface, "could not remove the clsact qdisc routemon added: {err}");
+    match request.execute().await {
+        Ok(()) => {
+            super::orphans::forget_created_clsact(ifindex, interface);
+            true
+        }
+        Err(err) => {
+            tracing::warn!(%interface, "could not remove the clsact qdisc routemon added: {err}");
+            false
+        }
     }
 }

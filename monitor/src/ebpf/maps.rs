@@ -11,12 +11,13 @@ use aya::{
 };
 use ipnet::IpNet;
 use monitor_common::{
-    CONFIG_MAP, CROSS_ENI_POSSIBLE, DROPS_MAP, DataPathConfig, DropKey, FLOWS_MAP, FLOWS_V6_MAP,
-    FlowEntry, FlowKey, FlowKeyV4, FlowState, HAS_SOURCE_RULES_V4, HAS_SOURCE_RULES_V6,
-    IfaceCounters, MAX_DROP_KEYS, MAX_SOURCE_RULES, MAX_TRACKED_FLOWS, PacketCounters,
-    ROUTE_COUNTERS_MAP, ROUTE_KEY_PREFIX_BITS, ROUTES_V4_MAP, ROUTES_V6_MAP, RouteKeyV4,
-    RouteKeyV6, SAMPLER_MAP, SOURCE_OWNERS_V4_MAP, SOURCE_OWNERS_V6_MAP, SOURCE_RULES_V4_MAP,
-    SOURCE_RULES_V6_MAP, SamplerState, TABLE_STATS_MAP, TableStats,
+    CONFIG_MAP, CROSS_ENI_POSSIBLE, DROPS_MAP, DataPathConfig, DropKey, FLOWS_INBOUND_MAP,
+    FLOWS_INBOUND_V6_MAP, FLOWS_MAP, FLOWS_V6_MAP, FlowEntry, FlowKey, FlowKeyV4, FlowState,
+    HAS_SOURCE_RULES_V4, HAS_SOURCE_RULES_V6, IfaceCounters, MAX_DROP_KEYS, MAX_INBOUND_TUPLES,
+    MAX_SOURCE_RULES, MAX_TRACKED_FLOWS, PacketCounters, ROUTE_COUNTERS_MAP, ROUTE_KEY_PREFIX_BITS,
+    ROUTES_V4_MAP, ROUTES_V6_MAP, RouteKeyV4, RouteKeyV6, SAMPLER_MAP, SOURCE_OWNERS_V4_MAP,
+    SOURCE_OWNERS_V6_MAP, SOURCE_RULES_V4_MAP, SOURCE_RULES_V6_MAP, SamplerState, TABLE_STATS_MAP,
+    TableStats,
 };
 
 use super::{EbpfError, iface_slots};
@@ -436,25 +437,54 @@ pub fn drop_counters(ebpf: &Ebpf) -> Result<BTreeMap<DropKey, u64>, EbpfError> {
     Ok(out)
 }
 
-/// Reads every flow of both flow tables (at most their capacity each: see
-/// [`key_count`]), IPv4 keys in the family-independent form.
+/// Reads every flow of the flow tables and of the unanswered-tuple tables (at most
+/// each table's capacity: see [`key_count`]), IPv4 keys in the family-independent
+/// form. What arrived of an answered flow after its entry took over its tuple's
+/// counts is added to it; an unanswered tuple is a flow of its own.
 pub fn flows(ebpf: &Ebpf) -> Result<Vec<(FlowKey, FlowState)>, EbpfError> {
-    let v4: HashMap<&MapData, FlowKeyV4, FlowEntry> =
-        HashMap::try_from(map(ebpf, FLOWS_MAP)?).map_err(map_error(FLOWS_MAP))?;
-    let v6: HashMap<&MapData, FlowKey, FlowEntry> =
-        HashMap::try_from(map(ebpf, FLOWS_V6_MAP)?).map_err(map_error(FLOWS_V6_MAP))?;
-    // An entry evicted while a table is read is skipped, not an error.
-    let v4 = v4
-        .iter()
-        .take(MAX_TRACKED_FLOWS as usize)
-        .filter_map(Result::ok)
-        .map(|(key, entry)| (key.flow_key(), entry.state()));
-    let v6 = v6
-        .iter()
-        .take(MAX_TRACKED_FLOWS as usize)
-        .filter_map(Result::ok)
-        .map(|(key, entry)| (key, entry.state()));
-    Ok(v4.chain(v6).collect())
+    fn read<K: aya::Pod>(
+        ebpf: &Ebpf,
+        name: &'static str,
+        capacity: u32,
+        key: fn(K) -> FlowKey,
+    ) -> Result<Vec<(FlowKey, FlowState)>, EbpfError> {
+        let table: HashMap<&MapData, K, FlowEntry> =
+            HashMap::try_from(map(ebpf, name)?).map_err(map_error(name))?;
+        // An entry evicted while a table is read is skipped, not an error.
+        Ok(table
+            .iter()
+            .take(capacity as usize)
+            .filter_map(Result::ok)
+            .map(|(k, entry)| (key(k), entry.state()))
+            .collect())
+    }
+    let v4_key = |k: FlowKeyV4| k.flow_key();
+    let v6_key = |k: FlowKey| k;
+    let mut flows: std::collections::HashMap<FlowKey, FlowState> =
+        read(ebpf, FLOWS_MAP, MAX_TRACKED_FLOWS, v4_key)?
+            .into_iter()
+            .chain(read(ebpf, FLOWS_V6_MAP, MAX_TRACKED_FLOWS, v6_key)?)
+            .collect();
+    let inbound = read(ebpf, FLOWS_INBOUND_MAP, MAX_INBOUND_TUPLES, v4_key)?
+        .into_iter()
+        .chain(read(
+            ebpf,
+            FLOWS_INBOUND_V6_MAP,
+            MAX_INBOUND_TUPLES,
+            v6_key,
+        )?);
+    for (key, arrived) in inbound {
+        if arrived.ingress.packets == 0 {
+            // All of it moved into the flow's entry.
+            continue;
+        }
+        let flow = flows.entry(key).or_default();
+        flow.ingress.accumulate(&arrived.ingress);
+        if flow.arrived_on == 0 {
+            flow.arrived_on = arrived.arrived_on;
+        }
+    }
+    Ok(flows.into_iter().collect())
 }
 
 /// Reads the sampler's per-CPU counts, summed.

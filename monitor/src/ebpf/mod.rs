@@ -6,6 +6,7 @@ pub mod btf;
 pub mod drops;
 mod iface_slots;
 mod maps;
+pub mod orphans;
 pub mod pinning;
 pub mod reference;
 pub mod test_run;
@@ -26,7 +27,7 @@ use monitor_common::{
 };
 use thiserror::Error;
 
-pub use attach::{AttachMode, AttachedVia, Attachment, Direction};
+pub use attach::{AttachMode, AttachedVia, Attachment, Direction, remove_clsact_if_unused};
 pub use maps::TrieKey;
 use pinning::PinStore;
 
@@ -123,6 +124,7 @@ impl Monitor {
             .map_err(EbpfError::Object)?;
 
         maps::register_interfaces(&mut ebpf, interfaces.iter().map(|l| l.index))?;
+        iface_slots::set_stacking(&mut ebpf, &iface_slots::stacking(interfaces))?;
         maps::load_routes(&mut ebpf, plan)?;
         maps::register_source_owners(&mut ebpf, source_owners)?;
         maps::refresh_config(&mut ebpf)?;
@@ -269,6 +271,13 @@ impl Monitor {
     pub fn register_interface(&mut self, ifindex: u32) -> Result<(), EbpfError> {
         maps::register_interfaces(&mut self.ebpf, std::iter::once(ifindex))?;
         maps::refresh_config(&mut self.ebpf).map(drop)
+    }
+
+    /// Records which monitored devices are stacked on which (`links`: every monitored
+    /// link), so a packet crossing an upper and its lower counts as a flow and to a
+    /// route once, on the upper.
+    pub fn set_stacking(&mut self, links: &[&Link]) -> Result<(), EbpfError> {
+        iface_slots::set_stacking(&mut self.ebpf, &iface_slots::stacking(links))
     }
 
     /// The route entries in the kernel's tries, with their route ids.

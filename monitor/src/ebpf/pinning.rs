@@ -18,12 +18,12 @@ use std::{
 
 use aya::maps::{MapInfo, MapType};
 use monitor_common::{
-    ASYMMETRIC_FLOWS_MAP, AsymmetricKey, CROSS_ENI_MAP, CrossEniKey, DROPS_MAP, DropKey, FLOWS_MAP,
-    FLOWS_V6_MAP, FlowEntry, FlowKey, FlowKeyV4, IFACE_COUNTERS_MAP, IFACE_SLOT_BUCKETS,
-    IFACE_SLOTS_MAP, IFACE_SLOTS_OVERFLOW_MAP, IfaceCounters, IfaceSlot, PacketCounters,
-    ROUTE_COUNTERS_MAP, ROUTES_V4_MAP, ROUTES_V6_MAP, RouteKeyV4, RouteKeyV6, SAMPLER_MAP,
-    SOURCE_OWNERS_V4_MAP, SOURCE_OWNERS_V6_MAP, SOURCE_RULES_V4_MAP, SOURCE_RULES_V6_MAP,
-    SamplerState, TABLE_STATS_MAP, TableStats,
+    ASYMMETRIC_FLOWS_MAP, AsymmetricKey, CROSS_ENI_MAP, CrossEniKey, DROPS_MAP, DropKey,
+    FLOWS_INBOUND_MAP, FLOWS_INBOUND_V6_MAP, FLOWS_MAP, FLOWS_V6_MAP, FlowEntry, FlowKey,
+    FlowKeyV4, IFACE_COUNTERS_MAP, IFACE_SLOT_BUCKETS, IFACE_SLOTS_MAP, IFACE_SLOTS_OVERFLOW_MAP,
+    IfaceCounters, IfaceSlot, PacketCounters, ROUTE_COUNTERS_MAP, ROUTES_V4_MAP, ROUTES_V6_MAP,
+    RouteKeyV4, RouteKeyV6, SAMPLER_MAP, SOURCE_OWNERS_V4_MAP, SOURCE_OWNERS_V6_MAP,
+    SOURCE_RULES_V4_MAP, SOURCE_RULES_V6_MAP, SamplerState, TABLE_STATS_MAP, TableStats,
 };
 
 use super::{Direction, EbpfError};
@@ -62,10 +62,11 @@ const fn lpm_key<K>() -> usize {
 
 /// Every map routemon pins, with the layout it must have. The sample ring buffer
 /// is not pinned: samples are a live view, not state.
-pub fn pinned_maps() -> [MapLayout; 17] {
+pub fn pinned_maps() -> [MapLayout; 19] {
     use monitor_common::{
         DEFAULT_MAX_INTERFACES, DEFAULT_MAX_OWNED_ADDRESSES, DEFAULT_MAX_ROUTES,
-        MAX_ASYMMETRIC_FLOWS, MAX_CROSS_ENI_PAIRS, MAX_SOURCE_RULES, MAX_TRACKED_FLOWS,
+        MAX_ASYMMETRIC_FLOWS, MAX_CROSS_ENI_PAIRS, MAX_INBOUND_TUPLES, MAX_SOURCE_RULES,
+        MAX_TRACKED_FLOWS,
     };
     let layout = |name, map_type, key_size, value_size, max_entries| MapLayout {
         name,
@@ -93,7 +94,7 @@ pub fn pinned_maps() -> [MapLayout; 17] {
             IFACE_SLOTS_OVERFLOW_MAP,
             MapType::Hash,
             4,
-            4,
+            size_of::<IfaceSlot>(),
             DEFAULT_MAX_INTERFACES,
         ),
         layout(
@@ -165,6 +166,20 @@ pub fn pinned_maps() -> [MapLayout; 17] {
             size_of::<FlowKey>(),
             size_of::<FlowEntry>(),
             MAX_TRACKED_FLOWS,
+        ),
+        layout(
+            FLOWS_INBOUND_MAP,
+            MapType::LruHash,
+            size_of::<FlowKeyV4>(),
+            size_of::<FlowEntry>(),
+            MAX_INBOUND_TUPLES,
+        ),
+        layout(
+            FLOWS_INBOUND_V6_MAP,
+            MapType::LruHash,
+            size_of::<FlowKey>(),
+            size_of::<FlowEntry>(),
+            MAX_INBOUND_TUPLES,
         ),
         layout(
             ASYMMETRIC_FLOWS_MAP,

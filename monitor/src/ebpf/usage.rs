@@ -7,9 +7,10 @@
 
 use aya::Ebpf;
 use monitor_common::{
-    ASYMMETRIC_FLOWS_MAP, AsymmetricKey, CROSS_ENI_MAP, CrossEniKey, DROPS_MAP, DropKey, FLOWS_MAP,
-    FLOWS_V6_MAP, FlowEntry, FlowKey, FlowKeyV4, MAX_ASYMMETRIC_FLOWS, MAX_CROSS_ENI_PAIRS,
-    MAX_DROP_KEYS, MAX_TRACKED_FLOWS, PacketCounters,
+    ASYMMETRIC_FLOWS_MAP, AsymmetricKey, CROSS_ENI_MAP, CrossEniKey, DROPS_MAP, DropKey,
+    FLOWS_INBOUND_MAP, FLOWS_INBOUND_V6_MAP, FLOWS_MAP, FLOWS_V6_MAP, FlowEntry, FlowKey,
+    FlowKeyV4, MAX_ASYMMETRIC_FLOWS, MAX_CROSS_ENI_PAIRS, MAX_DROP_KEYS, MAX_INBOUND_TUPLES,
+    MAX_TRACKED_FLOWS, PacketCounters,
 };
 use serde::Serialize;
 
@@ -68,6 +69,11 @@ pub struct TableUsage {
     pub flows: LruUsage,
     /// IPv6 flows, likewise.
     pub flows_v6: LruUsage,
+    /// IPv4 tuples that arrived and were not answered (yet): a flood of them evicts
+    /// only its own kind here, never a flow.
+    pub unanswered: LruUsage,
+    /// IPv6 tuples that arrived and were not answered.
+    pub unanswered_v6: LruUsage,
     /// Asymmetric flows counted one by one.
     pub asymmetric_flows: LruUsage,
     /// (egress, source owner) pairs of cross-ENI egress.
@@ -95,6 +101,8 @@ pub fn read(ebpf: &Ebpf, flow_entries: Option<FlowEntries>) -> Result<TableUsage
             maps::key_count::<FlowKey, FlowEntry>(ebpf, FLOWS_V6_MAP, false, MAX_TRACKED_FLOWS)?,
         ),
     };
+    let unanswered =
+        |name| maps::key_count::<FlowKeyV4, FlowEntry>(ebpf, name, false, MAX_INBOUND_TUPLES);
     let asymmetric = maps::key_count::<AsymmetricKey, PacketCounters>(
         ebpf,
         ASYMMETRIC_FLOWS_MAP,
@@ -110,6 +118,21 @@ pub fn read(ebpf: &Ebpf, flow_entries: Option<FlowEntries>) -> Result<TableUsage
     Ok(TableUsage {
         flows: LruUsage::new(MAX_TRACKED_FLOWS, flows, stats.flows_inserted),
         flows_v6: LruUsage::new(MAX_TRACKED_FLOWS, flows_v6, stats.flows_v6_inserted),
+        unanswered: LruUsage::new(
+            MAX_INBOUND_TUPLES,
+            unanswered(FLOWS_INBOUND_MAP)?,
+            stats.inbound_inserted,
+        ),
+        unanswered_v6: LruUsage::new(
+            MAX_INBOUND_TUPLES,
+            maps::key_count::<FlowKey, FlowEntry>(
+                ebpf,
+                FLOWS_INBOUND_V6_MAP,
+                false,
+                MAX_INBOUND_TUPLES,
+            )?,
+            stats.inbound_v6_inserted,
+        ),
         asymmetric_flows: LruUsage::new(
             MAX_ASYMMETRIC_FLOWS,
             asymmetric,

@@ -51,7 +51,10 @@ pub fn link(msg: &LinkMessage) -> Option<Link> {
         admin_up: msg.header.flags.contains(LinkFlags::Up),
         mac: None,
         mtu: None,
+        lower: None,
+        controller: None,
     };
+    let mut link_netns = false;
     for attr in &msg.attributes {
         match attr {
             LinkAttribute::IfName(name) => link.name.clone_from(name),
@@ -68,6 +71,14 @@ pub fn link(msg: &LinkMessage) -> Option<Link> {
                 link.mac = Some(format_mac(bytes))
             }
             LinkAttribute::Mtu(mtu) => link.mtu = Some(*mtu),
+            // A device's own index is what the kernel reports when it has no lower.
+            LinkAttribute::Link(lower) if *lower != 0 && *lower != msg.header.index => {
+                link.lower = Some(*lower)
+            }
+            LinkAttribute::LinkNetNsId(_) => link_netns = true,
+            LinkAttribute::Controller(controller) if *controller != 0 => {
+                link.controller = Some(*controller)
+            }
             LinkAttribute::LinkInfo(infos) => {
                 link.kind = infos.iter().find_map(|info| match info {
                     LinkInfo::Kind(kind) => Some(kind.to_string()),
@@ -77,7 +88,19 @@ pub fn link(msg: &LinkMessage) -> Option<Link> {
             _ => {}
         }
     }
+    // IFLA_LINK names a device of another namespace (a veth's peer), or a device
+    // that is not stacked under this one (a veth's peer in the same namespace).
+    if link_netns || !link.kind.as_deref().is_some_and(is_stacked_kind) {
+        link.lower = None;
+    }
     (!link.name.is_empty()).then_some(link)
+}
+
+/// Device kinds whose packets also cross their lower device (`IFLA_LINK`) on the
+/// same CPU, in the same call: egress goes on to the lower's transmit, ingress
+/// comes from the lower's receive.
+pub fn is_stacked_kind(kind: &str) -> bool {
+    matches!(kind, "macvlan" | "macvtap" | "ipvlan" | "ipvtap" | "vlan")
 }
 
 /// Converts an `RTM_NEWADDR` message.

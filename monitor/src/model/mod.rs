@@ -128,6 +128,12 @@ pub struct Link {
     pub mac: Option<String>,
     /// MTU in bytes.
     pub mtu: Option<u32>,
+    /// `IFLA_LINK` of a device stacked on another of this namespace (macvlan,
+    /// ipvlan, VLAN): the device its packets also cross. `None` when the link is in
+    /// another namespace (a veth's peer) or there is none.
+    pub lower: Option<u32>,
+    /// `IFLA_MASTER`: the bond, team, bridge or VRF this device is a port of.
+    pub controller: Option<u32>,
 }
 
 impl Link {

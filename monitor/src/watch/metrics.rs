@@ -470,6 +470,8 @@ fn render_tables(x: &mut Exposition, tables: &TableUsage) {
     let lru = [
         ("flows", &tables.flows),
         ("flows_v6", &tables.flows_v6),
+        ("unanswered", &tables.unanswered),
+        ("unanswered_v6", &tables.unanswered_v6),
         ("asymmetric_flows", &tables.asymmetric_flows),
     ];
     let pairs = &tables.cross_eni_pairs;
@@ -488,7 +490,9 @@ fn render_tables(x: &mut Exposition, tables: &TableUsage) {
         "routemon_table_entries",
         "gauge",
         "Entries in routemon's bounded kernel tables (flows, flows_v6: the IPv4 and IPv6 \
-         flow tables of top flows and asymmetry; read at most every 10 s).",
+         flow tables of top flows and asymmetry; unanswered, unanswered_v6: tuples that \
+         arrived and were not answered, kept apart so they never evict a flow; read at \
+         most every 10 s).",
     );
     for (table, entries, _) in sizes.clone() {
         x.sample("routemon_table_entries", &[("table", table)], entries);

@@ -37,13 +37,13 @@ use self::{
 use crate::{
     attribution::{AttributionPlan, SourceRule},
     ebpf::{
-        AttachMode, Monitor,
+        AttachMode, Monitor, orphans,
         pinning::{PERSISTENT_ROUTE_IDS, PinStore},
         usage::TableUsage,
     },
     findings::{self, Finding},
     model::{
-        NetworkModel,
+        Link, NetworkModel,
         dump::Netlink,
         events::{Groups, Notification, Subscription},
         live::{self, Stale},
@@ -141,6 +141,13 @@ pub async fn run(options: WatchOptions) -> anyhow::Result<()> {
         move || load_monitor(pin_dir.as_deref())
     });
     let model = netlink.dump().await?;
+    orphans::warn(
+        &orphans::find(
+            &netlink,
+            model.links.values().map(|l| (l.index, l.name.clone())),
+        )
+        .await,
+    );
     for pattern in &options.patterns {
         if !model.links.values().any(|l| pattern.matches(&l.name)) {
             tracing::warn!(
@@ -472,6 +479,15 @@ impl Watcher {
                     let _ = self.monitor.detach_interface(netlink, ifindex).await;
                 }
             }
+        }
+        // Stacks change with the links (a port enslaved, a macvlan added).
+        let monitored: Vec<&Link> = self
+            .attached
+            .keys()
+            .filter_map(|i| self.model.links.get(i))
+            .collect();
+        if let Err(err) = self.monitor.set_stacking(&monitored) {
+            tracing::warn!("recording which monitored devices are stacked failed: {err}");
         }
     }
 
