@@ -132,6 +132,20 @@ pub const ROUTE_KEY_PREFIX_BITS: u32 = 64;
 /// Table slot of the main table (and of tables no source rule selects).
 pub const MAIN_TABLE_SLOT: u32 = 0;
 
+/// Name of the load-time global that switches the data path's features off for the
+/// bench's ablation (one of the `FEATURES_*` levels). Production loads leave it at
+/// [`FEATURES_ALL`]; it lives in `.rodata`, which the kernel freezes, so the
+/// verifier knows its value and removes the checks.
+pub const FEATURES_GLOBAL: &str = "FEATURES";
+/// Interface counters only.
+pub const FEATURES_INTERFACES: u32 = 1;
+/// + the IP header parsed and each egress packet's route looked up (no flow table).
+pub const FEATURES_ROUTES: u32 = 2;
+/// + the flow table, with each flow's route cached in its entry.
+pub const FEATURES_FLOWS: u32 = 3;
+/// + source-owner lookups (cross-ENI) and asymmetric-flow counting: everything.
+pub const FEATURES_ALL: u32 = 4;
+
 /// Name of the one-element array holding the [`DataPathConfig`].
 pub const CONFIG_MAP: &str = "CONFIG";
 

@@ -43,12 +43,13 @@ use aya_ebpf::{
 use monitor_common::{
     AsymmetricKey, CROSS_ENI_POSSIBLE, CrossEniKey, DEFAULT_MAX_INTERFACES,
     DEFAULT_MAX_OWNED_ADDRESSES, DEFAULT_MAX_ROUTES, DataPathConfig, DropConfig, DropKey,
-    FLOW_SAMPLED, FlowEntry, FlowKey, FlowKeyV4, HAS_SOURCE_RULES_V4, HAS_SOURCE_RULES_V6,
-    IFACE_SLOT_BUCKETS, IfaceCounters, IfaceSlot, MAIN_TABLE_SLOT, MAX_ASYMMETRIC_FLOWS,
-    MAX_CROSS_ENI_PAIRS, MAX_DROP_KEYS, MAX_INBOUND_TUPLES, MAX_SOURCE_RULES, MAX_TRACKED_FLOWS,
-    NO_ROUTE, PacketCounters, ROLE_ADDRESS_LOWER, ROLE_BOND_PORT, ROLE_VLAN_LOWER,
-    ROUTE_KEY_PREFIX_BITS, RouteId, RouteKeyV4, RouteKeyV6, SAMPLE_BURST, SAMPLE_CROSS_ENI,
-    SAMPLES_PER_SECOND_PER_CPU, SAMPLES_RING_BYTES, SampleEvent, SamplerState, TableStats,
+    FEATURES_ALL, FEATURES_INTERFACES, FEATURES_ROUTES, FLOW_SAMPLED, FlowEntry, FlowKey,
+    FlowKeyV4, HAS_SOURCE_RULES_V4, HAS_SOURCE_RULES_V6, IFACE_SLOT_BUCKETS, IfaceCounters,
+    IfaceSlot, MAIN_TABLE_SLOT, MAX_ASYMMETRIC_FLOWS, MAX_CROSS_ENI_PAIRS, MAX_DROP_KEYS,
+    MAX_INBOUND_TUPLES, MAX_SOURCE_RULES, MAX_TRACKED_FLOWS, NO_ROUTE, PacketCounters,
+    ROLE_ADDRESS_LOWER, ROLE_BOND_PORT, ROLE_VLAN_LOWER, ROUTE_KEY_PREFIX_BITS, RouteId,
+    RouteKeyV4, RouteKeyV6, SAMPLE_BURST, SAMPLE_CROSS_ENI, SAMPLES_PER_SECOND_PER_CPU,
+    SAMPLES_RING_BYTES, SampleEvent, SamplerState, TableStats,
 };
 
 /// What egress may skip ([`DataPathConfig`]); userspace rewrites it with the maps.
@@ -305,12 +306,19 @@ fn count_ingress(ctx: &TcContext, link_layer: LinkLayer) {
     let len = u64::from(ctx.len());
     iface.ingress_packets += 1;
     iface.ingress_bytes += len;
+    let features = FEATURES.load();
+    if features == FEATURES_INTERFACES {
+        return;
+    }
 
     // Remember where the flow arrived, keyed by the tuple its replies will carry,
     // and count its traffic.
     let Some(packet) = parse(ctx, link_layer).counted_in(iface, len) else {
         return;
     };
+    if features == FEATURES_ROUTES {
+        return;
+    }
     // The packet of a monitored upper device of this one: the upper's ingress
     // (which runs next, on this CPU) counts its flow.
     if slot.role != 0 && is_upper_packet(ctx, &slot, &packet, Side::Destination) {
@@ -378,14 +386,23 @@ fn count_egress(ctx: &TcContext, link_layer: LinkLayer) {
     let len = u64::from(ctx.len());
     iface.egress_packets += 1;
     iface.egress_bytes += len;
+    let features = FEATURES.load();
+    if features == FEATURES_INTERFACES {
+        return;
+    }
 
-    let config = CONFIG.get(0).copied().unwrap_or_default();
+    let mut config = CONFIG.get(0).copied().unwrap_or_default();
+    if features < FEATURES_ALL {
+        config.flags &= !CROSS_ENI_POSSIBLE;
+    }
     let packet = parse(ctx, link_layer)
         .counted_in(iface, len)
         // The packet of a monitored upper device of this one: its flow and route
         // were counted on the upper (whose egress ran first, on this CPU).
         .filter(|packet| slot.role == 0 || !is_upper_packet(ctx, &slot, packet, Side::Source));
     let found = match packet {
+        Some(Packet::V4(flow)) if features == FEATURES_ROUTES => flow.resolve(ifindex, &config),
+        Some(Packet::V6(flow)) if features == FEATURES_ROUTES => flow.resolve(ifindex, &config),
         Some(Packet::V4(flow)) => leave(&flow, ifindex, len, &config),
         Some(Packet::V6(flow)) => leave(&flow, ifindex, len, &config),
         None => Resolved {
@@ -714,6 +731,11 @@ impl<A: Copy, K> Tables<A, K> {
         }
     }
 }
+
+/// How much of the data path runs (`FEATURES_*`): everything, except in the
+/// bench's ablation. A frozen global, so the verifier prunes the checks below.
+#[unsafe(no_mangle)]
+static FEATURES: Global<u32> = Global::new(FEATURES_ALL);
 
 /// Where to find the dropped packet's device and namespace; filled in by the loader
 /// from the kernel's BTF (see `DropConfig`).

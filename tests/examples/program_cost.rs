@@ -8,7 +8,9 @@
 //! `{"program", "frame", "routes", "flow_table", "ns": [mean ns of each round]}`.
 //! Programs: `empty`, the references `ref_iface_array` and `ref_flow_lookup` (the
 //! floor of a flow-tracking monitor, `routemon::ebpf::reference`), `routemon_tx`
-//! and `routemon_rx`, interleaved round by round.
+//! and `routemon_rx`, interleaved round by round; and the ablation (`flow_table`
+//! `"ablation"`): `routemon_tx@<level>`/`routemon_rx@<level>` with only the
+//! interfaces, + routes, + flows features, next to the whole programs.
 //!
 //! `cargo xtask bench` runs it; by hand (as root):
 //! `cargo run --release -p routemon-testbed --example program_cost -- --routes 10 --routes 100000`.
@@ -16,6 +18,7 @@
 use std::{collections::BTreeSet, net::Ipv4Addr, os::fd::AsFd as _, process::Command};
 
 use anyhow::{Context as _, Result, bail};
+use monitor_common::{FEATURES_FLOWS, FEATURES_INTERFACES, FEATURES_ROUTES};
 use routemon::{
     attribution::AttributionPlan,
     ebpf::{
@@ -95,6 +98,27 @@ async fn measure_all(options: &Options) -> Result<()> {
         let lo: Vec<&Link> = model.links.get(&1).into_iter().collect();
         let owners: Vec<_> = model.owned_addresses(|i| i == 1).collect();
         let monitor = Monitor::load(&plan, &lo, &owners)?;
+        if routes == options.routes[0] {
+            for program in ["routemon_tx", "routemon_rx"] {
+                let (xlated, jited, verified) = monitor.program_size(program)?;
+                let line = serde_json::json!({
+                    "program": program, "xlated_bytes": xlated, "jited_bytes": jited,
+                    "verified_insns": verified,
+                });
+                println!("{line}");
+            }
+        }
+        // The ablation: the same programs with only some features.
+        let ablated: Vec<(&'static str, Monitor)> = [
+            ("interfaces", FEATURES_INTERFACES),
+            ("routes", FEATURES_ROUTES),
+            ("flows", FEATURES_FLOWS),
+        ]
+        .into_iter()
+        .map(|(name, features)| {
+            Monitor::load_with_features(&plan, &lo, &owners, features).map(|m| (name, m))
+        })
+        .collect::<Result<_, _>>()?;
 
         let frames = [
             ("64 B UDP", udp_frame(LOCAL, REMOTE, 40_000, 5201, 64)),
@@ -119,6 +143,46 @@ async fn measure_all(options: &Options) -> Result<()> {
             for (program, ns) in interleaved(&monitor, &empty, &references, &cases, options)? {
                 report(program, name, "empty", ns);
             }
+        }
+        // Ablation, 64 B UDP: each feature level's egress and ingress, in the same
+        // rounds as the empty program and the whole programs.
+        let (name, frame) = &frames[0];
+        let reply = reversed(frame);
+        let mut rounds: Vec<(String, Vec<u32>)> = Vec::new();
+        for _ in 0..options.rounds {
+            let mut round = vec![
+                (
+                    "empty".to_owned(),
+                    test_run(empty.as_fd(), frame, options.repeat)?,
+                ),
+                (
+                    "routemon_tx".to_owned(),
+                    monitor.test_run("routemon_tx", frame, options.repeat)?,
+                ),
+                (
+                    "routemon_rx".to_owned(),
+                    monitor.test_run("routemon_rx", &reply, options.repeat)?,
+                ),
+            ];
+            for (level, ablated) in &ablated {
+                round.push((
+                    format!("routemon_tx@{level}"),
+                    ablated.test_run("routemon_tx", frame, options.repeat)?,
+                ));
+                round.push((
+                    format!("routemon_rx@{level}"),
+                    ablated.test_run("routemon_rx", &reply, options.repeat)?,
+                ));
+            }
+            for (i, (program, run)) in round.into_iter().enumerate() {
+                if rounds.len() <= i {
+                    rounds.push((program, Vec::new()));
+                }
+                rounds[i].1.push(run.mean_ns);
+            }
+        }
+        for (program, ns) in rounds {
+            report(&program, name, "ablation", ns);
         }
         // Full flow table: egress looks up its flow among 65 536 others.
         for port in 0..FLOWS_TO_FILL {

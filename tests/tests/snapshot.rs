@@ -392,7 +392,7 @@ fn an_unanswered_flood_evicts_only_unanswered_tuples() {
     require_root();
     let bed = Testbed::ens5_ens6(1000, 1024).unwrap();
     let gw = bed.uplink("ens5").gw4;
-    let echo = spawn_udp_echo(&bed.router, gw.into(), 7, 10).unwrap();
+    let echo = spawn_udp_echo(&bed.router, gw.into(), 9, 10).unwrap();
     kernel::wait_quiet(&bed.node, &["ens5", "ens6"], 500).unwrap();
     let before = kernel::link_stats(&bed.node, "ens5").unwrap();
     let running = Running::start(&bed.node, &["snapshot", "--duration", "6s", "--json"]).unwrap();
@@ -456,7 +456,7 @@ fn an_unanswered_flood_evicts_only_unanswered_tuples() {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|f| f["dst"] == gw.to_string() && f["dst_port"] == 7)
+        .filter(|f| f["dst"] == gw.to_string() && f["dst_port"] == 9)
         .collect();
     assert_eq!(established.len(), 1, "{report:#}");
     assert_eq!(established[0]["egress_packets"], 10);

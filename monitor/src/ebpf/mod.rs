@@ -21,9 +21,9 @@ use aya::{
 use drops::DropSetup;
 use monitor_common::{
     ASYMMETRIC_FLOWS_MAP, AsymmetricKey, CROSS_ENI_MAP, CrossEniKey, DROP_CONFIG_GLOBAL,
-    DROP_TRACEPOINT, IFACE_COUNTERS_MAP, IfaceCounters, PacketCounters, ROUTE_COUNTERS_MAP,
-    ROUTES_V4_MAP, ROUTES_V6_MAP, SAMPLES_MAP, SOURCE_OWNERS_V4_MAP, SOURCE_OWNERS_V6_MAP,
-    SampleEvent, program,
+    DROP_TRACEPOINT, FEATURES_ALL, FEATURES_GLOBAL, IFACE_COUNTERS_MAP, IfaceCounters,
+    PacketCounters, ROUTE_COUNTERS_MAP, ROUTES_V4_MAP, ROUTES_V6_MAP, SAMPLES_MAP,
+    SOURCE_OWNERS_V4_MAP, SOURCE_OWNERS_V6_MAP, SampleEvent, program,
 };
 use thiserror::Error;
 
@@ -102,6 +102,19 @@ impl Monitor {
         interfaces: &[&Link],
         source_owners: &[(IpAddr, u32)],
     ) -> Result<Self, EbpfError> {
+        Self::load_with_features(plan, interfaces, source_owners, FEATURES_ALL)
+    }
+
+    /// [`Self::load`] with only some of the data path's features (a `FEATURES_*`
+    /// level of `monitor_common`): the bench's ablation, which shows what each
+    /// feature costs per packet. Counting with less than [`FEATURES_ALL`] reports
+    /// less than routemon does.
+    pub fn load_with_features(
+        plan: &AttributionPlan,
+        interfaces: &[&Link],
+        source_owners: &[(IpAddr, u32)],
+        features: u32,
+    ) -> Result<Self, EbpfError> {
         raise_memlock_limit();
         let (v4, v6) = plan.entry_counts();
         let capacity = |n: usize| {
@@ -113,7 +126,11 @@ impl Monitor {
             .unwrap_or(u32::MAX)
             .saturating_add(64);
         let drops = DropSetup::from_kernel();
-        let mut ebpf = loader(&drops)
+        let mut loader = loader(&drops);
+        if features != FEATURES_ALL {
+            loader.override_global(FEATURES_GLOBAL, &features, true);
+        }
+        let mut ebpf = loader
             .map_max_entries(ROUTES_V4_MAP, capacity(v4))
             .map_max_entries(ROUTES_V6_MAP, capacity(v6))
             .map_max_entries(ROUTE_COUNTERS_MAP, capacity(plan.route_ids.len()))
@@ -327,6 +344,23 @@ impl Monitor {
                 Some((*name, nanos, info.run_count()))
             })
             .collect()
+    }
+
+    /// The size of a loaded program as the kernel reports it: (bytes after the
+    /// verifier, bytes of machine code, instructions the verifier processed).
+    pub fn program_size(&self, name: &'static str) -> Result<(u32, u32, u32), EbpfError> {
+        let program = self.ebpf.program(name).ok_or_else(|| {
+            EbpfError::Other(format!("program {name} missing from the eBPF object"))
+        })?;
+        let info = program.info().map_err(|source| EbpfError::Program {
+            program: name,
+            source,
+        })?;
+        Ok((
+            info.size_translated().unwrap_or(0),
+            info.size_jitted(),
+            info.verified_instruction_count().unwrap_or(0),
+        ))
     }
 
     /// Runs the loaded program `name` on `frame` `repeat` times in the kernel,

@@ -398,6 +398,33 @@ mod tests {
     }
 
     #[test]
+    fn stacking_comes_from_ifla_link_of_stacked_kinds_and_ifla_master() {
+        let message = |kind: InfoKind, extra: Vec<LinkAttribute>| {
+            let mut msg = LinkMessage::default();
+            msg.header.index = 7;
+            msg.attributes = vec![
+                LinkAttribute::IfName("x".into()),
+                LinkAttribute::LinkInfo(vec![LinkInfo::Kind(kind)]),
+            ];
+            msg.attributes.extend(extra);
+            link(&msg).unwrap()
+        };
+        let macvlan = message(InfoKind::MacVlan, vec![LinkAttribute::Link(2)]);
+        assert_eq!(macvlan.lower, Some(2));
+        // A veth's IFLA_LINK is its peer, not a lower device.
+        let veth = message(InfoKind::Veth, vec![LinkAttribute::Link(2)]);
+        assert_eq!(veth.lower, None);
+        // The lower of a device in another namespace is not one of ours.
+        let moved = message(
+            InfoKind::MacVlan,
+            vec![LinkAttribute::Link(2), LinkAttribute::LinkNetNsId(1)],
+        );
+        assert_eq!(moved.lower, None);
+        let port = message(InfoKind::Veth, vec![LinkAttribute::Controller(9)]);
+        assert_eq!(port.controller, Some(9));
+    }
+
+    #[test]
     fn address_prefers_local_over_peer() {
         let mut msg = AddressMessage::default();
         msg.header.family = AddressFamily::Inet;

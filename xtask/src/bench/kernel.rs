@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::{
     Figure, Plan, Stats,
-    traffic::{Iperf, fill_flow_table, fill_routes},
+    traffic::{Iperf, Pod, fill_flow_table, fill_routes},
 };
 
 /// `kernel.bpf_stats_enabled=1` while alive, restored on drop.
@@ -111,6 +111,7 @@ pub fn cost_per_packet(plan: Plan) -> Result<Vec<Figure>> {
         &[10, 1_000, 100_000]
     };
     let bed = Testbed::new(&[UplinkSpec::new("ens5", 1024)], false)?;
+    let pod = Pod::attach(&bed)?;
     let iperf = Iperf::serve(&bed)?;
     let mut figures = Vec::new();
     let mut installed = 0;
@@ -121,15 +122,32 @@ pub fn cost_per_packet(plan: Plan) -> Result<Vec<Figure>> {
         // The floor, under the same traffic in the same rounds.
         let floor = Floor::attach(&bed.node, "ens5")?;
         let mut cases = vec![
-            ("64 B UDP", Iperf::small_udp_args(plan)),
-            ("MTU TCP", Iperf::tcp_args(plan)),
+            ("64 B UDP", Iperf::small_udp_args(plan), &bed.node),
+            ("MTU TCP", Iperf::tcp_args(plan), &bed.node),
         ];
         let largest = routes == *counts.last().expect("counts");
         if largest && !plan.quick {
-            fill_flow_table(&bed)?;
-            cases.push(("64 B UDP, flow table full", Iperf::small_udp_args(plan)));
+            // Forwarded traffic (Cilium's ENI mode): no socket on the node.
+            cases.push((
+                "MTU TCP forwarded from a pod",
+                Iperf::tcp_args(plan),
+                &pod.ns,
+            ));
+            cases.push((
+                "64 B UDP forwarded from a pod",
+                Iperf::small_udp_args(plan),
+                &pod.ns,
+            ));
         }
-        for (traffic, args) in cases {
+        if largest && !plan.quick {
+            fill_flow_table(&bed)?;
+            cases.push((
+                "64 B UDP, flow table full",
+                Iperf::small_udp_args(plan),
+                &bed.node,
+            ));
+        }
+        for (traffic, args, client) in cases {
             // Per hook: routemon's program, the empty one and the reference, each
             // one run (ns/run) per round.
             let hooks = [
@@ -140,7 +158,7 @@ pub fn cost_per_packet(plan: Plan) -> Result<Vec<Figure>> {
             for _ in 0..plan.rounds() {
                 let stats = BpfStats::enable()?;
                 let before = program_stats()?;
-                iperf.client(&bed, &args)?;
+                iperf.client_in(client, &args)?;
                 let after = program_stats()?;
                 drop(stats);
                 for ((_, own, empty, reference), values) in hooks.iter().zip(&mut rounds) {

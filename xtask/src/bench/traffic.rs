@@ -61,12 +61,18 @@ impl Iperf {
 
     /// Runs the client in the node; returns iperf3's JSON report.
     pub fn client(&self, bed: &Testbed, args: &[String]) -> Result<Value> {
+        self.client_in(&bed.node, args)
+    }
+
+    /// Runs the client in `ns` (the node, or a pod behind it); returns iperf3's JSON
+    /// report.
+    pub fn client_in(&self, ns: &NetNs, args: &[String]) -> Result<Value> {
         let mut all = vec!["-c".to_owned(), INTERNET_V4.to_string(), "-J".to_owned()];
         all.extend(args.iter().cloned());
         let all: Vec<&str> = all.iter().map(String::as_str).collect();
         // iperf3 refuses a new test while the server finishes the last one.
         for _ in 0..20 {
-            match bed.node.exec("iperf3", &all) {
+            match ns.exec("iperf3", &all) {
                 Ok(out) => return serde_json::from_str(&out).context("iperf3 -J output"),
                 Err(err) if err.to_string().contains("busy") => {
                     std::thread::sleep(Duration::from_millis(100));
@@ -75,6 +81,42 @@ impl Iperf {
             }
         }
         bail!("the iperf3 server stayed busy")
+    }
+}
+
+/// A pod behind the node, as in Cilium's ENI mode: its own namespace on a veth
+/// whose node end is not monitored; the node forwards its traffic out of `ens5`
+/// (no socket on the node), and the router routes the pod subnet back by the node.
+pub struct Pod {
+    /// The pod's namespace (dropped last: it takes the veth with it).
+    pub ns: NetNs,
+}
+
+impl Pod {
+    const SUBNET: &str = "10.200.0.0/24";
+
+    /// Creates the pod and its routes.
+    pub fn attach(bed: &Testbed) -> Result<Self> {
+        let ns = NetNs::new("pod")?;
+        routemon_testbed::netns::veth_pair(&ns, "eth0", &bed.node, "vethpod")?;
+        ns.ip(&["addr", "add", "10.200.0.2/24", "dev", "eth0"])?;
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        ns.ip(&["route", "add", "default", "via", "10.200.0.1"])?;
+        bed.node
+            .ip(&["addr", "add", "10.200.0.1/24", "dev", "vethpod"])?;
+        bed.node.ip(&["link", "set", "vethpod", "up"])?;
+        bed.node.sysctl(&["net.ipv4.ip_forward=1"])?;
+        let ens5 = bed.uplink("ens5");
+        bed.router.ip(&[
+            "route",
+            "add",
+            Self::SUBNET,
+            "via",
+            &ens5.addr4.to_string(),
+            "dev",
+            &ens5.router_side,
+        ])?;
+        Ok(Self { ns })
     }
 }
 
