@@ -48,8 +48,59 @@ fn bucket_of(ifindex: u32) -> u32 {
     ifindex & (IFACE_SLOT_BUCKETS - 1)
 }
 
-/// Every monitored interface with its slot.
-pub fn assigned(ebpf: &Ebpf) -> Result<BTreeMap<u32, IfaceSlot>, EbpfError> {
+/// The slots as the maps hold them, mirrored in userspace: reading them back from
+/// the kernel takes a syscall per bucket (4 096), too many for every route change.
+#[derive(Clone, Debug, Default)]
+pub struct IfaceSlots {
+    known: BTreeMap<u32, IfaceSlot>,
+}
+
+impl IfaceSlots {
+    /// Reads the slots the maps hold (a previous routemon's, in pinned maps).
+    pub fn read(ebpf: &Ebpf) -> Result<Self, EbpfError> {
+        Ok(Self {
+            known: assigned(ebpf)?,
+        })
+    }
+
+    /// The monitored interfaces.
+    pub fn interfaces(&self) -> std::collections::BTreeSet<u32> {
+        self.known.keys().copied().collect()
+    }
+
+    /// See [`assign`].
+    pub fn assign(
+        &mut self,
+        ebpf: &mut Ebpf,
+        ifindexes: impl Iterator<Item = u32>,
+    ) -> Result<(), EbpfError> {
+        assign(ebpf, &mut self.known, ifindexes)
+    }
+
+    /// See [`release`].
+    pub fn release(&mut self, ebpf: &mut Ebpf, ifindex: u32) -> Result<(), EbpfError> {
+        release(ebpf, ifindex)?;
+        self.known.remove(&ifindex);
+        Ok(())
+    }
+
+    /// See [`set_stacking`].
+    pub fn set_stacking(
+        &mut self,
+        ebpf: &mut Ebpf,
+        stacking: &BTreeMap<u32, Stacking>,
+    ) -> Result<(), EbpfError> {
+        set_stacking(ebpf, &mut self.known, stacking)
+    }
+
+    /// See [`counters`].
+    pub fn counters(&self, ebpf: &Ebpf) -> Result<BTreeMap<u32, IfaceCounters>, EbpfError> {
+        counters(ebpf, &self.known)
+    }
+}
+
+/// Every monitored interface with its slot, read from the maps.
+fn assigned(ebpf: &Ebpf) -> Result<BTreeMap<u32, IfaceSlot>, EbpfError> {
     let mut slots = BTreeMap::new();
     for bucket in buckets(ebpf)?.iter() {
         let bucket = bucket.map_err(map_error(IFACE_SLOTS_MAP))?;
@@ -93,18 +144,21 @@ fn write(ebpf: &mut Ebpf, entry: IfaceSlot) -> Result<(), EbpfError> {
 
 /// Sets every monitored interface's stack role and lower device (interfaces not in
 /// `stacking` get none).
-pub fn set_stacking(ebpf: &mut Ebpf, stacking: &BTreeMap<u32, Stacking>) -> Result<(), EbpfError> {
-    for (ifindex, current) in assigned(ebpf)? {
-        let wanted = stacking.get(&ifindex).copied().unwrap_or_default();
+fn set_stacking(
+    ebpf: &mut Ebpf,
+    slots: &mut BTreeMap<u32, IfaceSlot>,
+    stacking: &BTreeMap<u32, Stacking>,
+) -> Result<(), EbpfError> {
+    for current in slots.values_mut() {
+        let wanted = stacking.get(&current.ifindex).copied().unwrap_or_default();
         if current.role != wanted.role || current.lower != wanted.lower {
-            write(
-                ebpf,
-                IfaceSlot {
-                    role: wanted.role,
-                    lower: wanted.lower,
-                    ..current
-                },
-            )?;
+            let updated = IfaceSlot {
+                role: wanted.role,
+                lower: wanted.lower,
+                ..*current
+            };
+            write(ebpf, updated)?;
+            *current = updated;
         }
     }
     Ok(())
@@ -150,8 +204,11 @@ pub fn stacking(links: &[&Link]) -> BTreeMap<u32, Stacking> {
 
 /// Gives each interface a slot with zeroed counters; an interface that has one
 /// (from a previous routemon, in pinned maps) keeps it and its counts.
-pub fn assign(ebpf: &mut Ebpf, ifindexes: impl Iterator<Item = u32>) -> Result<(), EbpfError> {
-    let mut slots = assigned(ebpf)?;
+fn assign(
+    ebpf: &mut Ebpf,
+    slots: &mut BTreeMap<u32, IfaceSlot>,
+    ifindexes: impl Iterator<Item = u32>,
+) -> Result<(), EbpfError> {
     let capacity = {
         let map = ebpf
             .map(IFACE_COUNTERS_MAP)
@@ -187,7 +244,7 @@ pub fn assign(ebpf: &mut Ebpf, ifindexes: impl Iterator<Item = u32>) -> Result<(
 }
 
 /// Frees an interface's slot (its counters are zeroed when the slot is given again).
-pub fn release(ebpf: &mut Ebpf, ifindex: u32) -> Result<(), EbpfError> {
+fn release(ebpf: &mut Ebpf, ifindex: u32) -> Result<(), EbpfError> {
     let bucket_index = bucket_of(ifindex);
     let bucket = buckets(ebpf)?
         .get(&bucket_index, 0)
@@ -235,20 +292,23 @@ fn zero_counters(ebpf: &mut Ebpf, slot: u32) -> Result<(), EbpfError> {
 }
 
 /// Every monitored interface's counters, summed over CPUs.
-pub fn counters(ebpf: &Ebpf) -> Result<BTreeMap<u32, IfaceCounters>, EbpfError> {
+fn counters(
+    ebpf: &Ebpf,
+    slots: &BTreeMap<u32, IfaceSlot>,
+) -> Result<BTreeMap<u32, IfaceCounters>, EbpfError> {
     let map = ebpf
         .map(IFACE_COUNTERS_MAP)
         .ok_or_else(|| missing(IFACE_COUNTERS_MAP))?;
     let array: PerCpuArray<&MapData, IfaceCounters> =
         PerCpuArray::try_from(map).map_err(map_error(IFACE_COUNTERS_MAP))?;
     let mut out = BTreeMap::new();
-    for (ifindex, slot) in assigned(ebpf)? {
+    for (ifindex, slot) in slots {
         let per_cpu = array
             .get(&slot.slot, 0)
             .map_err(map_error(IFACE_COUNTERS_MAP))?;
         let mut total = IfaceCounters::default();
         per_cpu.iter().for_each(|c| total.accumulate(c));
-        out.insert(ifindex, total);
+        out.insert(*ifindex, total);
     }
     Ok(out)
 }

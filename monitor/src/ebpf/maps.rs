@@ -13,14 +13,13 @@ use ipnet::IpNet;
 use monitor_common::{
     CONFIG_MAP, CROSS_ENI_POSSIBLE, DROPS_MAP, DataPathConfig, DropKey, FLOWS_INBOUND_MAP,
     FLOWS_INBOUND_V6_MAP, FLOWS_MAP, FLOWS_V6_MAP, FlowEntry, FlowKey, FlowKeyV4, FlowState,
-    HAS_SOURCE_RULES_V4, HAS_SOURCE_RULES_V6, IfaceCounters, MAX_DROP_KEYS, MAX_INBOUND_TUPLES,
-    MAX_SOURCE_RULES, MAX_TRACKED_FLOWS, PacketCounters, ROUTE_COUNTERS_MAP, ROUTE_KEY_PREFIX_BITS,
-    ROUTES_V4_MAP, ROUTES_V6_MAP, RouteKeyV4, RouteKeyV6, SAMPLER_MAP, SOURCE_OWNERS_V4_MAP,
-    SOURCE_OWNERS_V6_MAP, SOURCE_RULES_V4_MAP, SOURCE_RULES_V6_MAP, SamplerState, TABLE_STATS_MAP,
-    TableStats,
+    HAS_SOURCE_RULES_V4, HAS_SOURCE_RULES_V6, MAX_DROP_KEYS, MAX_INBOUND_TUPLES, MAX_SOURCE_RULES,
+    MAX_TRACKED_FLOWS, PacketCounters, ROUTE_COUNTERS_MAP, ROUTE_KEY_PREFIX_BITS, ROUTES_V4_MAP,
+    ROUTES_V6_MAP, RouteKeyV4, RouteKeyV6, SAMPLER_MAP, SOURCE_OWNERS_V4_MAP, SOURCE_OWNERS_V6_MAP,
+    SOURCE_RULES_V4_MAP, SOURCE_RULES_V6_MAP, SamplerState, TABLE_STATS_MAP, TableStats,
 };
 
-use super::{EbpfError, iface_slots};
+use super::EbpfError;
 use crate::attribution::AttributionPlan;
 
 fn map_mut<'a>(
@@ -50,7 +49,10 @@ fn cpus() -> Result<usize, EbpfError> {
 /// its source address's owner. Called after every change of the interfaces, the
 /// owners or the rules (and at load, for maps a previous routemon pinned), so the
 /// data path never skips a lookup that could find something.
-pub fn refresh_config(ebpf: &mut Ebpf) -> Result<DataPathConfig, EbpfError> {
+pub fn refresh_config(
+    ebpf: &mut Ebpf,
+    interfaces: &BTreeSet<u32>,
+) -> Result<DataPathConfig, EbpfError> {
     fn has_entries<K: aya::Pod>(ebpf: &Ebpf, name: &'static str) -> Result<bool, EbpfError> {
         let trie: LpmTrie<&MapData, K, u32> =
             LpmTrie::try_from(map(ebpf, name)?).map_err(map_error(name))?;
@@ -64,8 +66,7 @@ pub fn refresh_config(ebpf: &mut Ebpf) -> Result<DataPathConfig, EbpfError> {
         flags |= HAS_SOURCE_RULES_V6;
     }
     let owners: BTreeSet<u32> = source_owners(ebpf)?.into_iter().map(|(_, o)| o).collect();
-    let interfaces: BTreeSet<u32> = iface_slots::assigned(ebpf)?.into_keys().collect();
-    if !owners.is_empty() && owners.union(&interfaces).nth(1).is_some() {
+    if !owners.is_empty() && owners.union(interfaces).nth(1).is_some() {
         flags |= CROSS_ENI_POSSIBLE;
     }
     let generation = config(ebpf)?.generation;
@@ -95,23 +96,9 @@ pub fn config(ebpf: &Ebpf) -> Result<DataPathConfig, EbpfError> {
     array.get(&0, 0).map_err(map_error(CONFIG_MAP))
 }
 
-/// Creates zeroed counters for each interface, so the data path only ever looks up;
-/// counters a previous routemon left in pinned maps continue.
-pub fn register_interfaces(
-    ebpf: &mut Ebpf,
-    ifindexes: impl Iterator<Item = u32>,
-) -> Result<(), EbpfError> {
-    iface_slots::assign(ebpf, ifindexes)
-}
-
 fn zeroed<T: aya::Pod + Default>(nr_cpus: usize) -> Result<PerCpuValues<T>, EbpfError> {
     PerCpuValues::try_from(vec![T::default(); nr_cpus])
         .map_err(|err| EbpfError::Other(format!("per-CPU values: {err}")))
-}
-
-/// Removes an interface's counters.
-pub fn unregister_interface(ebpf: &mut Ebpf, ifindex: u32) -> Result<(), EbpfError> {
-    iface_slots::release(ebpf, ifindex)
 }
 
 fn ignore_missing(result: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
@@ -517,11 +504,6 @@ pub fn key_count<K: aya::Pod, V: aya::Pod>(
         table.keys().take(limit).filter(Result::is_ok).count()
     };
     Ok(count as u64)
-}
-
-/// Reads every interface's counters, summed over CPUs.
-pub fn interface_counters(ebpf: &Ebpf) -> Result<BTreeMap<u32, IfaceCounters>, EbpfError> {
-    iface_slots::counters(ebpf)
 }
 
 /// Reads the counters of route ids `0..count`, summed over CPUs.

@@ -5,6 +5,7 @@ mod attach;
 pub mod btf;
 pub mod drops;
 mod iface_slots;
+use iface_slots::IfaceSlots;
 mod maps;
 pub mod orphans;
 pub mod pinning;
@@ -86,6 +87,8 @@ pub enum EbpfError {
 /// routemon's programs loaded in the kernel, with what they are attached to.
 pub struct Monitor {
     ebpf: Ebpf,
+    /// Which interfaces count in which slot (mirrored from the maps).
+    slots: IfaceSlots,
     attachments: Vec<Attachment>,
     pins: Option<PinStore>,
     /// Drop-reason counting: its set-up, or why it is unavailable.
@@ -140,15 +143,17 @@ impl Monitor {
             .load(OBJECT)
             .map_err(EbpfError::Object)?;
 
-        maps::register_interfaces(&mut ebpf, interfaces.iter().map(|l| l.index))?;
-        iface_slots::set_stacking(&mut ebpf, &iface_slots::stacking(interfaces))?;
+        let mut slots = IfaceSlots::default();
+        slots.assign(&mut ebpf, interfaces.iter().map(|l| l.index))?;
+        slots.set_stacking(&mut ebpf, &iface_slots::stacking(interfaces))?;
         maps::load_routes(&mut ebpf, plan)?;
         maps::register_source_owners(&mut ebpf, source_owners)?;
-        maps::refresh_config(&mut ebpf)?;
+        maps::refresh_config(&mut ebpf, &slots.interfaces())?;
 
         load_programs(&mut ebpf)?;
         Ok(Self {
             ebpf,
+            slots,
             attachments: Vec::new(),
             pins: None,
             drops,
@@ -178,10 +183,12 @@ impl Monitor {
         }
         let mut ebpf = loader.load(OBJECT).map_err(EbpfError::Object)?;
         // Pinned maps of a previous routemon may hold interfaces, owners and rules.
-        maps::refresh_config(&mut ebpf)?;
+        let slots = IfaceSlots::read(&ebpf)?;
+        maps::refresh_config(&mut ebpf, &slots.interfaces())?;
         load_programs(&mut ebpf)?;
         Ok(Self {
             ebpf,
+            slots,
             attachments: Vec::new(),
             pins,
             drops,
@@ -270,12 +277,20 @@ impl Monitor {
                 let _ = std::fs::remove_file(path);
             }
         }
-        let last = maps::interface_counters(&self.ebpf)?
+        let last = self
+            .slots
+            .counters(&self.ebpf)?
             .remove(&ifindex)
             .unwrap_or_default();
-        maps::unregister_interface(&mut self.ebpf, ifindex)?;
-        maps::refresh_config(&mut self.ebpf)?;
+        self.slots.release(&mut self.ebpf, ifindex)?;
+        self.refresh_config()?;
         Ok(last)
+    }
+
+    /// Rewrites the [`DataPathConfig`] and moves the routing generation on, after a
+    /// change of what the data path looks up.
+    fn refresh_config(&mut self) -> Result<(), EbpfError> {
+        maps::refresh_config(&mut self.ebpf, &self.slots.interfaces()).map(drop)
     }
 
     /// Whether routemon's programs are attached to this interface.
@@ -286,15 +301,17 @@ impl Monitor {
     /// Creates zeroed counters for an interface; existing counters (of a previous
     /// routemon, in pinned maps) are kept.
     pub fn register_interface(&mut self, ifindex: u32) -> Result<(), EbpfError> {
-        maps::register_interfaces(&mut self.ebpf, std::iter::once(ifindex))?;
-        maps::refresh_config(&mut self.ebpf).map(drop)
+        self.slots
+            .assign(&mut self.ebpf, std::iter::once(ifindex))?;
+        self.refresh_config()
     }
 
     /// Records which monitored devices are stacked on which (`links`: every monitored
     /// link), so a packet crossing an upper and its lower counts as a flow and to a
     /// route once, on the upper.
     pub fn set_stacking(&mut self, links: &[&Link]) -> Result<(), EbpfError> {
-        iface_slots::set_stacking(&mut self.ebpf, &iface_slots::stacking(links))
+        self.slots
+            .set_stacking(&mut self.ebpf, &iface_slots::stacking(links))
     }
 
     /// The route entries in the kernel's tries, with their route ids.
@@ -310,7 +327,7 @@ impl Monitor {
         maps::update_route_entries(&mut self.ebpf, changes)?;
         // Flows cached the routes they were counted to: the next packet of each
         // looks its route up again.
-        maps::refresh_config(&mut self.ebpf).map(drop)
+        self.refresh_config()
     }
 
     /// Replaces the source rules (prefix → table slot).
@@ -319,7 +336,7 @@ impl Monitor {
         rules: &[crate::attribution::SourceRule],
     ) -> Result<(), EbpfError> {
         maps::replace_source_rules(&mut self.ebpf, rules)?;
-        maps::refresh_config(&mut self.ebpf).map(drop)
+        self.refresh_config()
     }
 
     /// Zeroes the counters of a route id before it is given to another route.
@@ -406,7 +423,7 @@ impl Monitor {
 
     /// Counters of every registered interface, summed over CPUs.
     pub fn interface_counters(&self) -> Result<BTreeMap<u32, IfaceCounters>, EbpfError> {
-        maps::interface_counters(&self.ebpf)
+        self.slots.counters(&self.ebpf)
     }
 
     /// Counters of every route id, summed over CPUs; index = route id.
@@ -418,7 +435,7 @@ impl Monitor {
     /// added to a monitored interface, `None` when it is removed.
     pub fn set_source_owner(&mut self, addr: IpAddr, owner: Option<u32>) -> Result<(), EbpfError> {
         maps::set_source_owner(&mut self.ebpf, addr, owner)?;
-        maps::refresh_config(&mut self.ebpf).map(drop)
+        self.refresh_config()
     }
 
     /// What the data path skips now ([`DataPathConfig`]).
