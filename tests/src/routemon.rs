@@ -251,3 +251,14 @@ pub fn interface<'a>(report: &'a Value, name: &str) -> &'a Value {
         .and_then(|all| all.iter().find(|i| i["name"] == name))
         .unwrap_or_else(|| panic!("no interface {name} in {report:#}"))
 }
+
+/// The main-table route to `dst` via `dev` in a report's `routes`.
+pub fn main_route<'a>(report: &'a Value, dst: &str, dev: &str) -> &'a Value {
+    report["routes"]
+        .as_array()
+        .and_then(|all| {
+            all.iter()
+                .find(|r| r["dst"] == dst && r["dev"] == dev && r["table"] == "main")
+        })
+        .unwrap_or_else(|| panic!("no route {dst} dev {dev} in {report:#}"))
+}

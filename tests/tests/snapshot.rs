@@ -7,7 +7,7 @@ use routemon_testbed::{
     INTERNET_V4, INTERNET_V6, Testbed, UplinkSpec,
     cmd::require_root,
     kernel::{self, LinkStats},
-    routemon::{Running, interface},
+    routemon::{Running, interface, main_route as route},
     traffic::{UdpBurst, send_udp},
 };
 use serde_json::Value;
@@ -27,15 +27,6 @@ fn burst(
         count,
         payload,
     }
-}
-
-fn route<'a>(report: &'a Value, dst: &str, dev: &str) -> &'a Value {
-    report["routes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["dst"] == dst && r["dev"] == dev && r["table"] == "main")
-        .unwrap_or_else(|| panic!("no route {dst} dev {dev} in {report:#}"))
 }
 
 #[test]

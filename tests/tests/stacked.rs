@@ -9,7 +9,7 @@ use routemon_testbed::{
     cmd::require_root,
     kernel::{self, LinkStats},
     netns::{NetNs, veth_pair},
-    routemon::{Running, interface},
+    routemon::{Running, interface, main_route as route},
     traffic::{UdpBurst, send_udp, spawn_udp_echo},
 };
 use serde_json::Value;
@@ -40,15 +40,6 @@ fn flows(report: &Value) -> Vec<(String, Value)> {
         .collect()
 }
 
-fn route<'a>(report: &'a Value, dst: &str, dev: &str) -> &'a Value {
-    report["routes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["dst"] == dst && r["dev"] == dev && r["table"] == "main")
-        .unwrap_or_else(|| panic!("no route {dst} dev {dev} in {report:#}"))
-}
-
 fn findings_of<'a>(report: &'a Value, kind: &str) -> Vec<&'a Value> {
     report["findings"]
         .as_array()
@@ -58,13 +49,14 @@ fn findings_of<'a>(report: &'a Value, kind: &str) -> Vec<&'a Value> {
         .collect()
 }
 
-fn one_datagram(dst: Ipv4Addr, device: Option<&str>) -> UdpBurst {
+/// `count` datagrams of 64 bytes to `dst` (port 9), by `device` if given.
+fn datagrams(dst: Ipv4Addr, device: Option<&str>, count: usize) -> UdpBurst {
     UdpBurst {
         dst: dst.into(),
         device: device.map(str::to_owned),
         src: None,
-        count: 1,
-        payload: 8,
+        count,
+        payload: 64,
     }
 }
 
@@ -151,7 +143,7 @@ fn macvlan_traffic_is_one_flow_on_the_macvlan_and_no_finding() {
     // Neighbours resolved before the counting starts (no echo listens yet: the
     // peer answers with an ICMP error, before the counting too).
     for device in ["enp1s0mv", "enp1s0"] {
-        send_udp(&node, &one_datagram(REMOTE, Some(device))).unwrap();
+        send_udp(&node, &datagrams(REMOTE, Some(device), 1)).unwrap();
     }
     let devices = ["enp1s0", "enp1s0mv"];
     kernel::wait_quiet(&node, &devices, 1000).unwrap();
@@ -166,17 +158,7 @@ fn macvlan_traffic_is_one_flow_on_the_macvlan_and_no_finding() {
         &["snapshot", "--duration", "3s", "--json", "-i", "enp1s0*"],
     )
     .unwrap();
-    send_udp(
-        &node,
-        &UdpBurst {
-            dst: REMOTE.into(),
-            device: None,
-            src: None,
-            count: ECHOES,
-            payload: 64,
-        },
-    )
-    .unwrap();
+    send_udp(&node, &datagrams(REMOTE, None, ECHOES)).unwrap();
     assert_eq!(echo.join().unwrap(), ECHOES);
     let report = running.report();
     let after: Vec<LinkStats> = devices
@@ -243,7 +225,7 @@ fn bond_traffic_is_one_flow_on_the_bond() {
     peer.ip(&["addr", "add", "10.78.0.1/24", "dev", "p0"])
         .unwrap();
     peer.ip(&["link", "set", "p0", "up"]).unwrap();
-    send_udp(&node, &one_datagram("10.78.0.1".parse().unwrap(), None)).unwrap();
+    send_udp(&node, &datagrams("10.78.0.1".parse().unwrap(), None, 1)).unwrap();
 
     let echo = spawn_udp_echo(&peer, "10.78.0.1".parse().unwrap(), 9, ECHOES).unwrap();
     let running = Running::start(
@@ -262,13 +244,7 @@ fn bond_traffic_is_one_flow_on_the_bond() {
     .unwrap();
     send_udp(
         &node,
-        &UdpBurst {
-            dst: "10.78.0.1".parse().unwrap(),
-            device: None,
-            src: None,
-            count: ECHOES,
-            payload: 64,
-        },
+        &datagrams("10.78.0.1".parse().unwrap(), None, ECHOES),
     )
     .unwrap();
     assert_eq!(echo.join().unwrap(), ECHOES);

@@ -40,6 +40,20 @@ fn overflow(ebpf: &Ebpf) -> Result<HashMap<&MapData, u32, IfaceSlot>, EbpfError>
     HashMap::try_from(map).map_err(map_error(IFACE_SLOTS_OVERFLOW_MAP))
 }
 
+fn buckets_mut(ebpf: &mut Ebpf) -> Result<Array<&mut MapData, IfaceSlot>, EbpfError> {
+    let map = ebpf
+        .map_mut(IFACE_SLOTS_MAP)
+        .ok_or_else(|| missing(IFACE_SLOTS_MAP))?;
+    Array::try_from(map).map_err(map_error(IFACE_SLOTS_MAP))
+}
+
+fn overflow_mut(ebpf: &mut Ebpf) -> Result<HashMap<&mut MapData, u32, IfaceSlot>, EbpfError> {
+    let map = ebpf
+        .map_mut(IFACE_SLOTS_OVERFLOW_MAP)
+        .ok_or_else(|| missing(IFACE_SLOTS_OVERFLOW_MAP))?;
+    HashMap::try_from(map).map_err(map_error(IFACE_SLOTS_OVERFLOW_MAP))
+}
+
 fn missing(name: &str) -> EbpfError {
     EbpfError::Other(format!("map {name} missing from the eBPF object"))
 }
@@ -123,21 +137,12 @@ fn write(ebpf: &mut Ebpf, entry: IfaceSlot) -> Result<(), EbpfError> {
         .get(&bucket_index, 0)
         .map_err(map_error(IFACE_SLOTS_MAP))?;
     if bucket.ifindex == 0 || bucket.ifindex == entry.ifindex {
-        let map = ebpf
-            .map_mut(IFACE_SLOTS_MAP)
-            .ok_or_else(|| missing(IFACE_SLOTS_MAP))?;
-        let mut array: Array<&mut MapData, IfaceSlot> =
-            Array::try_from(map).map_err(map_error(IFACE_SLOTS_MAP))?;
-        array
+        buckets_mut(ebpf)?
             .set(bucket_index, entry, 0)
             .map_err(map_error(IFACE_SLOTS_MAP))
     } else {
-        let map = ebpf
-            .map_mut(IFACE_SLOTS_OVERFLOW_MAP)
-            .ok_or_else(|| missing(IFACE_SLOTS_OVERFLOW_MAP))?;
-        let mut hash: HashMap<&mut MapData, u32, IfaceSlot> =
-            HashMap::try_from(map).map_err(map_error(IFACE_SLOTS_OVERFLOW_MAP))?;
-        hash.insert(entry.ifindex, entry, 0)
+        overflow_mut(ebpf)?
+            .insert(entry.ifindex, entry, 0)
             .map_err(map_error(IFACE_SLOTS_OVERFLOW_MAP))
     }
 }
@@ -250,22 +255,11 @@ fn release(ebpf: &mut Ebpf, ifindex: u32) -> Result<(), EbpfError> {
         .get(&bucket_index, 0)
         .map_err(map_error(IFACE_SLOTS_MAP))?;
     if bucket.ifindex == ifindex {
-        let map = ebpf
-            .map_mut(IFACE_SLOTS_MAP)
-            .ok_or_else(|| missing(IFACE_SLOTS_MAP))?;
-        let mut array: Array<&mut MapData, IfaceSlot> =
-            Array::try_from(map).map_err(map_error(IFACE_SLOTS_MAP))?;
-        array
+        return buckets_mut(ebpf)?
             .set(bucket_index, IfaceSlot::default(), 0)
-            .map_err(map_error(IFACE_SLOTS_MAP))?;
-        return Ok(());
+            .map_err(map_error(IFACE_SLOTS_MAP));
     }
-    let map = ebpf
-        .map_mut(IFACE_SLOTS_OVERFLOW_MAP)
-        .ok_or_else(|| missing(IFACE_SLOTS_OVERFLOW_MAP))?;
-    let mut hash: HashMap<&mut MapData, u32, IfaceSlot> =
-        HashMap::try_from(map).map_err(map_error(IFACE_SLOTS_OVERFLOW_MAP))?;
-    match hash.remove(&ifindex) {
+    match overflow_mut(ebpf)?.remove(&ifindex) {
         Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
         Err(aya::maps::MapError::SyscallError(err))
             if err.io_error.raw_os_error() == Some(libc::ENOENT) =>
