@@ -266,3 +266,121 @@ fn bond_traffic_is_one_flow_on_the_bond() {
         assert!(found.is_empty(), "{kind}: {found:#?}");
     }
 }
+
+/// Veths into pods are forwarding, not stacking: a pod's datagrams arrive on its
+/// veth and leave by the uplink, the replies the other way. Each orientation of the
+/// 5-tuple is one flow that arrived and left by one interface, with every packet
+/// counted once each way, and nothing is asymmetric or cross-ENI.
+#[test]
+fn pod_veth_traffic_is_two_symmetric_flows_and_no_finding() {
+    require_root();
+    let node = NetNs::new("node").unwrap();
+    let peer = NetNs::new("peer").unwrap();
+    let pod = NetNs::new("pod").unwrap();
+    for ns in [&node, &peer, &pod] {
+        ns.sysctl(&[
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1",
+        ])
+        .unwrap();
+    }
+    veth_pair(&node, "enp1s0", &peer, "p0").unwrap();
+    veth_pair(&node, "vethpod", &pod, "eth0").unwrap();
+    for (ns, commands) in [
+        (
+            &node,
+            &[
+                &["addr", "add", "10.77.0.2/24", "dev", "enp1s0"][..],
+                &["addr", "add", "10.200.0.1/24", "dev", "vethpod"],
+                &["link", "set", "enp1s0", "up"],
+                &["link", "set", "vethpod", "up"],
+                &[
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    "10.77.0.1",
+                    "dev",
+                    "enp1s0",
+                ],
+            ][..],
+        ),
+        (
+            &peer,
+            &[
+                &["addr", "add", "10.77.0.1/24", "dev", "p0"][..],
+                &["addr", "add", "198.51.100.10/32", "dev", "lo"],
+                &["link", "set", "p0", "up"],
+                &["route", "add", "10.200.0.0/24", "via", "10.77.0.2"],
+            ][..],
+        ),
+        (
+            &pod,
+            &[
+                &["addr", "add", "10.200.0.2/24", "dev", "eth0"][..],
+                &["link", "set", "eth0", "up"],
+                &["route", "add", "default", "via", "10.200.0.1"],
+            ][..],
+        ),
+    ] {
+        for args in commands {
+            ns.ip(args).unwrap();
+        }
+    }
+    node.sysctl(&["net.ipv4.ip_forward=1"]).unwrap();
+    send_udp(&pod, &datagrams(REMOTE, None, 1)).unwrap();
+
+    let echo = spawn_udp_echo(&peer, IpAddr::V4(REMOTE), 9, ECHOES).unwrap();
+    let running = Running::start(
+        &node,
+        &[
+            "snapshot",
+            "--duration",
+            "3s",
+            "--json",
+            "-i",
+            "enp1s0",
+            "-i",
+            "vethpod",
+        ],
+    )
+    .unwrap();
+    send_udp(&pod, &datagrams(REMOTE, None, ECHOES)).unwrap();
+    assert_eq!(echo.join().unwrap(), ECHOES);
+    let report = running.report();
+
+    let flow = |src: &str, listed_under: &str| {
+        let found: Vec<Value> = flows(&report)
+            .into_iter()
+            .filter(|(name, f)| name == listed_under && f["protocol"] == "udp" && f["src"] == src)
+            .map(|(_, f)| f)
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "one flow from {src} on {listed_under}: {report:#}"
+        );
+        found[0].clone()
+    };
+    // The pod's orientation: leaves by the uplink, its replies arrive there.
+    let out = flow("10.200.0.2", "enp1s0");
+    assert_eq!(out["dst"], REMOTE.to_string());
+    assert_eq!(
+        (out["arrived_on"].as_str(), out["left_by"].as_str()),
+        (Some("enp1s0"), Some("enp1s0"))
+    );
+    assert_eq!(out["egress_packets"], ECHOES as u64);
+    assert_eq!(out["ingress_packets"], ECHOES as u64);
+    // The other orientation: arrives from the pod on its veth, the replies leave there.
+    let back = flow(&REMOTE.to_string(), "vethpod");
+    assert_eq!(
+        (back["arrived_on"].as_str(), back["left_by"].as_str()),
+        (Some("vethpod"), Some("vethpod"))
+    );
+    assert_eq!(back["ingress_packets"], ECHOES as u64);
+    assert_eq!(back["egress_packets"], ECHOES as u64);
+    for kind in ["asymmetric_flow", "cross_eni_egress"] {
+        let found = findings_of(&report, kind);
+        assert!(found.is_empty(), "{kind}: {found:#?}");
+    }
+}
