@@ -286,7 +286,10 @@ mod tests {
         ecmp.nexthops.push(crate::model::NextHop {
             gateway: Some(ip("10.0.2.1")),
             ifindex: Some(3),
+            hops: 0,
+            flags: 0,
         });
+        ecmp.multipath = true;
         push_routes(&mut model, [ecmp]);
         let plan = AttributionPlan::build(&model, &BTreeSet::from([2, 3]));
         assert_eq!(plan.entries.len(), 2);

@@ -5,6 +5,7 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
+    cilium::CiliumFamilies,
     ebpf::AttachMode,
     pin::{
         networkd::UnmanageMatch,
@@ -28,8 +29,11 @@ sudo routemon unpin --apply"
 #[command(
     long_about = "routemon shows which default route and which interface a node's egress really \
 uses, and finds the routing states that break multi-ENI nodes — above all two default routes \
-with the same metric, which makes the Cilium agent refuse to start and lets traffic leave by \
-the wrong ENI.\n\n`routes` reads the kernel's routing state over netlink (no privileges needed). \
+with the same metric: the kernel then sends egress by one of them and can switch uplink \
+without any route change, and the Cilium agent's default-route lookup (ENI IPAM, egress \
+gateway, IPsec) fails with \"Found multiple default routes with the same priority\". Every \
+report carries Cilium's verdict per family, computed with Cilium's own rules \
+(--cilium-family says which families the agent uses).\n\n`routes` reads the kernel's routing state over netlink (no privileges needed). \
 `snapshot` also attaches eBPF counters (TC, egress and ingress) for a while and reports packets \
 and bytes per interface and per route; it needs root (CAP_BPF and CAP_NET_ADMIN).\n\n\
 Exit status: 0 success, 1 runtime failure, 2 bad usage (unknown interface, bad value), \
@@ -179,7 +183,8 @@ nodeadm-config.service), unrendered ${...} placeholders (errors) and unknown fie
 networkd: reads the .network files and drop-ins of --networkd-dir (repeatable, highest \
 precedence first; default: networkd's own directories) with networkd's rules and predicts, for \
 each ENI — present or future (ens*, enp*s0, eth*) — which file manages it and the metric of \
-its DHCPv4 default route. Equal best metrics on two ENIs (the Cilium failure) are an error; \
+its DHCPv4 default route. Equal best metrics on two ENIs (a tie for the kernel and for \
+Cilium's default-route lookup) are an error; \
 secondaries networkd would manage, deprecated [DHCP] sections and negated Name= matches that \
 also catch lo or veths are warnings.\n\n\
 --live adds the running node: its links are the present interfaces and its default routes \
@@ -330,6 +335,12 @@ pub struct SelectionArgs {
     /// Also list routes of the local table in the human output (JSON always has them).
     #[arg(long)]
     pub all_tables: bool,
+
+    /// The address families the Cilium agent uses (its enable-ipv4/enable-ipv6
+    /// settings, which routemon cannot see). Cilium's default-route verdict is
+    /// reported for both families; its findings only for these.
+    #[arg(long, value_enum, value_name = "FAMILIES", default_value_t = CiliumFamilies::Ipv4)]
+    pub cilium_family: CiliumFamilies,
 }
 
 /// `routemon routes`.
@@ -446,6 +457,12 @@ pub struct WatchArgs {
     /// under route churn (a loss triggers a full re-read).
     #[arg(long, value_name = "BYTES", default_value_t = crate::model::events::DEFAULT_RECEIVE_BUFFER)]
     pub netlink_buffer: usize,
+
+    /// The address families the Cilium agent uses (its enable-ipv4/enable-ipv6
+    /// settings, which routemon cannot see). Cilium's default-route verdict is
+    /// reported for both families; its findings only for these.
+    #[arg(long, value_enum, value_name = "FAMILIES", default_value_t = CiliumFamilies::Ipv4)]
+    pub cilium_family: CiliumFamilies,
 }
 
 /// `routemon doctor`.
@@ -469,6 +486,11 @@ pub struct DoctorArgs {
     /// Print every check as JSON.
     #[arg(long)]
     pub json: bool,
+    /// The address families the Cilium agent uses (its enable-ipv4/enable-ipv6
+    /// settings, which routemon cannot see). Cilium's default-route verdict is
+    /// reported for both families; its findings only for these.
+    #[arg(long, value_enum, value_name = "FAMILIES", default_value_t = CiliumFamilies::Ipv4)]
+    pub cilium_family: CiliumFamilies,
     /// Write the files that fix the networkd problems into DIR (not a live
     /// networkd directory).
     #[arg(long, value_name = "DIR")]

@@ -9,6 +9,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use serde::Serialize;
 
 use crate::{
+    cilium::{Outcome, Verdict},
     model::{Family, NetworkModel, Route, table, table_name},
     samples::SampleCollector,
     selection::Primary,
@@ -22,7 +23,8 @@ pub enum Severity {
     Info,
     /// Likely to cause trouble.
     Warning,
-    /// Breaks the node now (Cilium refuses to start, egress is ambiguous).
+    /// Breaks the node now (Cilium's default-route lookup fails, egress can change
+    /// uplink).
     Critical,
 }
 
@@ -134,7 +136,8 @@ pub enum FindingKind {
         table: String,
         /// The shared metric.
         metric: u32,
-        /// Interfaces of the tied routes, in the kernel's order.
+        /// Interfaces of the tied routes, in the kernel's order (a drop route is named
+        /// by its type: `blackhole`, `unreachable`, `prohibit`).
         interfaces: Vec<String>,
         /// Gateways of the tied routes, in the same order.
         gateways: Vec<Option<String>>,
@@ -143,6 +146,26 @@ pub enum FindingKind {
         /// Whether the kernel merged the tied routes into one multipath (ECMP) route,
         /// as it does for IPv6 routes added over netlink with the same metric.
         multipath: bool,
+    },
+    /// Cilium's default-route lookup fails, or resolves to no usable device, for a
+    /// family the agent uses (see [`crate::cilium`]).
+    CiliumDefaultRoute {
+        /// Address family.
+        family: Family,
+        /// The lookup's outcome (never `ok`).
+        outcome: Outcome,
+        /// The device Cilium would take, if any.
+        device: Option<String>,
+        /// The exact error Cilium would get, if any.
+        error: Option<String>,
+    },
+    /// With both families enabled, the IPv4 and IPv6 default routes leave by
+    /// different links, which `NodeDeviceWithDefaultRoute` rejects.
+    CiliumDualStackLinks {
+        /// The IPv4 default route's device.
+        ipv4_device: String,
+        /// The IPv6 default route's device.
+        ipv6_device: String,
     },
     /// Packets left by one interface with a source address of another.
     CrossEniEgress {
@@ -232,6 +255,13 @@ impl Finding {
                 primary,
                 ..
             } => format!("primary_not_preferred/{family}/{table}/{primary}"),
+            FindingKind::CiliumDefaultRoute {
+                family, outcome, ..
+            } => format!("cilium_default_route/{family}/{outcome}"),
+            FindingKind::CiliumDualStackLinks {
+                ipv4_device,
+                ipv6_device,
+            } => format!("cilium_dual_stack_links/{ipv4_device}/{ipv6_device}"),
             FindingKind::CrossEniEgress {
                 egress_interface,
                 source_interface,
@@ -254,6 +284,8 @@ impl Finding {
         match self.kind {
             FindingKind::EqualMetricDefaultRoutes { .. } => "equal_metric_default_routes",
             FindingKind::PrimaryNotPreferred { .. } => "primary_not_preferred",
+            FindingKind::CiliumDefaultRoute { .. } => "cilium_default_route",
+            FindingKind::CiliumDualStackLinks { .. } => "cilium_dual_stack_links",
             FindingKind::CrossEniEgress { .. } => "cross_eni_egress",
             FindingKind::AsymmetricFlow { .. } => "asymmetric_flow",
             FindingKind::StrictRpFilter { .. } => "strict_rp_filter",
@@ -267,8 +299,10 @@ pub fn evaluate(
     model: &NetworkModel,
     preferred: &crate::preference::RouteIndexSet,
     primary: Option<&Primary>,
+    cilium: &Verdict,
 ) -> Vec<Finding> {
-    let mut findings = equal_metric_default_routes(model, primary);
+    let mut findings = cilium_findings(model, cilium, primary);
+    findings.extend(equal_metric_default_routes(model, primary, cilium));
     findings.extend(primary_not_preferred(model, preferred, primary));
     findings.extend(strict_rp_filter(model, preferred));
     findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
@@ -325,6 +359,15 @@ struct Exit<'a> {
 }
 
 fn exits<'a>(model: &NetworkModel, route: &'a Route) -> Vec<Exit<'a>> {
+    if route.rejects() {
+        // A drop route leaves by no interface (IPv6 gives it lo): it is named by its
+        // type.
+        return vec![Exit {
+            dev: route.kind.to_string(),
+            gateway: None,
+            route,
+        }];
+    }
     route
         .nexthops
         .iter()
@@ -338,70 +381,180 @@ fn exits<'a>(model: &NetworkModel, route: &'a Route) -> Vec<Exit<'a>> {
         .collect()
 }
 
-fn tie_message(
-    family: Family,
-    table: &str,
-    metric: u32,
-    tied: &[Exit<'_>],
-    best: bool,
-    multipath: bool,
-) -> String {
-    let listed = tied
-        .iter()
-        .map(|e| match &e.gateway {
-            Some(gw) => format!("via {gw} dev {}", e.dev),
-            None => format!("dev {}", e.dev),
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
-    let n = tied.len();
-    if !best {
-        return format!(
-            "{n} backup {family} default routes in table {table} share metric {metric} ({listed}): \
-             if the preferred route fails, the fallback uplink is ambiguous."
-        );
-    }
-    let mut message = format!(
-        "{n} {family} default routes in table {table} share the best metric {metric} ({listed})"
-    );
-    if multipath {
-        message.push_str(
-            ": the kernel merged them into one multipath route and spreads flows over the uplinks \
-             by hash, so replies may leave by a different ENI than requests came in on.",
-        );
-    } else {
-        message.push_str(
-            ": the kernel alternates between them, so egress leaves by either uplink and \
-             replies may leave by a different ENI than requests came in on.",
-        );
-        if table == "main" {
-            message.push_str(
-                " The Cilium agent refuses to start in this state (\"Found multiple default \
-                 routes with the same priority\").",
-            );
-        }
-    }
-    message
+/// The priorities of the policy rules that look up `table_id`; `None` when the model
+/// holds no rules of the family (not read), so that every table counts as used.
+fn rules_using(model: &NetworkModel, family: Family, table_id: u32) -> Option<Vec<u32>> {
+    let mut rules = model.rules.iter().filter(|r| r.family == family).peekable();
+    rules.peek()?;
+    Some(
+        rules
+            .filter(|r| r.action == "lookup" && r.table == table_id)
+            .map(|r| r.priority)
+            .collect(),
+    )
 }
 
-fn equal_metric_default_routes(model: &NetworkModel, primary: Option<&Primary>) -> Vec<Finding> {
+/// What the kernel does with default routes tied at the best metric, as its code
+/// does it (see README "What the kernel does with tied default routes").
+fn kernel_behaviour(family: Family, tied: &[Exit<'_>], multipath: bool) -> String {
+    let reject = tied.iter().find(|e| e.route.rejects());
+    if let Some(reject) = reject {
+        let kind = reject.route.kind;
+        return match family {
+            Family::Ipv4 if std::ptr::eq(tied[0].route, reject.route) => format!(
+                "The kernel's lookup returns the first of them in its list, the {kind} route, \
+                 so the traffic this table routes by default is dropped."
+            ),
+            Family::Ipv4 => format!(
+                "The kernel's lookup returns the first of them in its list ({}); the {kind} \
+                 route behind it drops the traffic as soon as that route is removed or re-added \
+                 behind it.",
+                tied[0].describe()
+            ),
+            Family::Ipv6 => format!(
+                "Which of them a lookup returns is decided per lookup by the kernel's route \
+                 scoring (rt6_select); packets that take the {kind} route are dropped."
+            ),
+        };
+    }
+    if multipath {
+        return "The kernel treats them as one multipath route and hashes each flow onto one \
+                of the uplinks, so replies may leave by a different ENI than the requests came \
+                in on."
+            .to_owned();
+    }
+    match family {
+        Family::Ipv4 => format!(
+            "The kernel does not balance them. Forwarded traffic (pods) takes the first in the \
+             kernel's list ({}); traffic the node sends itself takes, by fib_select_default, the \
+             first whose gateway's neighbour entry has not failed, and moves to the next when \
+             that entry goes stale or fails. So egress can change uplink without any route \
+             change, and replies may leave by a different ENI than the requests came in on.",
+            tied[0].describe()
+        ),
+        Family::Ipv6 => "The kernel keeps them as separate routes (router-advertised, \
+             nexthop-object and device-only routes are not merged into one multipath route) and \
+             uses one at a time, chosen per lookup by the gateways' neighbour reachability \
+             (rt6_select), so egress can change uplink and replies may leave by a different \
+             ENI than the requests came in on."
+            .to_owned(),
+    }
+}
+
+impl Exit<'_> {
+    fn describe(&self) -> String {
+        if self.route.rejects() {
+            return self.route.kind.to_string();
+        }
+        match &self.gateway {
+            Some(gw) => format!("via {gw} dev {}", self.dev),
+            None => format!("dev {}", self.dev),
+        }
+    }
+}
+
+/// Ties between default routes of one table and family at one metric: what the
+/// kernel does with them, how much of the node's traffic they concern, and whether
+/// Cilium's default-route lookup fails on them too.
+fn equal_metric_default_routes(
+    model: &NetworkModel,
+    primary: Option<&Primary>,
+    cilium: &Verdict,
+) -> Vec<Finding> {
+    let mut groups: BTreeMap<(Family, u32), Vec<&Route>> = BTreeMap::new();
+    for route in &model.routes {
+        if route.is_default() && (route.forwards() || route.rejects()) {
+            groups
+                .entry((route.family, route.table))
+                .or_default()
+                .push(route);
+        }
+    }
     let mut findings = Vec::new();
-    for ((family, table_id), routes) in default_route_groups(model) {
+    for ((family, table_id), mut routes) in groups {
+        routes.sort_by_key(|r| (r.metric, r.order));
         let mut by_metric: BTreeMap<u32, Vec<Exit<'_>>> = BTreeMap::new();
-        for (_, route) in &routes {
+        for route in &routes {
             by_metric
                 .entry(route.metric)
                 .or_default()
                 .extend(exits(model, route));
         }
-        let best_metric = routes.first().map(|(_, r)| r.metric);
+        let best_metric = routes.first().map(|r| r.metric);
+        let used_by = rules_using(model, family, table_id);
+        let unused = used_by.as_ref().is_some_and(Vec::is_empty);
         for (metric, tied) in by_metric.into_iter().filter(|(_, tied)| tied.len() > 1) {
             let best = Some(metric) == best_metric;
             let multipath = tied.iter().any(|e| e.route.nexthops.len() > 1);
             let table = table_name(table_id);
-            let message = tie_message(family, &table, metric, &tied, best, multipath);
+            let listed = tied
+                .iter()
+                .map(Exit::describe)
+                .collect::<Vec<_>>()
+                .join(", ");
+            let n = tied.len();
+            let mut message;
+            let severity;
+            if !best {
+                message = format!(
+                    "{n} backup {family} default routes in table {table} share metric {metric} \
+                     ({listed}): if the preferred route fails, the fallback uplink is ambiguous."
+                );
+                severity = Severity::Warning;
+            } else {
+                message = format!(
+                    "{n} {family} default routes in table {table} share the best metric {metric} \
+                     ({listed}). {}",
+                    kernel_behaviour(family, &tied, multipath)
+                );
+                // IPv4 uses the first route of its list: a drop route behind a real one
+                // drops nothing yet.
+                let reject_behind = family == Family::Ipv4
+                    && !tied[0].route.rejects()
+                    && tied.iter().any(|e| e.route.rejects());
+                severity = if unused {
+                    Severity::Info
+                } else if reject_behind {
+                    Severity::Warning
+                } else {
+                    Severity::Critical
+                };
+            }
+            if unused {
+                message.push_str(&format!(
+                    " No policy rule looks up table {table}, so no traffic uses these routes now."
+                ));
+            } else if let Some(used_by) = used_by.as_ref().filter(|_| table_id != table::MAIN) {
+                let rules = used_by
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                message.push_str(&format!(
+                    " This concerns the traffic that the policy rule(s) with priority {rules} \
+                     send to table {table}."
+                ));
+            }
+            let cilium_family = cilium.family(family);
+            if best
+                && table_id == table::MAIN
+                && cilium_family.enabled
+                && cilium_family.outcome == crate::cilium::Outcome::Tie
+            {
+                message.push_str(
+                    " Cilium's default-route lookup fails on this tie too (see the \
+                     cilium_default_route finding).",
+                );
+            }
             let interfaces: Vec<String> = tied.iter().map(|e| e.dev.clone()).collect();
-            let fix_on = primary.map_or_else(|| interfaces[0].clone(), |p| p.name.clone());
+            let fix_on = primary.map_or_else(
+                || {
+                    tied.iter()
+                        .find(|e| !e.route.rejects())
+                        .map_or_else(|| interfaces[0].clone(), |e| e.dev.clone())
+                },
+                |p| p.name.clone(),
+            );
             findings.push(Finding {
                 kind: FindingKind::EqualMetricDefaultRoutes {
                     family,
@@ -412,15 +565,130 @@ fn equal_metric_default_routes(model: &NetworkModel, primary: Option<&Primary>) 
                     best,
                     multipath,
                 },
-                severity: if best {
-                    Severity::Critical
-                } else {
-                    Severity::Warning
-                },
+                severity,
                 message,
                 remediation: networkd_remediation(&fix_on, family),
             });
         }
+    }
+    findings
+}
+
+/// Findings from Cilium's verdict, for the families the agent uses.
+fn cilium_findings(
+    model: &NetworkModel,
+    cilium: &Verdict,
+    primary: Option<&Primary>,
+) -> Vec<Finding> {
+    use crate::cilium::Outcome;
+    let mut findings = Vec::new();
+    for verdict in cilium.per_family.iter().filter(|v| v.enabled) {
+        let family = verdict.family;
+        let error = verdict.error.clone().unwrap_or_default();
+        let route = verdict.route.map(|i| &model.routes[i]);
+        let fix_on = primary.map_or_else(
+            || route.map_or_else(|| "<primary>".to_owned(), |r| model.route_devices(r)),
+            |p| p.name.clone(),
+        );
+        let (severity, message, remediation) = match verdict.outcome {
+            Outcome::Ok => continue,
+            Outcome::Tie => (
+                Severity::Critical,
+                format!(
+                    "Cilium's default-route lookup for {family} fails: the two best {family} \
+                     default routes of table main have the same metric, and Cilium \
+                     (lookupDefaultRoute) stops with \"{error}\". The agent needs this lookup in \
+                     ENI IPAM mode, for egress gateway policies that name no interface, and for \
+                     IPsec; depending on the version it exits at start or reports degraded health \
+                     and retries."
+                ),
+                networkd_remediation(&fix_on, family),
+            ),
+            Outcome::NoDefaultRoute => (
+                Severity::Warning,
+                format!(
+                    "Cilium's default-route lookup for {family} fails with \"{error}\": table main \
+                     has no {family} default route (Cilium does not look at other tables). This \
+                     matters in ENI IPAM mode, for egress gateway policies that name no \
+                     interface, and for IPsec."
+                ),
+                format!(
+                    "Give the node a {family} default route in table main, or run Cilium without \
+                     {family} (--cilium-family tells routemon which families the agent uses)."
+                ),
+            ),
+            Outcome::MultipathDefault => (
+                Severity::Warning,
+                format!(
+                    "Cilium's default-route lookup for {family} returns one multipath route ({}), \
+                     which is not a tie, but it has no single output interface: resolving the \
+                     node's default-route device fails with \"{error}\". Only Cilium features that \
+                     need that device fail (ENI IPAM, egress gateway policies that name no \
+                     interface, IPsec); others are unaffected.",
+                    route.map(|r| model.route_devices(r)).unwrap_or_default()
+                ),
+                format!(
+                    "Replace the multipath default by single default routes with distinct \
+                     metrics. {}",
+                    networkd_remediation(&fix_on, family)
+                ),
+            ),
+            Outcome::RejectDefault => {
+                let kind = route.map(|r| r.kind.to_string()).unwrap_or_default();
+                let consequence = match &verdict.device {
+                    Some(dev) => {
+                        format!("Cilium would take {dev} as the node's default-route device")
+                    }
+                    None => {
+                        format!("resolving the node's default-route device fails with \"{error}\"")
+                    }
+                };
+                (
+                    Severity::Warning,
+                    format!(
+                        "The best {family} default route of table main is a {kind} route: the kernel \
+                         drops traffic that only the default route matches, and Cilium's lookup \
+                         returns it, so {consequence}."
+                    ),
+                    format!(
+                        "Remove the {kind} default route or give it a higher metric than the real \
+                         default route."
+                    ),
+                )
+            }
+        };
+        findings.push(Finding {
+            kind: FindingKind::CiliumDefaultRoute {
+                family,
+                outcome: verdict.outcome,
+                device: verdict.device.clone(),
+                error: verdict.error.clone(),
+            },
+            severity,
+            message,
+            remediation,
+        });
+    }
+    if let Some((ipv4_device, ipv6_device)) = cilium.dual_stack_links(model) {
+        findings.push(Finding {
+            kind: FindingKind::CiliumDualStackLinks {
+                ipv4_device: ipv4_device.clone(),
+                ipv6_device: ipv6_device.clone(),
+            },
+            severity: Severity::Warning,
+            message: format!(
+                "The IPv4 default route leaves by {ipv4_device} and the IPv6 one by {ipv6_device}: \
+                 Cilium's NodeDeviceWithDefaultRoute, asked for both families, fails with \
+                 \"{}\". Cilium calls it with both families in ENI IPAM mode with IPv6 enabled \
+                 (up to 1.19) and for IPsec (up to 1.17).",
+                crate::cilium::DIFFERENT_LINKS_ERROR
+            ),
+            remediation: format!(
+                "Make both families' best default routes leave by the same interface \
+                 ({ipv4_device}): pin the primary's IPv4 and IPv6 metrics ([DHCPv4] and \
+                 [IPv6AcceptRA] RouteMetric=1000 in 05-{ipv4_device}.network)."
+            ),
+        });
     }
     findings
 }
@@ -680,8 +948,25 @@ mod tests {
         }
     }
 
+    fn with_cilium(
+        model: &NetworkModel,
+        primary: Option<&Primary>,
+        families: crate::cilium::CiliumFamilies,
+    ) -> Vec<Finding> {
+        evaluate(
+            model,
+            &preferred_routes(model),
+            primary,
+            &Verdict::of(model, families),
+        )
+    }
+
+    /// The findings other than Cilium's verdict (tested in `cilium_*` below).
     fn run(model: &NetworkModel, primary: Option<&Primary>) -> Vec<Finding> {
-        evaluate(model, &preferred_routes(model), primary)
+        with_cilium(model, primary, crate::cilium::CiliumFamilies::Ipv4)
+            .into_iter()
+            .filter(|f| !f.kind_name().starts_with("cilium_"))
+            .collect()
     }
 
     fn eks(metric5: u32, metric6: u32) -> NetworkModel {
@@ -725,7 +1010,8 @@ mod tests {
             gateways,
             &[Some("10.0.1.1".to_owned()), Some("10.0.2.1".to_owned())]
         );
-        assert!(f.message.contains("Cilium"));
+        assert!(f.message.contains("fib_select_default"), "{}", f.message);
+        assert!(f.message.contains("see the cilium_default_route finding"));
         assert!(f.remediation.contains("05-ens5.network"));
         assert!(f.remediation.contains("[DHCPv4] RouteMetric=1000"));
     }
@@ -804,7 +1090,10 @@ mod tests {
         ecmp.nexthops.push(crate::model::NextHop {
             gateway: Some("fd00:2::1".parse().unwrap()),
             ifindex: Some(3),
+            hops: 0,
+            flags: 0,
         });
+        ecmp.multipath = true;
         push_routes(&mut model, [ecmp]);
         let findings = run(&model, Some(&primary(2, "ens5")));
         assert_eq!(findings.len(), 1, "{findings:#?}");
@@ -820,6 +1109,144 @@ mod tests {
         assert!(*multipath);
         assert_eq!(findings[0].severity, Severity::Critical);
         assert!(findings[0].message.contains("multipath"));
+        assert!(
+            !findings[0].message.contains("Cilium"),
+            "one multipath route is no tie for Cilium"
+        );
+        let cilium = with_cilium(
+            &model,
+            Some(&primary(2, "ens5")),
+            crate::cilium::CiliumFamilies::Ipv6,
+        );
+        let cilium = cilium
+            .iter()
+            .find(|f| f.kind_name() == "cilium_default_route")
+            .unwrap();
+        assert_eq!(cilium.severity, Severity::Warning);
+        assert!(matches!(
+            cilium.kind,
+            FindingKind::CiliumDefaultRoute {
+                outcome: Outcome::MultipathDefault,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn cilium_findings_only_for_enabled_families() {
+        use crate::cilium::CiliumFamilies;
+        let mut model = eks(1024, 1024);
+        push_routes(
+            &mut model,
+            [
+                route("::/0", 2, Some("fe80::1"), 1024, table::MAIN),
+                route("::/0", 3, Some("fe80::2"), 1024, table::MAIN),
+            ],
+        );
+        let cilium_kinds = |families| -> Vec<(String, Severity)> {
+            with_cilium(&model, None, families)
+                .into_iter()
+                .filter_map(|f| match &f.kind {
+                    FindingKind::CiliumDefaultRoute {
+                        family, outcome, ..
+                    } => Some((format!("{family}/{outcome}"), f.severity)),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(
+            cilium_kinds(CiliumFamilies::Ipv4),
+            [("ipv4/tie".to_owned(), Severity::Critical)]
+        );
+        assert_eq!(
+            cilium_kinds(CiliumFamilies::Ipv6),
+            [("ipv6/tie".to_owned(), Severity::Critical)]
+        );
+        assert_eq!(cilium_kinds(CiliumFamilies::Dual).len(), 2);
+        let tie = with_cilium(&model, None, CiliumFamilies::Ipv4);
+        let tie = tie
+            .iter()
+            .find(|f| f.kind_name() == "cilium_default_route")
+            .unwrap();
+        assert!(tie.message.contains(
+            "Found multiple default routes with the same priority: {Ifindex: 2 Dst: 0.0.0.0/0"
+        ));
+    }
+
+    #[test]
+    fn ties_in_unused_tables_are_info_and_in_rule_tables_critical() {
+        let mut model = model_with_links(&["lo", "ens5", "ens6"]);
+        push_routes(
+            &mut model,
+            [
+                default_route(2, Some("10.0.1.1"), 1000, table::MAIN),
+                default_route(2, Some("10.0.1.1"), 0, 100),
+                default_route(3, Some("10.0.2.1"), 0, 100),
+            ],
+        );
+        let rule = |priority, table| crate::model::Rule {
+            family: Family::Ipv4,
+            priority,
+            table,
+            src: None,
+            dst: None,
+            iif: None,
+            oif: None,
+            fwmark: None,
+            action: "lookup".to_owned(),
+        };
+        model.rules = vec![rule(32766, table::MAIN)];
+        let findings = run(&model, Some(&primary(2, "ens5")));
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        assert_eq!(findings[0].severity, Severity::Info);
+        assert!(
+            findings[0]
+                .message
+                .contains("No policy rule looks up table 100")
+        );
+        model.rules.push(rule(100, 100));
+        let findings = run(&model, Some(&primary(2, "ens5")));
+        assert_eq!(findings[0].severity, Severity::Critical);
+        assert!(
+            findings[0].message.contains("priority 100"),
+            "{}",
+            findings[0].message
+        );
+    }
+
+    #[test]
+    fn blackhole_tied_with_a_real_default_is_reported() {
+        let mut model = model_with_links(&["lo", "ens5"]);
+        let mut blackhole = default_route(2, None, 100, table::MAIN);
+        blackhole.kind = crate::model::RouteKind::Blackhole;
+        blackhole.nexthops.clear();
+        // The kernel lists the blackhole first: it is what lookups return.
+        push_routes(
+            &mut model,
+            [
+                blackhole.clone(),
+                default_route(2, Some("10.0.1.1"), 100, table::MAIN),
+            ],
+        );
+        let findings = run(&model, Some(&primary(2, "ens5")));
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        assert_eq!(findings[0].severity, Severity::Critical);
+        assert!(
+            findings[0]
+                .message
+                .contains("the blackhole route, so the traffic")
+        );
+        // Behind the real route it drops nothing yet.
+        let mut model = model_with_links(&["lo", "ens5"]);
+        push_routes(
+            &mut model,
+            [
+                default_route(2, Some("10.0.1.1"), 100, table::MAIN),
+                blackhole,
+            ],
+        );
+        let findings = run(&model, Some(&primary(2, "ens5")));
+        assert_eq!(findings[0].severity, Severity::Warning);
     }
 
     #[test]
@@ -861,7 +1288,7 @@ mod tests {
 
     #[test]
     fn a_tie_that_includes_the_primary_is_only_the_tie() {
-        // Whatever the order, a tie is one finding: the kernel alternates between them.
+        // Whatever the order, a tie is one finding.
         let mut model = model_with_links(&["lo", "ens5", "ens6"]);
         push_routes(
             &mut model,

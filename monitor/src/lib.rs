@@ -7,6 +7,7 @@
 //! [`preference`] and [`findings`] judge the state; [`report`] and [`output`] print it.
 
 pub mod attribution;
+pub mod cilium;
 pub mod cli;
 pub mod commands;
 pub mod doctor;

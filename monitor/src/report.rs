@@ -35,6 +35,8 @@ pub struct Report {
     pub routes: Vec<RouteReport>,
     /// Policy routing rules of both families, in priority order.
     pub rules: Vec<RuleReport>,
+    /// Cilium's default-route verdict, one entry per family (IPv4 first).
+    pub cilium: Vec<crate::cilium::FamilyVerdict>,
     /// Findings, most severe first.
     pub findings: Vec<Finding>,
 }
@@ -214,6 +216,8 @@ pub struct ReportInput<'a> {
     pub primary: Option<&'a Primary>,
     /// Indexes of preferred routes.
     pub preferred: &'a crate::preference::RouteIndexSet,
+    /// Cilium's default-route verdict.
+    pub cilium: &'a crate::cilium::Verdict,
     /// Findings.
     pub findings: Vec<Finding>,
     /// Counters, for snapshots.
@@ -228,6 +232,7 @@ impl Report {
             monitored,
             primary,
             preferred,
+            cilium,
             findings,
             measured,
         } = input;
@@ -316,6 +321,7 @@ impl Report {
             interfaces,
             routes,
             rules,
+            cilium: cilium.per_family.clone(),
             findings,
         }
     }

@@ -43,12 +43,17 @@ pub fn route(dst: &str, ifindex: u32, gateway: Option<&str>, metric: u32, table:
         nexthops: smallvec::smallvec![NextHop {
             gateway,
             ifindex: Some(ifindex),
+            hops: 0,
+            flags: 0,
         }],
         metric,
         protocol: 16,
         scope: 0,
         kind: RouteKind::Unicast,
         pref_src: None,
+        flags: 0,
+        realm: 0,
+        multipath: false,
         order: 0,
     }
 }

@@ -182,7 +182,9 @@ fn human_output_has_aligned_sections() {
     for section in [
         "INTERFACES (primary: ens5",
         "DEFAULT ROUTES",
-        "FINDINGS (1)",
+        "CILIUM (default-route lookup, Cilium's rules)",
+        "FINDINGS (2)",
+        "[CRITICAL] cilium_default_route",
         "[CRITICAL] equal_metric_default_routes",
     ] {
         assert!(

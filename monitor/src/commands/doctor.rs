@@ -121,7 +121,7 @@ async fn check_networkd(
     let outcome = networkd::check(&config, &present, args.primary.as_deref());
     let mut checks = outcome.checks;
     if let Some(model) = &model {
-        checks.extend(live_checks(model, &outcome.predictions));
+        checks.extend(live_checks(model, &outcome.predictions, args.cilium_family));
     }
     if let Some(dir) = &args.fix {
         checks.extend(write_fixes(
@@ -149,7 +149,11 @@ fn location(dirs: &[PathBuf]) -> Location {
 
 /// The running node against the prediction: each present ENI's IPv4 default
 /// routes in the main table, and the live findings.
-fn live_checks(model: &NetworkModel, predictions: &[networkd::Prediction]) -> Vec<Check> {
+fn live_checks(
+    model: &NetworkModel,
+    predictions: &[networkd::Prediction],
+    cilium_family: crate::cilium::CiliumFamilies,
+) -> Vec<Check> {
     let mut checks = Vec::new();
     for prediction in predictions.iter().filter(|p| p.present) {
         let Some(link) = model
@@ -192,7 +196,39 @@ fn live_checks(model: &NetworkModel, predictions: &[networkd::Prediction]) -> Ve
         checks.push(check);
     }
     let preferred = crate::preference::preferred_default_routes(model);
-    for finding in crate::findings::evaluate(model, &preferred, None) {
+    let cilium = crate::cilium::Verdict::of(model, cilium_family);
+    for verdict in &cilium.per_family {
+        let status = match (verdict.enabled, verdict.outcome) {
+            (_, crate::cilium::Outcome::Ok) | (false, _) => Status::Ok,
+            (true, crate::cilium::Outcome::Tie) => Status::Error,
+            (true, _) => Status::Warning,
+        };
+        let device = verdict.device.as_deref().unwrap_or("none");
+        let mut text = format!(
+            "Cilium's {} default-route lookup: {} (device {device})",
+            verdict.family, verdict.outcome
+        );
+        if let Some(error) = &verdict.error {
+            text.push_str(&format!(": \"{error}\""));
+        }
+        if !verdict.enabled {
+            text.push_str(" — family not used by the agent (--cilium-family)");
+        }
+        checks.push(Check::new(
+            "live.cilium",
+            status,
+            Location {
+                source: "live".into(),
+                path: Some(verdict.family.to_string()),
+                line: None,
+            },
+            text,
+        ));
+    }
+    for finding in crate::findings::evaluate(model, &preferred, None, &cilium) {
+        if finding.kind_name() == "cilium_default_route" {
+            continue; // reported above as live.cilium
+        }
         let status = match finding.severity {
             crate::findings::Severity::Critical => Status::Error,
             _ => Status::Warning,

@@ -32,6 +32,8 @@ pub struct Investigation {
     pub primary: Option<Primary>,
     /// Indexes of preferred routes in `model.routes`.
     pub preferred: crate::preference::RouteIndexSet,
+    /// Cilium's default-route verdict.
+    pub cilium: crate::cilium::Verdict,
     /// Findings.
     pub findings: Vec<Finding>,
 }
@@ -43,12 +45,14 @@ impl Investigation {
         let monitored = selection::select_interfaces(&model, &args.interfaces)?;
         let primary = selection::primary_interface(&model, args.primary.as_deref())?;
         let preferred = preference::preferred_routes(&model);
-        let findings = findings::evaluate(&model, &preferred, primary.as_ref());
+        let cilium = crate::cilium::Verdict::of(&model, args.cilium_family);
+        let findings = findings::evaluate(&model, &preferred, primary.as_ref(), &cilium);
         Ok(Self {
             model,
             monitored,
             primary,
             preferred,
+            cilium,
             findings,
         })
     }

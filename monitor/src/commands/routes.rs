@@ -16,6 +16,7 @@ pub async fn run(args: &RoutesArgs) -> anyhow::Result<()> {
         monitored: &found.monitored,
         primary: found.primary.as_ref(),
         preferred: &found.preferred,
+        cilium: &found.cilium,
         findings: found.findings.clone(),
         measured: None,
     });

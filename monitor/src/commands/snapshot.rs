@@ -119,6 +119,7 @@ pub async fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
         monitored: &found.monitored,
         primary: found.primary.as_ref(),
         preferred: &found.preferred,
+        cilium: &found.cilium,
         findings,
         measured: Some(Measured {
             interfaces: &interfaces,

@@ -36,6 +36,7 @@ pub async fn run(args: &TopArgs) -> anyhow::Result<()> {
         primary: args.primary.clone(),
         json: false,
         all_tables: false,
+        cilium_family: crate::cilium::CiliumFamilies::default(),
     };
     let counting = Counting::start(&netlink, &selection, args.attach).await?;
     let shown = show(&counting, args, &mut shutdown).await;

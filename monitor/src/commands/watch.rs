@@ -26,6 +26,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
         attach: args.attach,
         interval: args.interval,
         netlink_buffer: args.netlink_buffer,
+        cilium_family: args.cilium_family,
     })
     .await
 }

@@ -164,7 +164,10 @@ pub fn route(msg: &RouteMessage, order: usize) -> Option<Route> {
     let mut single = NextHop {
         gateway: None,
         ifindex: None,
+        hops: 0,
+        flags: 0,
     };
+    let mut realm = 0;
     let mut multipath = NextHops::new();
     for attr in &msg.attributes {
         match attr {
@@ -175,6 +178,9 @@ pub fn route(msg: &RouteMessage, order: usize) -> Option<Route> {
             RouteAttribute::Gateway(addr) => single.gateway = route_ip(addr),
             RouteAttribute::Via(via) => single.gateway = via_ip(via),
             RouteAttribute::Oif(index) => single.ifindex = Some(*index),
+            RouteAttribute::Realm(r) => {
+                realm = (u32::from(r.source) << 16) | u32::from(r.destination)
+            }
             RouteAttribute::MultiPath(hops) => {
                 multipath = hops
                     .iter()
@@ -185,6 +191,8 @@ pub fn route(msg: &RouteMessage, order: usize) -> Option<Route> {
                             _ => None,
                         }),
                         ifindex: (hop.interface_index != 0).then_some(hop.interface_index),
+                        hops: hop.hops,
+                        flags: hop.flags.bits(),
                     })
                     .collect();
             }
@@ -196,7 +204,8 @@ pub fn route(msg: &RouteMessage, order: usize) -> Option<Route> {
         Family::Ipv6 => IpAddr::from([0u8; 16]),
     });
     let dst = IpNet::new(dst_ip, msg.header.destination_prefix_length).ok()?;
-    let nexthops = if !multipath.is_empty() {
+    let is_multipath = !multipath.is_empty();
+    let nexthops = if is_multipath {
         multipath
     } else if single.gateway.is_some() || single.ifindex.is_some() {
         smallvec::smallvec![single]
@@ -213,6 +222,9 @@ pub fn route(msg: &RouteMessage, order: usize) -> Option<Route> {
         scope: u8::from(msg.header.scope),
         kind: route_kind(msg.header.kind),
         pref_src,
+        flags: msg.header.flags.bits(),
+        realm,
+        multipath: is_multipath,
         order,
     })
 }

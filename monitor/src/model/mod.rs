@@ -163,6 +163,11 @@ pub struct NextHop {
     pub gateway: Option<IpAddr>,
     /// Output interface index.
     pub ifindex: Option<u32>,
+    /// `rtnh_hops` of a multipath next hop: its weight minus one (0 for a single hop).
+    pub hops: u8,
+    /// `rtnh_flags` of a multipath next hop (`RTNH_F_*`; 0 for a single hop, whose
+    /// flags are the route's [`Route::flags`]).
+    pub flags: u8,
 }
 
 /// Route type (`RTN_*`), restricted to what matters for egress.
@@ -224,6 +229,15 @@ pub struct Route {
     pub kind: RouteKind,
     /// Preferred source address (`src` in `ip route`).
     pub pref_src: Option<IpAddr>,
+    /// `rtm_flags`: the next-hop flags of a single-hop route (`RTNH_F_ONLINK`,
+    /// `RTNH_F_LINKDOWN`, …) and the message flags (`RTM_F_CLONED`, …).
+    pub flags: u32,
+    /// `RTA_FLOW`: the route's realms (destination in the low 16 bits), 0 when absent.
+    pub realm: u32,
+    /// Whether the kernel sent the next hops as `RTA_MULTIPATH`: an IPv4
+    /// `nexthop … nexthop …` route, IPv6 routes the kernel merged, or a nexthop
+    /// group. Such a route has no `RTA_OIF` of its own.
+    pub multipath: bool,
     /// Position in the kernel's dump. Among routes of equal prefix and metric the
     /// kernel's IPv4 FIB uses the first one it lists.
     pub order: usize,
@@ -257,6 +271,25 @@ impl Route {
     /// Whether one of the route's next hops leaves by `ifindex`.
     pub fn uses_ifindex(&self, ifindex: u32) -> bool {
         self.nexthops.iter().any(|nh| nh.ifindex == Some(ifindex))
+    }
+
+    /// `RTA_OIF` as a netlink library reads it: the single next hop's interface, 0
+    /// for a multipath route or a route without an output device (an IPv4
+    /// blackhole, unreachable or prohibit route).
+    pub fn oif(&self) -> u32 {
+        if self.multipath {
+            0
+        } else {
+            self.nexthops.first().and_then(|nh| nh.ifindex).unwrap_or(0)
+        }
+    }
+
+    /// Whether the route drops what it matches (blackhole, unreachable, prohibit).
+    pub fn rejects(&self) -> bool {
+        matches!(
+            self.kind,
+            RouteKind::Blackhole | RouteKind::Unreachable | RouteKind::Prohibit
+        )
     }
 
     /// The first next hop's gateway.

@@ -159,8 +159,31 @@ pub fn render(report: &Report, options: HumanOptions) -> String {
     }
 
     out.push('\n');
+    render_cilium(&mut out, &report.cilium);
+    out.push('\n');
     render_findings(&mut out, &report.findings);
     out
+}
+
+/// One line per family: what Cilium's default-route lookup concludes.
+fn render_cilium(out: &mut String, verdicts: &[crate::cilium::FamilyVerdict]) {
+    out.push_str("CILIUM (default-route lookup, Cilium's rules)\n");
+    for v in verdicts {
+        let used = if v.enabled {
+            ""
+        } else {
+            "  (not used by the agent)"
+        };
+        let device = v.device.as_deref().unwrap_or("-");
+        let _ = writeln!(
+            out,
+            "  {:<5} {:<18} device {device}{used}",
+            v.family, v.outcome
+        );
+        if let Some(error) = &v.error {
+            let _ = writeln!(out, "{}", wrap(&format!("error: {error}"), 8, 92));
+        }
+    }
 }
 
 /// Flows listed per interface in the text output (JSON has up to ten).

@@ -107,6 +107,7 @@ impl TopState {
             monitored: &found.monitored,
             primary: found.primary.as_ref(),
             preferred: &found.preferred,
+            cilium: &found.cilium,
             findings: Vec::new(),
             measured: Some(Measured {
                 interfaces: &interfaces,

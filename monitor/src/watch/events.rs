@@ -48,6 +48,16 @@ impl RouteLabels {
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
+    /// Cilium's default-route verdict for a family has a new outcome (also emitted
+    /// for each family at start, with `previous` null).
+    CiliumVerdictChanged {
+        /// Address family.
+        family: crate::model::Family,
+        /// The outcome before, `null` at the first evaluation.
+        previous: Option<crate::cilium::Outcome>,
+        /// The verdict now: `family`, `enabled`, `outcome`, `device`, `error`.
+        verdict: crate::cilium::FamilyVerdict,
+    },
     /// The daemon started (after the first evaluation).
     Started {
         /// routemon's version.

@@ -51,6 +51,8 @@ pub struct MetricsInput<'a> {
     pub drops: Vec<(String, String, u64)>,
     /// Whether drops are counted (the family is exported only then).
     pub counts_drops: bool,
+    /// Cilium's default-route outcome per family (empty before the first evaluation).
+    pub cilium: Vec<(crate::model::Family, crate::cilium::Outcome)>,
 }
 
 /// Builds an exposition: `# HELP`/`# TYPE` once per family, then samples.
@@ -146,6 +148,19 @@ fn finding_labels(finding: &Finding) -> Vec<(&'static str, String)> {
             ("preferred_interface", preferred.dev.clone()),
         ],
         FindingKind::StrictRpFilter { interface, .. } => vec![("interface", interface.clone())],
+        FindingKind::CiliumDefaultRoute {
+            family, outcome, ..
+        } => vec![
+            ("family", family.to_string()),
+            ("outcome", outcome.to_string()),
+        ],
+        FindingKind::CiliumDualStackLinks {
+            ipv4_device,
+            ipv6_device,
+        } => vec![
+            ("ipv4_device", ipv4_device.clone()),
+            ("ipv6_device", ipv6_device.clone()),
+        ],
         FindingKind::CrossEniEgress {
             egress_interface,
             source_interface,
@@ -168,7 +183,15 @@ fn finding_labels(finding: &Finding) -> Vec<(&'static str, String)> {
 }
 
 /// Finding kinds, each exported as `routemon_finding_<kind>`.
-const FINDING_KINDS: [(&str, &str); 5] = [
+const FINDING_KINDS: [(&str, &str); 7] = [
+    (
+        "cilium_default_route",
+        "Cilium's default-route lookup fails or finds no usable device, for a family the agent uses.",
+    ),
+    (
+        "cilium_dual_stack_links",
+        "The IPv4 and IPv6 default routes leave by different links (Cilium NodeDeviceWithDefaultRoute).",
+    ),
     (
         "equal_metric_default_routes",
         "Default routes of one table and family that share a metric (1 per tie).",
@@ -306,6 +329,28 @@ pub fn render(input: &MetricsInput<'_>) -> String {
             (labels.clone(), n.to_string())
         });
     }
+    let outcomes: Vec<(Vec<(&str, String)>, u8)> = input
+        .cilium
+        .iter()
+        .flat_map(|(family, now)| {
+            crate::cilium::Outcome::ALL.into_iter().map(move |outcome| {
+                (
+                    vec![
+                        ("family", family.to_string()),
+                        ("outcome", outcome.to_string()),
+                    ],
+                    u8::from(outcome == *now),
+                )
+            })
+        })
+        .collect();
+    x.each(
+        "routemon_cilium_default_route_outcome",
+        "gauge",
+        "Cilium's default-route lookup per family, computed with Cilium's rules: 1 for the current outcome (ok, tie, no_default_route, multipath_default, reject_default), 0 for the others.",
+        &outcomes,
+        |(labels, value)| (labels.clone(), value.to_string()),
+    );
     let mut by_severity: BTreeMap<String, u64> =
         [Severity::Critical, Severity::Warning, Severity::Info]
             .map(|s| (s.to_string(), 0))

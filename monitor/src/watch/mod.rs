@@ -86,6 +86,8 @@ pub struct WatchOptions {
     pub interval: Duration,
     /// Netlink receive buffer to ask for.
     pub netlink_buffer: usize,
+    /// The address families the Cilium agent uses.
+    pub cilium_family: crate::cilium::CiliumFamilies,
 }
 
 /// Loads the programs, with their maps pinned under `pin_dir` (taking over what a
@@ -262,6 +264,9 @@ struct Watcher {
     uncounted_routes: usize,
     source_rules: Vec<SourceRule>,
     routing_findings: BTreeMap<String, Finding>,
+    cilium_family: crate::cilium::CiliumFamilies,
+    /// Cilium's verdict as last evaluated (`None` before the first evaluation).
+    cilium: Option<crate::cilium::Verdict>,
     default_routes: BTreeSet<RouteLabels>,
     traffic: TrafficFindings,
     traffic_quiet: Duration,
@@ -312,6 +317,8 @@ impl Watcher {
             uncounted_routes: 0,
             source_rules: Vec::new(),
             routing_findings: BTreeMap::new(),
+            cilium_family: options.cilium_family,
+            cilium: None,
             default_routes: BTreeSet::new(),
             traffic: TrafficFindings::default(),
             traffic_quiet: (options.interval * 6).max(Duration::from_secs(30)),
@@ -559,8 +566,28 @@ impl Watcher {
     fn evaluate_routing(&mut self) {
         let preferred = preference::preferred_default_routes(&self.model);
         let primary = self.primary();
+        let cilium = crate::cilium::Verdict::of(&self.model, self.cilium_family);
+        let changed: Vec<_> = cilium
+            .per_family
+            .iter()
+            .filter(|now| {
+                self.cilium
+                    .as_ref()
+                    .is_none_or(|before| before.family(now.family).outcome != now.outcome)
+            })
+            .collect();
+        for verdict in changed {
+            self.events.emit(Event::CiliumVerdictChanged {
+                family: verdict.family,
+                previous: self
+                    .cilium
+                    .as_ref()
+                    .map(|before| before.family(verdict.family).outcome),
+                verdict: verdict.clone(),
+            });
+        }
         let now: BTreeMap<String, Finding> =
-            findings::evaluate(&self.model, &preferred, primary.as_ref())
+            findings::evaluate(&self.model, &preferred, primary.as_ref(), &cilium)
                 .into_iter()
                 .map(|f| (f.key(), f))
                 .collect();
@@ -580,6 +607,7 @@ impl Watcher {
             }
         }
         self.routing_findings = now;
+        self.cilium = Some(cilium);
 
         let now: BTreeSet<RouteLabels> = self
             .model
@@ -759,6 +787,11 @@ impl Watcher {
             tables,
             drops,
             counts_drops: self.monitor.counts_drops(),
+            cilium: self
+                .cilium
+                .as_ref()
+                .map(|v| v.per_family.iter().map(|f| (f.family, f.outcome)).collect())
+                .unwrap_or_default(),
         })
     }
 }

@@ -38,7 +38,11 @@ impl Identity {
             nexthops: route
                 .nexthops
                 .iter()
-                .map(|NextHop { gateway, ifindex }| (*gateway, *ifindex))
+                .map(
+                    |NextHop {
+                         gateway, ifindex, ..
+                     }| (*gateway, *ifindex),
+                )
                 .collect(),
         }
     }
