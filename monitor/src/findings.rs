@@ -426,10 +426,13 @@ fn kernel_behaviour(family: Family, tied: &[Exit<'_>], multipath: bool) -> Strin
     match family {
         Family::Ipv4 => format!(
             "The kernel does not balance them. Forwarded traffic (pods) takes the first in the \
-             kernel's list ({}); traffic the node sends itself takes, by fib_select_default, the \
-             first whose gateway's neighbour entry has not failed, and moves to the next when \
-             that entry goes stale or fails. So egress can change uplink without any route \
-             change, and replies may leave by a different ENI than the requests came in on.",
+             kernel's list ({}). Traffic the node sends itself goes through fib_select_default \
+             on every route lookup: it stays on the first route while that gateway's neighbour \
+             entry is reachable, rotates to the next route at each lookup while the entry is \
+             only stale, delayed or permanent, and skips a gateway whose entry failed. So \
+             egress can change uplink without any route change (unconnected sends such as DNS \
+             can alternate), and replies may leave by a different ENI than the requests came \
+             in on.",
             tied[0].describe()
         ),
         Family::Ipv6 => "The kernel keeps them as separate routes (router-advertised, \

@@ -2,9 +2,11 @@
 //!
 //! Among routes with the same table and prefix the kernel uses the lowest metric.
 //! When several share the lowest metric there is no single winner: for IPv4 default
-//! routes `fib_select_default()` alternates between the gateways from one lookup to
-//! the next (observed here: unconnected UDP sends split across both uplinks), and
-//! IPv6 either merges them into one multipath route or rotates among routers. Every
+//! routes `fib_select_default()` keeps the node's own traffic on the first route while
+//! its gateway's neighbour entry is reachable and rotates between the gateways from
+//! one lookup to the next while the entries are only stale or permanent (observed
+//! here: unconnected UDP sends split across both uplinks), and IPv6 either merges
+//! them into one multipath route or chooses among routers per lookup. Every
 //! route at the lowest metric is therefore marked preferred, and a tie is what the
 //! `equal_metric_default_routes` finding reports.
 

@@ -106,6 +106,16 @@ fn finish(mut cmd: Command) -> Result<Finished> {
     })
 }
 
+/// The `kind` of every finding of a report, in the report's order.
+pub fn finding_kinds(report: &Value) -> Vec<&str> {
+    report["findings"]
+        .as_array()
+        .expect("findings array")
+        .iter()
+        .map(|f| f["kind"].as_str().expect("finding kind"))
+        .collect()
+}
+
 /// Runs `routemon routes --json <args>` in `ns` and returns the parsed report.
 pub fn routes_json(ns: &NetNs, args: &[&str]) -> Value {
     let mut full = vec!["routes", "--json"];

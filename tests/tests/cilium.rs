@@ -166,6 +166,15 @@ struct Case {
 }
 
 const TIE: &str = "Found multiple default routes with the same priority: ";
+/// eth0's and eth1's gateway defaults at networkd's metric 1024.
+const EQUAL_METRIC_ETH0_ETH1: &[&str] = &[
+    "route add default via 10.0.0.1 dev eth0 metric 1024",
+    "route append default via 10.0.1.1 dev eth1 metric 1024",
+];
+/// Cilium's error for eth0's and eth1's plain gateway defaults at one metric.
+const TIE_ETH0_ETH1: &str = "Found multiple default routes with the same priority: \
+     {Ifindex: {eth0} Dst: 0.0.0.0/0 Src: <nil> Gw: 10.0.0.1 Flags: [] Table: 254 Realm: 0} vs \
+     {Ifindex: {eth1} Dst: 0.0.0.0/0 Src: <nil> Gw: 10.0.1.1 Flags: [] Table: 254 Realm: 0}";
 
 fn cases() -> Vec<Case> {
     vec![
@@ -193,18 +202,11 @@ fn cases() -> Vec<Case> {
         Case {
             name: "networkd's equal metric 1024 on two ENIs",
             cite: "L:532-533",
-            build: Build::Ip(&[
-                "route add default via 10.0.0.1 dev eth0 metric 1024",
-                "route append default via 10.0.1.1 dev eth1 metric 1024",
-            ]),
+            build: Build::Ip(EQUAL_METRIC_ETH0_ETH1),
             family: "ipv4",
             outcome: "tie",
             device: None,
-            error: Some(
-                "Found multiple default routes with the same priority: \
-                 {Ifindex: {eth0} Dst: 0.0.0.0/0 Src: <nil> Gw: 10.0.0.1 Flags: [] Table: 254 Realm: 0} vs \
-                 {Ifindex: {eth1} Dst: 0.0.0.0/0 Src: <nil> Gw: 10.0.1.1 Flags: [] Table: 254 Realm: 0}",
-            ),
+            error: Some(TIE_ETH0_ETH1),
         },
         Case {
             name: "metric 0 and no metric are the same priority",
@@ -216,11 +218,7 @@ fn cases() -> Vec<Case> {
             family: "ipv4",
             outcome: "tie",
             device: None,
-            error: Some(
-                "Found multiple default routes with the same priority: \
-                 {Ifindex: {eth0} Dst: 0.0.0.0/0 Src: <nil> Gw: 10.0.0.1 Flags: [] Table: 254 Realm: 0} vs \
-                 {Ifindex: {eth1} Dst: 0.0.0.0/0 Src: <nil> Gw: 10.0.1.1 Flags: [] Table: 254 Realm: 0}",
-            ),
+            error: Some(TIE_ETH0_ETH1),
         },
         Case {
             name: "three routes with a unique best below a tie",
@@ -444,18 +442,11 @@ fn cases() -> Vec<Case> {
         Case {
             name: "linkdown (carrier lost) keeps the route in the tie",
             cite: "N: no link-state filter, L:532-533",
-            build: Build::IpThenCarrierDownEth1(&[
-                "route add default via 10.0.0.1 dev eth0 metric 1024",
-                "route append default via 10.0.1.1 dev eth1 metric 1024",
-            ]),
+            build: Build::IpThenCarrierDownEth1(EQUAL_METRIC_ETH0_ETH1),
             family: "ipv4",
             outcome: "tie",
             device: None,
-            error: Some(
-                "Found multiple default routes with the same priority: \
-                 {Ifindex: {eth0} Dst: 0.0.0.0/0 Src: <nil> Gw: 10.0.0.1 Flags: [] Table: 254 Realm: 0} vs \
-                 {Ifindex: {eth1} Dst: 0.0.0.0/0 Src: <nil> Gw: 10.0.1.1 Flags: [] Table: 254 Realm: 0}",
-            ),
+            error: Some(TIE_ETH0_ETH1),
         },
         Case {
             name: "admin down: the kernel removes the route, no tie",
@@ -611,11 +602,9 @@ fn dual_stack_links_are_a_finding_only_with_dual() {
     node.ip("route add default via 10.0.0.1 dev eth0");
     node.ip("-6 route add default via fe80::2 dev eth1");
     let kinds = |args: &[&str]| -> Vec<String> {
-        routes_json(&node.node, args)["findings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|f| f["kind"].as_str().unwrap().to_owned())
+        routemon_testbed::routemon::finding_kinds(&routes_json(&node.node, args))
+            .into_iter()
+            .map(str::to_owned)
             .collect()
     };
     let dual = kinds(&["--cilium-family", "dual"]);
@@ -630,12 +619,7 @@ fn dual_stack_links_are_a_finding_only_with_dual() {
     node.ip("route add default nexthop via 10.0.0.1 dev eth0 nexthop via 10.0.1.1 dev eth1");
     node.ip("-6 route add default via fe80::2 dev eth1");
     let report = routes_json(&node.node, &["--cilium-family", "dual"]);
-    let kinds: Vec<&str> = report["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["kind"].as_str().unwrap())
-        .collect();
+    let kinds = routemon_testbed::routemon::finding_kinds(&report);
     assert!(!kinds.contains(&"cilium_dual_stack_links"), "{report:#}");
     assert!(
         kinds.contains(&"cilium_default_route"),
@@ -684,10 +668,11 @@ fn findings_follow_cilium_family_and_the_verdict_is_always_reported() {
 /// What the README and the `equal_metric_default_routes` message say the kernel
 /// does with tied IPv4 defaults (net/ipv4/fib_semantics.c `fib_select_default`,
 /// called from `fib_select_path` for output lookups only): the node's own traffic
-/// takes the first route of the list whose gateway's neighbour entry has not
-/// failed; forwarded traffic takes the first route of the list.
+/// stays on the first route while its gateway's neighbour entry is reachable,
+/// rotates per lookup while entries are only valid (stale, permanent), and skips a
+/// failed gateway; forwarded traffic takes the first route of the list.
 #[test]
-fn tied_ipv4_defaults_follow_neighbour_state_for_local_traffic_only() {
+fn tied_ipv4_defaults_follow_neighbour_state_for_the_nodes_own_traffic_only() {
     require_root();
     let node = Node::new();
     node.node.sysctl(&["net.ipv4.ip_forward=1"]).unwrap();
@@ -710,11 +695,34 @@ fn tied_ipv4_defaults_follow_neighbour_state_for_local_traffic_only() {
     assert!(local().contains("dev eth0"), "{}", local());
     assert!(forwarded().contains("dev eth0"), "{}", forwarded());
 
+    // Both gateways' entries only valid (permanent here; stale behaves the same):
+    // the node's own lookups rotate between the routes, forwarded ones do not.
+    node.ip("neigh replace 10.0.0.1 dev eth0 lladdr 02:00:00:00:00:01 nud permanent");
+    node.ip("neigh replace 10.0.1.1 dev eth1 lladdr 02:00:00:00:00:02 nud permanent");
+    let devices: Vec<bool> = (0..4).map(|_| local().contains("dev eth0")).collect();
+    assert!(
+        devices.windows(2).all(|w| w[0] != w[1]),
+        "alternates per lookup: {devices:?}"
+    );
+    assert!(forwarded().contains("dev eth0"), "{}", forwarded());
+    // Reachable: the first route keeps it.
+    node.ip("neigh replace 10.0.0.1 dev eth0 lladdr 02:00:00:00:00:01 nud reachable");
+    node.ip("neigh replace 10.0.1.1 dev eth1 lladdr 02:00:00:00:00:02 nud reachable");
+    for _ in 0..3 {
+        assert!(local().contains("dev eth0"), "{}", local());
+    }
+
     // eth0's gateway fails: the node's own traffic moves to eth1, forwarded traffic
     // does not.
     node.ip("neigh replace 10.0.0.1 dev eth0 lladdr 02:00:00:00:00:01 nud failed");
     assert!(local().contains("dev eth1"), "{}", local());
     assert!(forwarded().contains("dev eth0"), "{}", forwarded());
+
+    // A route prepended (no NLM_F_APPEND) goes first in the list: forwarded traffic
+    // follows it.
+    node.ip("route prepend default via 10.0.2.1 dev eth2 metric 1024");
+    assert!(forwarded().contains("dev eth2"), "{}", forwarded());
+    node.ip("route del default via 10.0.2.1 dev eth2 metric 1024");
 
     // The first of the list is what `routes --json` reports first in the tie.
     let report = routes_json(&node.node, &[]);

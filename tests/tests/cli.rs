@@ -180,13 +180,11 @@ fn without_privileges_snapshot_refuses_and_routes_still_works() {
     let out = run_as_nobody(&bed, &bin, &["routes", "--json"]);
     assert!(out.status.success(), "{}", out.stderr);
     let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-    let kinds: Vec<&str> = report["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["kind"].as_str().unwrap())
-        .collect();
-    assert_eq!(kinds, ["cilium_default_route", "equal_metric_default_routes"]);
+    let kinds = routemon_testbed::routemon::finding_kinds(&report);
+    assert_eq!(
+        kinds,
+        ["cilium_default_route", "equal_metric_default_routes"]
+    );
     assert_eq!(report["cilium"][0]["outcome"], "tie");
 
     // Nor does doctor on files (copied where nobody can read them).

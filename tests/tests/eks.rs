@@ -306,12 +306,7 @@ fn connections_to_the_secondary_eni_are_asymmetric_until_a_source_rule_exists() 
     let status = http_get(client, target, Duration::from_secs(5)).unwrap();
     assert!(status.contains("200"), "{status}");
     let report = running.report();
-    let kinds: Vec<&str> = report["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["kind"].as_str().unwrap())
-        .collect();
+    let kinds = routemon_testbed::routemon::finding_kinds(&report);
     assert!(!kinds.contains(&"asymmetric_flow"), "{report:#}");
     assert!(!kinds.contains(&"cross_eni_egress"), "{report:#}");
 }

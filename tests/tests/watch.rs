@@ -122,6 +122,32 @@ fn hot_attached_eni_is_attached_reported_and_counted() {
         finding["finding"]["interfaces"],
         serde_json::json!(["ens5", "ens6"])
     );
+    // Cilium's verdict: ok with ens5 alone at start, a tie once ens6's default
+    // arrives.
+    let start = watch
+        .wait_for("the first IPv4 verdict", EVENT_TIMEOUT, |e| {
+            e["event"] == "cilium_verdict_changed"
+                && e["family"] == "ipv4"
+                && e["previous"].is_null()
+        })
+        .unwrap();
+    assert_eq!(start["verdict"]["outcome"], "ok", "{start}");
+    assert_eq!(start["verdict"]["device"], "ens5", "{start}");
+    let tie = watch
+        .wait_for("the IPv4 verdict turning into a tie", EVENT_TIMEOUT, |e| {
+            e["event"] == "cilium_verdict_changed"
+                && e["family"] == "ipv4"
+                && e["verdict"]["outcome"] == "tie"
+        })
+        .unwrap();
+    assert_eq!(tie["previous"], "ok", "{tie}");
+    assert!(
+        tie["verdict"]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("Found multiple default routes with the same priority: {Ifindex: "),
+        "{tie}"
+    );
     assert_eq!(pins.links().len(), 4, "two links per interface, pinned");
 
     let before = scrape(&eks.node).unwrap();
@@ -140,6 +166,21 @@ fn hot_attached_eni_is_attached_reported_and_counted() {
         ) == Some(1.0),
         "{after}"
     );
+    for (family, outcome, value) in [
+        ("ipv4", "tie", 1.0),
+        ("ipv4", "ok", 0.0),
+        ("ipv6", "tie", 0.0),
+    ] {
+        assert_eq!(
+            sample(
+                &after,
+                "routemon_cilium_default_route_outcome",
+                &[("family", family), ("outcome", outcome)]
+            ),
+            Some(value),
+            "{family} {outcome}: {after}"
+        );
+    }
 
     let took = watch.stop_cleanly().unwrap();
     println!("SIGTERM → exit in {took:?}");

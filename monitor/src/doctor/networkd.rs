@@ -1,7 +1,8 @@
 //! Predicting what systemd-networkd will do with each ENI — present or still to
 //! come — from its `.network` files and drop-ins: which file manages it, whether
 //! DHCPv4 gives it a default route, and with which metric. Two interfaces whose
-//! default routes would share the best metric are the Cilium failure.
+//! default routes would share the best metric are a tie for the kernel and for
+//! Cilium's default-route lookup.
 
 use std::{collections::BTreeMap, path::PathBuf};
 
@@ -327,7 +328,8 @@ fn scheme_checks(
                 at(),
                 format!(
                     "{} would all get a DHCPv4 default route with metric {}: equal-metric default \
-                     routes, which stop the Cilium agent and let egress leave by either ENI",
+                     routes, on which Cilium's default-route lookup fails and egress can change \
+                     ENI without any route change",
                     names.join(", "),
                     best.unwrap_or(DEFAULT_DHCP_METRIC)
                 ),

@@ -178,7 +178,8 @@ fn render_cilium(out: &mut String, verdicts: &[crate::cilium::FamilyVerdict]) {
         let _ = writeln!(
             out,
             "  {:<5} {:<18} device {device}{used}",
-            v.family, v.outcome
+            v.family.to_string(),
+            v.outcome.as_str()
         );
         if let Some(error) = &v.error {
             let _ = writeln!(out, "{}", wrap(&format!("error: {error}"), 8, 92));
