@@ -3,7 +3,7 @@
 //! Everything here is `#[repr(C)]` plain data: the kernel side writes it into BPF
 //! maps and userspace reads it back byte for byte. With the `user` feature the
 //! types implement [`aya::Pod`] so they can be used as map keys and values.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 /// Name of the per-CPU array of [`IfaceCounters`], indexed by the slot [`IFACE_SLOTS_MAP`] gives.
 pub const IFACE_COUNTERS_MAP: &str = "IFACE_COUNTERS";
@@ -252,6 +252,51 @@ pub struct IfaceCounters {
 }
 
 impl IfaceCounters {
+    /// What was counted since an earlier reading, pair by pair (packets with their
+    /// bytes) with [`PacketCounters::since`]'s rule.
+    pub fn since(&self, before: &Self) -> Self {
+        let pair = |packets, bytes, before_packets, before_bytes| {
+            PacketCounters { packets, bytes }.since(&PacketCounters {
+                packets: before_packets,
+                bytes: before_bytes,
+            })
+        };
+        let egress = pair(
+            self.egress_packets,
+            self.egress_bytes,
+            before.egress_packets,
+            before.egress_bytes,
+        );
+        let ingress = pair(
+            self.ingress_packets,
+            self.ingress_bytes,
+            before.ingress_packets,
+            before.ingress_bytes,
+        );
+        let unattributed = pair(
+            self.egress_unattributed_packets,
+            self.egress_unattributed_bytes,
+            before.egress_unattributed_packets,
+            before.egress_unattributed_bytes,
+        );
+        let unparsed = pair(
+            self.unparsed_packets,
+            self.unparsed_bytes,
+            before.unparsed_packets,
+            before.unparsed_bytes,
+        );
+        Self {
+            egress_packets: egress.packets,
+            egress_bytes: egress.bytes,
+            ingress_packets: ingress.packets,
+            ingress_bytes: ingress.bytes,
+            egress_unattributed_packets: unattributed.packets,
+            egress_unattributed_bytes: unattributed.bytes,
+            unparsed_packets: unparsed.packets,
+            unparsed_bytes: unparsed.bytes,
+        }
+    }
+
     /// Adds another CPU's counters to these.
     pub fn accumulate(&mut self, other: &Self) {
         self.egress_packets += other.egress_packets;
@@ -275,11 +320,33 @@ pub struct PacketCounters {
     pub bytes: u64,
 }
 
+/// What a monotonic counter counted since an earlier reading `before`: below it, the
+/// counter was restarted and all of `now` is new. [`PacketCounters::since`] applies
+/// the same rule to a packet count and its bytes together.
+pub const fn counted_since(now: u64, before: u64) -> u64 {
+    if now < before { now } else { now - before }
+}
+
 impl PacketCounters {
     /// Adds another CPU's counters to these.
     pub fn accumulate(&mut self, other: &Self) {
         self.packets += other.packets;
         self.bytes += other.bytes;
+    }
+
+    /// What was counted since an earlier reading `before` of the same counter. A
+    /// counter below its earlier reading was restarted (its map entry evicted and
+    /// created again, its interface attached again): all of it is new. The one rule
+    /// for every delta routemon computes.
+    pub fn since(&self, before: &Self) -> Self {
+        if self.packets < before.packets {
+            *self
+        } else {
+            Self {
+                packets: self.packets - before.packets,
+                bytes: self.bytes.saturating_sub(before.bytes),
+            }
+        }
     }
 }
 
@@ -611,4 +678,45 @@ mod pod {
     unsafe impl aya::Pod for super::DropKey {}
     unsafe impl aya::Pod for super::DropConfig {}
     unsafe impl aya::Pod for super::DataPathConfig {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delta_subtracts_and_a_restarted_counter_counts_from_zero() {
+        let c = |packets, bytes| PacketCounters { packets, bytes };
+        assert_eq!(c(8, 800).since(&c(5, 500)), c(3, 300));
+        assert_eq!(c(5, 500).since(&c(5, 500)), c(0, 0));
+        assert_eq!(c(5, 500).since(&PacketCounters::default()), c(5, 500));
+        // Below the earlier reading: restarted, all of it is new (never clamped to 0).
+        assert_eq!(c(2, 200).since(&c(5, 500)), c(2, 200));
+        assert_eq!(counted_since(7, 5), 2);
+        assert_eq!(counted_since(3, 5), 3);
+    }
+
+    #[test]
+    fn interface_deltas_apply_the_rule_pair_by_pair() {
+        let before = IfaceCounters {
+            egress_packets: 10,
+            egress_bytes: 1000,
+            ingress_packets: 4,
+            ingress_bytes: 400,
+            ..IfaceCounters::default()
+        };
+        let now = IfaceCounters {
+            egress_packets: 12,
+            egress_bytes: 1200,
+            ingress_packets: 1,
+            ingress_bytes: 100,
+            unparsed_packets: 1,
+            unparsed_bytes: 60,
+            ..IfaceCounters::default()
+        };
+        let delta = now.since(&before);
+        assert_eq!((delta.egress_packets, delta.egress_bytes), (2, 200));
+        assert_eq!((delta.ingress_packets, delta.ingress_bytes), (1, 100));
+        assert_eq!((delta.unparsed_packets, delta.unparsed_bytes), (1, 60));
+    }
 }

@@ -63,17 +63,9 @@ impl FlowDeltas {
         let mut current = HashMap::with_capacity(now.len());
         for (key, state) in now {
             let before = self.previous.get(&key);
+            // A counter below its last reading: the flow was evicted and came back.
             let since = |now: PacketCounters, before: Option<PacketCounters>| {
-                let before = before.unwrap_or_default();
-                // A counter below its last reading: the flow was evicted and came back.
-                if now.packets < before.packets {
-                    now
-                } else {
-                    PacketCounters {
-                        packets: now.packets - before.packets,
-                        bytes: now.bytes.saturating_sub(before.bytes),
-                    }
-                }
+                now.since(&before.unwrap_or_default())
             };
             let delta = FlowState {
                 ingress: since(state.ingress, before.map(|b| b.ingress)),

@@ -103,15 +103,16 @@ pub async fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
         flows,
         drops,
     } = counters.context("reading the eBPF counters")?;
-    let mut findings = found.findings.clone();
-    findings.extend(crate::findings::cross_eni_egress(
-        &found.model,
-        &cross_eni,
-        &samples,
-        found.primary.as_ref(),
-    ));
-    findings.extend(crate::findings::asymmetric_flows(&found.model, &asymmetric));
-    findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
+    let findings = crate::findings::merge(
+        found.findings.clone(),
+        crate::findings::traffic(
+            &found.model,
+            &cross_eni,
+            &asymmetric,
+            &samples,
+            found.primary.as_ref(),
+        ),
+    );
     let changes = changes_during_count(&netlink, &found).await;
 
     let mut report = Report::build(ReportInput {

@@ -68,38 +68,32 @@ impl TopState {
                     .interfaces
                     .iter()
                     .map(|(i, now)| {
-                        let before = interfaces.get(i).copied().unwrap_or_default();
-                        (*i, iface_delta(now, &before))
+                        (
+                            *i,
+                            now.since(&interfaces.get(i).copied().unwrap_or_default()),
+                        )
                     })
                     .collect(),
                 readings
                     .routes
                     .iter()
                     .enumerate()
-                    .map(|(id, now)| {
-                        let before = routes.get(id).copied().unwrap_or_default();
-                        PacketCounters {
-                            packets: now.packets.saturating_sub(before.packets),
-                            bytes: now.bytes.saturating_sub(before.bytes),
-                        }
-                    })
+                    .map(|(id, now)| now.since(&routes.get(id).copied().unwrap_or_default()))
                     .collect(),
             ),
             None => (readings.interfaces.clone(), readings.routes.clone()),
         };
 
-        let mut findings = found.findings.clone();
-        findings.extend(findings::cross_eni_egress(
-            &found.model,
-            &readings.cross_eni,
-            &SampleCollector::default(),
-            found.primary.as_ref(),
-        ));
-        findings.extend(findings::asymmetric_flows(
-            &found.model,
-            &readings.asymmetric,
-        ));
-        findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
+        let findings = findings::merge(
+            found.findings.clone(),
+            findings::traffic(
+                &found.model,
+                &readings.cross_eni,
+                &readings.asymmetric,
+                &SampleCollector::default(),
+                found.primary.as_ref(),
+            ),
+        );
         self.findings = findings;
 
         let report = Report::build(ReportInput {
@@ -140,7 +134,7 @@ impl TopState {
                 DropRow {
                     interface: found.model.link_name(*ifindex),
                     reason: reason.clone(),
-                    per_second: total.saturating_sub(before) as f64 / self.seconds,
+                    per_second: monitor_common::counted_since(*total, before) as f64 / self.seconds,
                     total: *total,
                 }
             })
@@ -153,23 +147,6 @@ impl TopState {
         self.previous_drops = readings.drops;
         self.previous = Some((readings.interfaces, readings.routes));
         self.refreshes += 1;
-    }
-}
-
-fn iface_delta(now: &IfaceCounters, before: &IfaceCounters) -> IfaceCounters {
-    IfaceCounters {
-        egress_packets: now.egress_packets.saturating_sub(before.egress_packets),
-        egress_bytes: now.egress_bytes.saturating_sub(before.egress_bytes),
-        ingress_packets: now.ingress_packets.saturating_sub(before.ingress_packets),
-        ingress_bytes: now.ingress_bytes.saturating_sub(before.ingress_bytes),
-        egress_unattributed_packets: now
-            .egress_unattributed_packets
-            .saturating_sub(before.egress_unattributed_packets),
-        egress_unattributed_bytes: now
-            .egress_unattributed_bytes
-            .saturating_sub(before.egress_unattributed_bytes),
-        unparsed_packets: now.unparsed_packets.saturating_sub(before.unparsed_packets),
-        unparsed_bytes: now.unparsed_bytes.saturating_sub(before.unparsed_bytes),
     }
 }
 

@@ -647,9 +647,13 @@ impl Watcher {
         };
         let (cross_growth, asym_growth) = self.traffic.advance(cross_eni, asymmetric);
         let primary = self.primary();
-        let mut seen =
-            findings::cross_eni_egress(&self.model, &cross_growth, &self.samples, primary.as_ref());
-        seen.extend(findings::asymmetric_flows(&self.model, &asym_growth));
+        let seen = findings::traffic(
+            &self.model,
+            &cross_growth,
+            &asym_growth,
+            &self.samples,
+            primary.as_ref(),
+        );
         self.samples = SampleCollector::default();
         let changes = self.traffic.update(seen, self.traffic_quiet);
         for finding in changes.cleared {

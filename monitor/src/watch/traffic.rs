@@ -18,15 +18,7 @@ pub fn growth<K: Ord + Copy>(
 ) -> BTreeMap<K, PacketCounters> {
     now.iter()
         .filter_map(|(key, c)| {
-            let before = previous.get(key).copied().unwrap_or_default();
-            let delta = if c.packets >= before.packets {
-                PacketCounters {
-                    packets: c.packets - before.packets,
-                    bytes: c.bytes.saturating_sub(before.bytes),
-                }
-            } else {
-                *c
-            };
+            let delta = c.since(&previous.get(key).copied().unwrap_or_default());
             (delta.packets > 0).then_some((*key, delta))
         })
         .collect()
