@@ -314,12 +314,14 @@ pub struct UnpinArgs {
     pub json: bool,
 }
 
-/// Options shared by `routes` and `snapshot`.
-#[derive(Debug, Args)]
-pub struct SelectionArgs {
+/// The interfaces a command looks at and the primary among them (shared by
+/// `routes`, `snapshot`, `top` and `watch`).
+#[derive(Debug, Args, Clone, Default)]
+pub struct InterfaceArgs {
     /// Monitor interfaces matching PATTERN (shell glob: ens*, enp*s0, eth?, ens5).
-    /// Repeatable. Default: every non-loopback interface that holds a default route
-    /// or is named like an uplink (ens*, enp*, eth*).
+    /// Repeatable; `watch` also takes interfaces that appear later. Default: every
+    /// non-loopback interface that holds a default route or is named like an uplink
+    /// (ens*, enp*, eth*).
     #[arg(short, long = "interface", value_name = "PATTERN")]
     pub interfaces: Vec<InterfacePattern>,
 
@@ -327,6 +329,14 @@ pub struct SelectionArgs {
     /// uplink-named interface with the lowest ifindex (the first ENI attached).
     #[arg(long, value_name = "IF")]
     pub primary: Option<String>,
+}
+
+/// Options shared by `routes` and `snapshot`.
+#[derive(Debug, Args)]
+pub struct SelectionArgs {
+    /// Which interfaces, and the primary.
+    #[command(flatten)]
+    pub interfaces: InterfaceArgs,
 
     /// Print JSON (schema in README.md) instead of tables.
     #[arg(long)]
@@ -341,6 +351,17 @@ pub struct SelectionArgs {
     /// reported for both families; its findings only for these.
     #[arg(long, value_enum, value_name = "FAMILIES", default_value_t = CiliumFamilies::Ipv4)]
     pub cilium_family: CiliumFamilies,
+}
+
+impl SelectionArgs {
+    /// What the library needs of these arguments.
+    pub fn selection(&self) -> crate::session::Selection {
+        crate::session::Selection {
+            interfaces: self.interfaces.interfaces.clone(),
+            primary: self.interfaces.primary.clone(),
+            cilium_family: self.cilium_family,
+        }
+    }
 }
 
 /// `routemon routes`.
@@ -370,15 +391,9 @@ pub struct SnapshotArgs {
 /// `routemon top`.
 #[derive(Debug, Args)]
 pub struct TopArgs {
-    /// Show interfaces matching PATTERN (shell glob: ens*, enp*s0, eth?, ens5).
-    /// Repeatable. Default: as for `snapshot`.
-    #[arg(short, long = "interface", value_name = "PATTERN")]
-    pub interfaces: Vec<InterfacePattern>,
-
-    /// The primary interface, whose default route should win. Default: the
-    /// uplink-named interface with the lowest ifindex.
-    #[arg(long, value_name = "IF")]
-    pub primary: Option<String>,
+    /// Which interfaces, and the primary.
+    #[command(flatten)]
+    pub interfaces: InterfaceArgs,
 
     /// How often to refresh: a number with a unit (1s, 2s, 5s; at least 1s).
     #[arg(long, default_value = "1s", value_parser = parse_interval)]
@@ -392,16 +407,9 @@ pub struct TopArgs {
 /// `routemon watch`.
 #[derive(Debug, Args)]
 pub struct WatchArgs {
-    /// Monitor interfaces matching PATTERN (shell glob), now and as they appear.
-    /// Repeatable. Default: interfaces that hold a default route or are named like
-    /// an uplink (ens*, enp*, eth*).
-    #[arg(short, long = "interface", value_name = "PATTERN")]
-    pub interfaces: Vec<InterfacePattern>,
-
-    /// The primary interface, whose default route should win. Default: the
-    /// uplink-named interface with the lowest ifindex.
-    #[arg(long, value_name = "IF")]
-    pub primary: Option<String>,
+    /// Which interfaces, and the primary.
+    #[command(flatten)]
+    pub interfaces: InterfaceArgs,
 
     /// Serve /metrics and /healthz on ADDR:PORT. Binding to all addresses
     /// (0.0.0.0, [::]) must be asked for explicitly.
@@ -606,7 +614,7 @@ mod tests {
         let Command::Routes(args) = cli.command else {
             panic!()
         };
-        assert_eq!(args.selection.interfaces.len(), 2);
+        assert_eq!(args.selection.interfaces.interfaces.len(), 2);
         assert!(Cli::try_parse_from(["routemon", "routes", "-i", "ens[5"]).is_err());
     }
 }

@@ -22,6 +22,7 @@ pub mod preflight;
 pub mod report;
 pub mod samples;
 pub mod selection;
+pub mod session;
 pub mod signals;
 pub mod top;
 pub mod watch;

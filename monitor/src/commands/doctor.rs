@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use crate::{
     cli::DoctorArgs,
     doctor::{self, Check, Location, Status, networkd, userdata},
-    model::{Family, NetworkModel, dump::Netlink, table},
+    model::dump::Netlink,
     pin::{
         files::write_atomically,
         networkd::{
@@ -121,7 +121,11 @@ async fn check_networkd(
     let outcome = networkd::check(&config, &present, args.primary.as_deref());
     let mut checks = outcome.checks;
     if let Some(model) = &model {
-        checks.extend(live_checks(model, &outcome.predictions, args.cilium_family));
+        checks.extend(doctor::live::checks(
+            model,
+            &outcome.predictions,
+            args.cilium_family,
+        ));
     }
     if let Some(dir) = &args.fix {
         checks.extend(write_fixes(
@@ -145,106 +149,6 @@ fn location(dirs: &[PathBuf]) -> Location {
         path: None,
         line: None,
     }
-}
-
-/// The running node against the prediction: each present ENI's IPv4 default
-/// routes in the main table, and the live findings.
-fn live_checks(
-    model: &NetworkModel,
-    predictions: &[networkd::Prediction],
-    cilium_family: crate::cilium::CiliumFamilies,
-) -> Vec<Check> {
-    let mut checks = Vec::new();
-    for prediction in predictions.iter().filter(|p| p.present) {
-        let Some(link) = model
-            .links
-            .values()
-            .find(|l| l.name == prediction.interface)
-        else {
-            continue;
-        };
-        let live: Vec<u32> = model
-            .default_routes()
-            .filter(|r| r.family == Family::Ipv4 && r.table == table::MAIN)
-            .filter(|r| r.uses_ifindex(link.index))
-            .map(|r| r.metric)
-            .collect();
-        let at = Location {
-            source: "live".into(),
-            path: Some(prediction.interface.clone()),
-            line: None,
-        };
-        let check = match prediction.dhcp_metric {
-            Some(metric) if live.contains(&metric) => Check::new(
-                "live.metric",
-                Status::Ok,
-                at,
-                format!("default route metric {metric}, as configured"),
-            ),
-            Some(metric) => Check::new(
-                "live.metric",
-                Status::Warning,
-                at,
-                format!(
-                    "default route metrics now {live:?}; the configuration gives {metric} at the \
-                     next networkd restart or DHCP renewal"
-                ),
-            )
-            .fix("restart systemd-networkd in a maintenance window, or `routemon pin` to change the live routes"),
-            None => continue,
-        };
-        checks.push(check);
-    }
-    let preferred = crate::preference::preferred_default_routes(model);
-    let cilium = crate::cilium::Verdict::of(model, cilium_family);
-    for verdict in &cilium.per_family {
-        let status = match (verdict.enabled, verdict.outcome) {
-            (_, crate::cilium::Outcome::Ok) | (false, _) => Status::Ok,
-            (true, crate::cilium::Outcome::Tie) => Status::Error,
-            (true, _) => Status::Warning,
-        };
-        let device = verdict.device.as_deref().unwrap_or("none");
-        let mut text = format!(
-            "Cilium's {} default-route lookup: {} (device {device})",
-            verdict.family, verdict.outcome
-        );
-        if let Some(error) = &verdict.error {
-            text.push_str(&format!(": \"{error}\""));
-        }
-        if !verdict.enabled {
-            text.push_str(" — family not used by the agent (--cilium-family)");
-        }
-        checks.push(Check::new(
-            "live.cilium",
-            status,
-            Location {
-                source: "live".into(),
-                path: Some(verdict.family.to_string()),
-                line: None,
-            },
-            text,
-        ));
-    }
-    for finding in crate::findings::evaluate(model, &preferred, None, &cilium) {
-        if finding.kind_name() == "cilium_default_route" {
-            continue; // reported above as live.cilium
-        }
-        let status = match finding.severity {
-            crate::findings::Severity::Critical => Status::Error,
-            _ => Status::Warning,
-        };
-        checks.push(Check::new(
-            "live.finding",
-            status,
-            Location {
-                source: "live".into(),
-                path: Some(finding.kind_name().to_owned()),
-                line: None,
-            },
-            finding.message.clone(),
-        ));
-    }
-    checks
 }
 
 /// Writes the fixing files into `dir` and checks the prediction with them.

@@ -1,16 +1,17 @@
 //! `routemon routes`: the routing state and findings, from netlink only.
 
-use super::{Investigation, print_report};
+use super::print_report;
 use crate::{
     cli::RoutesArgs,
     model::dump::Netlink,
     report::{Report, ReportInput},
+    session::Investigation,
 };
 
 /// Runs `routes`.
 pub async fn run(args: &RoutesArgs) -> anyhow::Result<()> {
     let netlink = Netlink::connect()?;
-    let found = Investigation::gather(&netlink, &args.selection).await?;
+    let found = Investigation::gather(&netlink, &args.selection.selection()).await?;
     let report = Report::build(ReportInput {
         model: &found.model,
         monitored: &found.monitored,

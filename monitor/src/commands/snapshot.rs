@@ -4,11 +4,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 
-use super::{
-    Investigation,
-    counting::{Counting, Readings},
-    print_report,
-};
+use super::print_report;
 use crate::{
     cli::SnapshotArgs,
     model::{
@@ -18,6 +14,7 @@ use crate::{
     preflight,
     report::{Measured, Report, ReportInput, SnapshotInfo},
     samples::SampleCollector,
+    session::{Counting, Investigation, Readings},
     signals::Shutdown,
 };
 
@@ -40,7 +37,7 @@ pub async fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
     let netlink = Netlink::connect()?;
     // Subscribed before the dump, so no address change falls between the two.
     let mut address_events = Subscription::subscribe(Groups::Addresses)?;
-    let mut counting = Counting::start(&netlink, &args.selection, args.attach).await?;
+    let mut counting = Counting::start(&netlink, &args.selection.selection(), args.attach).await?;
     let via = counting.attached_via();
     eprintln!(
         "routemon: counting on {} ({via}) for {}; Ctrl-C stops early",

@@ -14,13 +14,16 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
         );
     }
     watch::run(WatchOptions {
-        patterns: args.interfaces.clone(),
-        primary: args.primary.clone(),
+        patterns: args.interfaces.interfaces.clone(),
+        primary: args.interfaces.primary.clone(),
         listen: (!args.no_metrics).then_some(args.listen),
         events: args.events == EventFormat::Json,
-        guard: args
-            .guard
-            .then(|| (args.primary.clone().unwrap_or_default(), args.metric)),
+        guard: args.guard.then(|| {
+            (
+                args.interfaces.primary.clone().unwrap_or_default(),
+                args.metric,
+            )
+        }),
         pin_dir: (!args.no_pin).then(|| args.pin_dir.clone()),
         keep_pinned: args.keep_pinned,
         attach: args.attach,

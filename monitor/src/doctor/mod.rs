@@ -5,6 +5,7 @@
 //! wrong and how to fix it. The exit code follows the worst status: 0 healthy,
 //! 1 warnings, 2 errors.
 
+pub mod live;
 pub mod networkd;
 pub mod nodeconfig;
 pub mod userdata;

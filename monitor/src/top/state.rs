@@ -10,11 +10,11 @@ use std::{
 use monitor_common::{IfaceCounters, PacketCounters};
 
 use crate::{
-    commands::counting::{Counting, Readings},
     findings::{self, Finding},
     flows::{FlowDeltas, FlowTraffic, top_per_interface},
     report::{Measured, Report, ReportInput},
     samples::SampleCollector,
+    session::{Counting, Readings},
 };
 
 /// Refreshes of history kept per interface (a minute at the default 1 s).

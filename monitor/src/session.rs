@@ -1,23 +1,77 @@
-//! What `snapshot` and `top` share: gather the routing state, load routemon's
-//! programs for the monitored interfaces, attach them (undoing everything if one
-//! attach fails), and start counting drops.
+//! A look at the node: the routing state gathered once with everything derived from
+//! it ([`Investigation`]), and, for `snapshot` and `top`, routemon's programs loaded
+//! and attached to the monitored interfaces ([`Counting`]) with what they counted
+//! ([`Readings`]).
+//!
+//! Commands build a [`Selection`] from their arguments; nothing here knows the
+//! command line.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use monitor_common::{
     AsymmetricKey, CrossEniKey, FlowKey, FlowState, IfaceCounters, PacketCounters,
 };
 
-use super::Investigation;
 use crate::{
     attribution::AttributionPlan,
-    cli::SelectionArgs,
+    cilium::CiliumFamilies,
     ebpf::{
         AttachMode, AttachedVia, EbpfError, Monitor, orphans,
         usage::{FlowEntries, TableUsage},
     },
-    model::{Link, dump::Netlink},
+    findings::{self, Finding},
+    model::{Link, NetworkModel, dump::Netlink},
+    preference,
+    selection::{self, InterfacePattern, Primary},
 };
+
+/// Which interfaces to look at and how to judge them.
+#[derive(Clone, Debug, Default)]
+pub struct Selection {
+    /// Interface patterns; empty for the default choice (uplinks).
+    pub interfaces: Vec<InterfacePattern>,
+    /// The primary interface's name; `None` for the default choice.
+    pub primary: Option<String>,
+    /// The address families the Cilium agent uses.
+    pub cilium_family: CiliumFamilies,
+}
+
+/// The routing state of the node, with everything derived from it: which
+/// interfaces are monitored, the primary, the preferred routes and the findings.
+pub struct Investigation {
+    /// The dumped state.
+    pub model: NetworkModel,
+    /// Monitored ifindexes.
+    pub monitored: BTreeSet<u32>,
+    /// The primary interface.
+    pub primary: Option<Primary>,
+    /// Indexes of preferred routes in `model.routes`.
+    pub preferred: crate::preference::RouteIndexSet,
+    /// Cilium's default-route verdict.
+    pub cilium: crate::cilium::Verdict,
+    /// Findings.
+    pub findings: Vec<Finding>,
+}
+
+impl Investigation {
+    /// Dumps the state and evaluates it.
+    pub async fn gather(netlink: &Netlink, selection: &Selection) -> anyhow::Result<Self> {
+        let model = netlink.dump().await?;
+        let monitored = selection::select_interfaces(&model, &selection.interfaces)?;
+        let primary = selection::primary_interface(&model, selection.primary.as_deref())?;
+        let preferred = preference::preferred_routes(&model);
+        let cilium = crate::cilium::Verdict::of(&model, selection.cilium_family);
+        let findings = findings::evaluate(&model, &preferred, primary.as_ref(), &cilium);
+        Ok(Self {
+            model,
+            monitored,
+            primary,
+            preferred,
+            cilium,
+            findings,
+        })
+    }
+}
 
 /// Programs loaded and attached to the monitored interfaces.
 pub struct Counting {
@@ -35,7 +89,7 @@ impl Counting {
     /// Gathers the state and attaches to the interfaces `selection` chooses.
     pub async fn start(
         netlink: &Netlink,
-        selection: &SelectionArgs,
+        selection: &Selection,
         mode: AttachMode,
     ) -> anyhow::Result<Self> {
         let found = Investigation::gather(netlink, selection).await?;
