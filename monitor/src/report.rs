@@ -13,7 +13,7 @@ use crate::{
     attribution::AttributionPlan,
     findings::Finding,
     model::{Family, NetworkModel, Route, protocol_name, scope_name, table_name},
-    selection::{Primary, PrimarySource},
+    selection::Primary,
 };
 
 /// Version of the JSON schema; bumped only for incompatible changes.
@@ -313,10 +313,7 @@ impl Report {
             snapshot: None,
             primary: primary.map(|p| PrimaryReport {
                 name: p.name.clone(),
-                chosen_by: match p.source {
-                    PrimarySource::Explicit => "flag",
-                    PrimarySource::LowestIfindex => "lowest_ifindex",
-                },
+                chosen_by: p.source.as_str(),
             }),
             interfaces,
             routes,

@@ -158,6 +158,26 @@ pub enum PrimarySource {
     LowestIfindex,
 }
 
+impl PrimarySource {
+    /// The name JSON uses (`routes --json`, `pin --json`): `flag` or `lowest_ifindex`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Explicit => "flag",
+            Self::LowestIfindex => "lowest_ifindex",
+        }
+    }
+
+    /// How the choice reads in text output.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Explicit => "named with --primary",
+            Self::LowestIfindex => {
+                "the ENI-named interface (ens*, enp*, eth*) with the lowest interface index"
+            }
+        }
+    }
+}
+
 /// The node's primary interface.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Primary {

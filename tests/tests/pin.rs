@@ -193,6 +193,9 @@ fn dry_run_changes_nothing() {
     .success()
     .json();
     assert_eq!(json["dry_run"], true);
+    assert_eq!(json["applied"], false);
+    assert_eq!(json["chosen_by"], "lowest_ifindex", "as in routes --json");
+    assert!(json.get("actions").is_none(), "nothing done in a dry run");
     let unmanaged = json["files"]
         .as_array()
         .unwrap()

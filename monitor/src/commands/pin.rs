@@ -4,7 +4,6 @@ use std::{collections::BTreeSet, fmt::Write as _, path::Path, time::Duration};
 
 use anyhow::Context as _;
 use serde::Serialize;
-use serde_json::json;
 
 use crate::{
     cli::{PinArgs, UnpinArgs},
@@ -20,28 +19,94 @@ use crate::{
         transition::{self, Action, Replacement},
     },
     preflight,
-    selection::{self, Primary, PrimarySource},
+    selection::{self, Primary},
 };
 
 /// How long `--reload` waits for networkd's routes to agree with the pin.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// `pin --json`: the plan, and what was done when applied.
+#[derive(Debug, Serialize)]
+pub struct PinReport {
+    /// Whether the changes were carried out (`--apply`).
+    pub applied: bool,
+    /// Whether anything changed on the node.
+    pub changed: bool,
+    /// `true` for a dry run (absent otherwise).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+    /// The primary interface.
+    pub primary: String,
+    /// How the primary was chosen: `flag` or `lowest_ifindex`, as in `routes --json`.
+    pub chosen_by: &'static str,
+    /// The metric scheme.
+    pub scheme: Scheme,
+    /// The metric each interface gets.
+    pub targets: Vec<plan::Target>,
+    /// Live route changes.
+    pub routes: Vec<RouteChangeView>,
+    /// networkd file changes.
+    pub files: Vec<FileChangeView>,
+    /// What was done, when applied.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<PinOutcome>,
+}
+
+/// What an applied `pin` did.
+#[derive(Debug, Serialize)]
+pub struct PinOutcome {
+    /// Each step, in order (`added …`, `deleted …`, `wrote …`).
+    pub actions: Vec<String>,
+    /// How systemd-networkd was reloaded (`--reload`), or `null`.
+    pub reloaded: Option<String>,
+    /// The routing state read back after the pin.
+    pub verdict: String,
+}
+
+/// `unpin --json`: the plan, and what was done when applied.
+#[derive(Debug, Serialize)]
+pub struct UnpinReport {
+    /// Whether the changes were carried out (`--apply`).
+    pub applied: bool,
+    /// `true` for a dry run (absent otherwise).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+    /// Live route changes (back to the routes before the pin).
+    pub routes: Vec<RouteChangeView>,
+    /// networkd file changes (restored or removed).
+    pub files: Vec<FileChangeView>,
+    /// Each step, when applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actions: Option<Vec<String>>,
+    /// How systemd-networkd was reloaded, when applied (`null` without `--reload`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reloaded: Option<Option<String>>,
+}
+
 /// A route change, for display.
 #[derive(Debug, Serialize)]
-struct RouteChangeView {
-    interface: String,
-    family: String,
-    gateway: Option<String>,
-    metric_before: u32,
-    metric_after: u32,
+pub struct RouteChangeView {
+    /// Interface.
+    pub interface: String,
+    /// `ipv4` or `ipv6`.
+    pub family: String,
+    /// Gateway.
+    pub gateway: Option<String>,
+    /// Metric before.
+    pub metric_before: u32,
+    /// Metric after.
+    pub metric_after: u32,
 }
 
 /// A file change, for display.
 #[derive(Debug, Serialize)]
-struct FileChangeView {
-    path: String,
-    action: &'static str,
-    diff: String,
+pub struct FileChangeView {
+    /// The file.
+    pub path: String,
+    /// `create`, `replace`, `remove` or `unchanged`.
+    pub action: &'static str,
+    /// Unified diff.
+    pub diff: String,
 }
 
 fn route_views(replacements: &[(String, Replacement)]) -> Vec<RouteChangeView> {
@@ -179,14 +244,20 @@ pub async fn run_pin(args: &PinArgs) -> anyhow::Result<()> {
         Vec::new()
     };
 
-    let chosen_by = match primary.source {
-        PrimarySource::Explicit => "named with --primary",
-        PrimarySource::LowestIfindex => {
-            "the ENI-named interface (ens*, enp*, eth*) with the lowest interface index"
-        }
-    };
     let routes = route_views(&route_plan.replacements);
     let files = file_views(&file_changes);
+    let report = |dry_run: bool, routes, files, outcome: Option<PinOutcome>| PinReport {
+        applied: outcome.is_some(),
+        changed: outcome.is_some(),
+        dry_run,
+        primary: primary.name.clone(),
+        chosen_by: primary.source.as_str(),
+        scheme: args.scheme,
+        targets: route_plan.targets.clone(),
+        routes,
+        files,
+        outcome,
+    };
     let nothing_to_do =
         route_plan.replacements.is_empty() && file_changes.iter().all(FileChange::is_noop);
 
@@ -200,7 +271,12 @@ pub async fn run_pin(args: &PinArgs) -> anyhow::Result<()> {
             " — dry run: nothing is changed; add --apply to carry it out"
         }
     );
-    let _ = writeln!(text, "\nPrimary: {} ({chosen_by})", primary.name);
+    let _ = writeln!(
+        text,
+        "\nPrimary: {} ({})",
+        primary.name,
+        primary.source.describe()
+    );
     let _ = writeln!(text, "Metrics:");
     for target in &route_plan.targets {
         let _ = writeln!(text, "  {target}");
@@ -209,25 +285,10 @@ pub async fn run_pin(args: &PinArgs) -> anyhow::Result<()> {
 
     if nothing_to_do {
         text.push_str("\nAlready pinned: nothing to change.\n");
-        return finish(
-            args.json,
-            &text,
-            json!({
-                "applied": false, "changed": false, "primary": primary.name, "chosen_by": chosen_by,
-                "scheme": args.scheme, "targets": route_plan.targets, "routes": routes, "files": files,
-            }),
-        );
+        return finish(args.json, &text, &report(false, routes, files, None));
     }
     if !args.apply {
-        return finish(
-            args.json,
-            &text,
-            json!({
-                "applied": false, "changed": false, "dry_run": true, "primary": primary.name,
-                "chosen_by": chosen_by, "scheme": args.scheme, "targets": route_plan.targets,
-                "routes": routes, "files": files,
-            }),
-        );
+        return finish(args.json, &text, &report(true, routes, files, None));
     }
 
     for dir in std::iter::once(&args.state.state_dir)
@@ -267,21 +328,21 @@ pub async fn run_pin(args: &PinArgs) -> anyhow::Result<()> {
         "\n{verdict}\nState for `routemon unpin`: {}",
         args.state.state_dir.join("pin.json").display()
     );
+    let outcome = PinOutcome {
+        actions: actions.iter().map(ToString::to_string).collect(),
+        reloaded: reloaded.map(str::to_owned),
+        verdict,
+    };
     finish(
         args.json,
         &text,
-        json!({
-            "applied": true, "changed": true, "primary": primary.name, "chosen_by": chosen_by,
-            "scheme": args.scheme, "targets": route_plan.targets, "routes": routes, "files": files,
-            "actions": actions.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-            "reloaded": reloaded, "verdict": verdict,
-        }),
+        &report(false, routes, files, Some(outcome)),
     )
 }
 
-fn finish(json: bool, text: &str, value: serde_json::Value) -> anyhow::Result<()> {
+fn finish(json: bool, text: &str, report: &impl Serialize) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        println!("{}", serde_json::to_string_pretty(report)?);
     } else {
         print!("{text}");
     }
@@ -446,13 +507,15 @@ pub async fn run_unpin(args: &UnpinArgs) -> anyhow::Result<()> {
     );
     render_changes(&mut text, &routes, &files);
     if !args.apply {
-        return finish(
-            args.json,
-            &text,
-            json!({
-                "applied": false, "dry_run": true, "routes": routes, "files": files,
-            }),
-        );
+        let report = UnpinReport {
+            applied: false,
+            dry_run: true,
+            routes,
+            files,
+            actions: None,
+            reloaded: None,
+        };
+        return finish(args.json, &text, &report);
     }
     let plain: Vec<Replacement> = replacements.iter().map(|(_, r)| r.clone()).collect();
     let actions = transition::replace(&netlink, &plain)
@@ -481,12 +544,13 @@ pub async fn run_unpin(args: &UnpinArgs) -> anyhow::Result<()> {
         reloaded = Some(how);
     }
     text.push_str("\nUnpinned: the routes and files are as before the pin.\n");
-    finish(
-        args.json,
-        &text,
-        json!({
-            "applied": true, "routes": routes, "files": files,
-            "actions": actions.iter().map(|a| a.to_string()).collect::<Vec<_>>(), "reloaded": reloaded,
-        }),
-    )
+    let report = UnpinReport {
+        applied: true,
+        dry_run: false,
+        routes,
+        files,
+        actions: Some(actions.iter().map(ToString::to_string).collect()),
+        reloaded: Some(reloaded.map(str::to_owned)),
+    };
+    finish(args.json, &text, &report)
 }
