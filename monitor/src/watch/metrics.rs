@@ -8,11 +8,183 @@ use std::{
 
 use monitor_common::{IfaceCounters, PacketCounters};
 
-use super::events::RouteLabels;
-use crate::{
-    ebpf::usage::TableUsage,
-    findings::{Finding, FindingKind, Severity},
+use super::{
+    evaluation::RoutingState, events::RouteLabels, reconcile::Reconciler, traffic::TrafficFindings,
 };
+use crate::{
+    ebpf::{EbpfError, Monitor, pinning::PERSISTENT_ROUTE_IDS, usage::TableUsage},
+    findings::{Finding, FindingKind, Severity},
+    model::{Family, NetworkModel},
+    preference,
+};
+
+/// The daemon's state a scrape shows, borrowed from the watcher.
+pub struct DaemonState<'a> {
+    /// The routing state.
+    pub model: &'a NetworkModel,
+    /// Attached interfaces, retired counters, route ids.
+    pub reconciler: &'a Reconciler,
+    /// Routing findings and Cilium's verdict.
+    pub routing: &'a RoutingState,
+    /// Traffic findings and asymmetric totals.
+    pub traffic: &'a TrafficFindings,
+    /// Netlink resyncs since start.
+    pub resyncs: u64,
+    /// Netlink notifications since start.
+    pub notifications: u64,
+    /// Guard re-pins since start.
+    pub guard_repins: u64,
+    /// Events emitted since start.
+    pub events: u64,
+    /// The kernel tables' usage, when readable.
+    pub tables: Option<TableUsage>,
+}
+
+/// Failed reads of the kernel's counter maps since start, by map.
+pub type ReadFailures = BTreeMap<&'static str, u64>;
+
+/// Reads one kernel map for a scrape: on failure the series it feeds are left out
+/// (zeros would read as a counter reset) and the failure is counted.
+fn read<T>(
+    failures: &mut ReadFailures,
+    map: &'static str,
+    result: Result<T, EbpfError>,
+) -> Option<T> {
+    match result {
+        Ok(value) => Some(value),
+        Err(err) => {
+            tracing::warn!(
+                map,
+                "reading the kernel's counters failed: {err}; its series are left out of this scrape"
+            );
+            *failures.entry(map).or_default() += 1;
+            None
+        }
+    }
+}
+
+/// Assembles one scrape from the daemon's state and the kernel's counters.
+pub fn collect<'a>(
+    state: &DaemonState<'a>,
+    monitor: &Monitor,
+    failures: &mut ReadFailures,
+) -> MetricsInput<'a> {
+    let model = state.model;
+    let name = |i: u32| model.link_name(i);
+    let live = read(failures, "interfaces", monitor.interface_counters());
+    let mut interfaces: BTreeMap<String, (IfaceCounters, bool)> = state
+        .reconciler
+        .retired
+        .iter()
+        .map(|(name, c)| (name.clone(), (*c, false)))
+        .collect();
+    for (ifindex, name) in &state.reconciler.attached {
+        match live.as_ref() {
+            Some(live) => {
+                let entry = interfaces.entry(name.clone()).or_default();
+                if let Some(c) = live.get(ifindex) {
+                    entry.0.accumulate(c);
+                }
+                entry.1 = true;
+            }
+            // Without the live part an attached interface's counters would go down.
+            None => {
+                interfaces.remove(name);
+            }
+        }
+    }
+    let routes = read(
+        failures,
+        "routes",
+        monitor.route_counters(PERSISTENT_ROUTE_IDS as usize),
+    )
+    .map(|counters| {
+        state
+            .reconciler
+            .route_ids
+            .routes()
+            .iter()
+            .map(|(id, route)| {
+                (
+                    RouteLabels::of(model, route),
+                    counters.get(*id as usize).copied().unwrap_or_default(),
+                )
+            })
+            .collect()
+    })
+    .unwrap_or_default();
+    // Recomputed from the model as it is now (a scrape may fall inside a
+    // rate-limited resync, when the last evaluation's indexes are stale).
+    let preferred = preference::preferred_default_routes(model);
+    let default_routes = model
+        .routes
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.is_default() && r.forwards())
+        .map(|(i, r)| (RouteLabels::of(model, r), preferred.contains(&i)))
+        .collect();
+    let cross_eni = read(failures, "cross_eni", monitor.cross_eni_counters())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| k.egress_ifindex != k.source_ifindex)
+        .map(|(k, c)| (name(k.egress_ifindex), name(k.source_ifindex), c))
+        .collect();
+    let asymmetric = state
+        .traffic
+        .asymmetric_totals
+        .iter()
+        .map(|((i, e), c)| (name(*i), name(*e), *c))
+        .collect();
+    let drops = if monitor.counts_drops() {
+        read(failures, "drops", monitor.drop_counters())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|((ifindex, reason), n)| (name(ifindex), reason, n))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let findings: Vec<&Finding> = state
+        .routing
+        .findings
+        .values()
+        .chain(state.traffic.active())
+        .collect();
+    let v4 = model
+        .routes
+        .iter()
+        .filter(|r| r.family == Family::Ipv4)
+        .count();
+    MetricsInput {
+        interfaces: interfaces
+            .into_iter()
+            .map(|(n, (c, attached))| (n, c, attached))
+            .collect(),
+        routes,
+        default_routes,
+        findings,
+        cross_eni,
+        asymmetric,
+        resyncs: state.resyncs,
+        notifications: state.notifications,
+        uncounted_routes: state.reconciler.uncounted_routes,
+        unattached_interfaces: state.reconciler.unattached.len(),
+        model_routes: (v4, model.routes.len() - v4),
+        program_stats: monitor.program_stats(),
+        guard_repins: state.guard_repins,
+        events: state.events,
+        tables: state.tables,
+        drops,
+        counts_drops: monitor.counts_drops(),
+        cilium: state
+            .routing
+            .cilium
+            .as_ref()
+            .map(|v| v.per_family.iter().map(|f| (f.family, f.outcome)).collect())
+            .unwrap_or_default(),
+        read_failures: failures.iter().map(|(map, n)| (*map, *n)).collect(),
+    }
+}
 
 /// Everything one scrape shows.
 #[derive(Debug, Default)]
@@ -53,6 +225,8 @@ pub struct MetricsInput<'a> {
     pub counts_drops: bool,
     /// Cilium's default-route outcome per family (empty before the first evaluation).
     pub cilium: Vec<(crate::model::Family, crate::cilium::Outcome)>,
+    /// Failed reads of kernel counter maps since start, by map.
+    pub read_failures: Vec<(&'static str, u64)>,
 }
 
 /// Builds an exposition: `# HELP`/`# TYPE` once per family, then samples.
@@ -350,6 +524,24 @@ pub fn render(input: &MetricsInput<'_>) -> String {
         "Cilium's default-route lookup per family, computed with Cilium's rules: 1 for the current outcome (ok, tie, no_default_route, multipath_default, reject_default), 0 for the others.",
         &outcomes,
         |(labels, value)| (labels.clone(), value.to_string()),
+    );
+    let failures: Vec<_> = ["interfaces", "routes", "cross_eni", "drops"]
+        .into_iter()
+        .map(|map| {
+            let n = input
+                .read_failures
+                .iter()
+                .find(|(m, _)| *m == map)
+                .map_or(0, |(_, n)| *n);
+            (map, n)
+        })
+        .collect();
+    x.each(
+        "routemon_kernel_read_failures_total",
+        "counter",
+        "Failed reads of a kernel counter map during scrapes; the series it feeds are left out of that scrape.",
+        &failures,
+        |(map, n)| (vec![("map", (*map).to_owned())], n.to_string()),
     );
     let mut by_severity: BTreeMap<String, u64> =
         [Severity::Critical, Severity::Warning, Severity::Info]

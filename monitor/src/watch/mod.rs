@@ -7,48 +7,55 @@
 //! kernel's route tries with stable route ids, re-evaluates the findings and emits
 //! events for what changed. Counter-based findings are evaluated every interval.
 //! Scrapes of `/metrics` are answered by the same task, from the same state.
+//!
+//! This module holds the loop and the state; [`reconcile`] brings the kernel side
+//! in line with the model through the narrow [`kernel::DataPath`] interface,
+//! [`evaluation`] turns the routing state into events, [`traffic`] the counters,
+//! and [`metrics`] assembles and renders the exposition.
 
+pub mod evaluation;
 pub mod events;
 pub mod guard;
 pub mod http;
+pub mod kernel;
 pub mod metrics;
+pub mod reconcile;
 pub mod route_ids;
 pub mod traffic;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     path::PathBuf,
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
-use monitor_common::IfaceCounters;
 use tokio::sync::mpsc;
 
 use self::{
-    events::{Event, EventSink, RouteLabels},
+    evaluation::RoutingState,
+    events::{Event, EventSink},
     guard::Guard,
     http::Query,
-    metrics::MetricsInput,
+    kernel::Kernel,
+    reconcile::Reconciler,
     route_ids::RouteIds,
     traffic::TrafficFindings,
 };
 use crate::{
-    attribution::{AttributionPlan, SourceRule},
     ebpf::{
         AttachMode, Monitor, orphans,
         pinning::{PERSISTENT_ROUTE_IDS, PinStore},
         usage::TableUsage,
     },
-    findings::{self, Finding},
+    findings,
     model::{
-        Link, NetworkModel,
+        NetworkModel,
         dump::Netlink,
         events::{Groups, Notification, Subscription},
         live::{self, Stale},
     },
-    preference, preflight,
+    preflight,
     samples::SampleCollector,
     selection::{self, InterfacePattern, Primary},
     signals::Shutdown,
@@ -252,22 +259,13 @@ struct Watcher {
     primary_name: Option<String>,
     attach_mode: AttachMode,
     events: EventSink,
-    /// Attached interfaces: ifindex → name.
-    attached: BTreeMap<u32, String>,
-    /// Matching interfaces that could not be attached (e.g. beyond the counter
-    /// map's capacity); retried on every change.
-    unattached: BTreeSet<u32>,
-    /// Counters of interfaces that went away, by name.
-    retired: BTreeMap<String, IfaceCounters>,
-    owners: HashMap<IpAddr, u32>,
-    route_ids: RouteIds,
-    uncounted_routes: usize,
-    source_rules: Vec<SourceRule>,
-    routing_findings: BTreeMap<String, Finding>,
+    /// What is attached and written in the kernel.
+    reconciler: Reconciler,
     cilium_family: crate::cilium::CiliumFamilies,
-    /// Cilium's verdict as last evaluated (`None` before the first evaluation).
-    cilium: Option<crate::cilium::Verdict>,
-    default_routes: BTreeSet<RouteLabels>,
+    /// The last routing evaluation.
+    routing: RoutingState,
+    /// Failed reads of kernel counters, by map (a metric of their own).
+    read_failures: metrics::ReadFailures,
     traffic: TrafficFindings,
     traffic_quiet: Duration,
     samples: SampleCollector,
@@ -309,17 +307,10 @@ impl Watcher {
             primary_name: options.primary.clone(),
             attach_mode: options.attach,
             events: EventSink::new(options.events),
-            attached: BTreeMap::new(),
-            unattached: BTreeSet::new(),
-            retired: BTreeMap::new(),
-            owners,
-            route_ids: RouteIds::new(PERSISTENT_ROUTE_IDS, inherited),
-            uncounted_routes: 0,
-            source_rules: Vec::new(),
-            routing_findings: BTreeMap::new(),
+            reconciler: Reconciler::new(RouteIds::new(PERSISTENT_ROUTE_IDS, inherited), owners),
             cilium_family: options.cilium_family,
-            cilium: None,
-            default_routes: BTreeSet::new(),
+            routing: RoutingState::default(),
+            read_failures: metrics::ReadFailures::default(),
             traffic: TrafficFindings::default(),
             traffic_quiet: (options.interval * 6).max(Duration::from_secs(30)),
             samples: SampleCollector::default(),
@@ -388,10 +379,23 @@ impl Watcher {
             }
             self.stale = Stale::default();
         }
-        self.sync_interfaces(netlink).await;
-        self.sync_owners();
-        self.sync_routes();
-        self.evaluate_routing();
+        let mut kernel = Kernel {
+            monitor: &mut self.monitor,
+            netlink,
+        };
+        let attached = self
+            .reconciler
+            .sync_interfaces(&self.model, &self.patterns, self.attach_mode, &mut kernel)
+            .await;
+        self.reconciler.sync_owners(&self.model, &mut kernel);
+        self.reconciler.sync_routes(&self.model, &mut kernel);
+        let primary = self.primary();
+        let routing = self
+            .routing
+            .evaluate(&self.model, primary.as_ref(), self.cilium_family);
+        for event in attached.into_iter().chain(routing) {
+            self.events.emit(event);
+        }
         if let Some(guard) = &mut self.guard
             && let Some(event) = guard.check(netlink, &self.model, since).await
         {
@@ -402,229 +406,6 @@ impl Watcher {
     fn primary(&self) -> Option<Primary> {
         // A named primary that is not there (yet): no primary for now.
         selection::primary_interface(&self.model, self.primary_name.as_deref()).unwrap_or_default()
-    }
-
-    async fn sync_interfaces(&mut self, netlink: &Netlink) {
-        let wanted = selection::matching_interfaces(&self.model, &self.patterns);
-        let current: Vec<(u32, String)> =
-            self.attached.iter().map(|(i, n)| (*i, n.clone())).collect();
-        for (ifindex, name) in current {
-            let still_there = self
-                .model
-                .links
-                .get(&ifindex)
-                .is_some_and(|l| l.name == name);
-            if still_there && wanted.contains(&ifindex) {
-                continue;
-            }
-            // Renamed or no longer matching (the device stays) versus deleted.
-            let reason = if self.model.links.contains_key(&ifindex) {
-                if let Err(err) = self.monitor.detach_interface(netlink, ifindex).await {
-                    tracing::warn!(interface = %name, "detaching failed: {err}");
-                }
-                "deselected"
-            } else {
-                "deleted"
-            };
-            match self.monitor.release_interface(ifindex) {
-                Ok(last) => self
-                    .retired
-                    .entry(name.clone())
-                    .or_default()
-                    .accumulate(&last),
-                Err(err) => {
-                    tracing::warn!(interface = %name, "reading final counters failed: {err}")
-                }
-            }
-            self.attached.remove(&ifindex);
-            self.events.emit(Event::InterfaceDetached {
-                interface: name,
-                ifindex,
-                reason,
-            });
-        }
-        // Interfaces gone or no longer matching are no longer owed an attachment.
-        self.unattached.retain(|i| wanted.contains(i));
-        for ifindex in wanted {
-            if self.attached.contains_key(&ifindex) {
-                continue;
-            }
-            let Some(link) = self.model.links.get(&ifindex).cloned() else {
-                continue;
-            };
-            let attached = self
-                .monitor
-                .register_interface(ifindex)
-                .and_then(|()| self.monitor.attach(&link, self.attach_mode));
-            match attached {
-                Ok(()) => {
-                    let mine: Vec<_> = self
-                        .monitor
-                        .attachments()
-                        .iter()
-                        .filter(|a| a.ifindex == ifindex)
-                        .collect();
-                    let via = mine.first().map_or_else(String::new, |a| a.via.to_string());
-                    let adopted = mine.iter().all(|a| a.adopted) && !mine.is_empty();
-                    tracing::info!(interface = %link.name, %via, adopted, "attached");
-                    self.unattached.remove(&ifindex);
-                    self.attached.insert(ifindex, link.name.clone());
-                    self.events.emit(Event::InterfaceAttached {
-                        interface: link.name,
-                        ifindex,
-                        via,
-                        adopted,
-                    });
-                }
-                Err(err) => {
-                    if self.unattached.insert(ifindex) {
-                        tracing::warn!(interface = %link.name, "cannot attach: {err}");
-                    } else {
-                        tracing::debug!(interface = %link.name, "still cannot attach: {err}");
-                    }
-                    // Undo a half attachment; the next change retries.
-                    let _ = self.monitor.detach_interface(netlink, ifindex).await;
-                }
-            }
-        }
-        // Stacks change with the links (a port enslaved, a macvlan added).
-        let monitored: Vec<&Link> = self
-            .attached
-            .keys()
-            .filter_map(|i| self.model.links.get(i))
-            .collect();
-        if let Err(err) = self.monitor.set_stacking(&monitored) {
-            tracing::warn!("recording which monitored devices are stacked failed: {err}");
-        }
-    }
-
-    fn sync_owners(&mut self) {
-        let wanted: HashMap<IpAddr, u32> = self
-            .model
-            .owned_addresses(|i| self.attached.contains_key(&i))
-            .collect();
-        let removed: Vec<IpAddr> = self
-            .owners
-            .keys()
-            .filter(|addr| !wanted.contains_key(*addr))
-            .copied()
-            .collect();
-        for addr in removed {
-            if let Err(err) = self.monitor.set_source_owner(addr, None) {
-                tracing::warn!("cannot forget the owner of {addr}: {err}");
-            }
-            self.owners.remove(&addr);
-        }
-        for (addr, owner) in wanted {
-            if self.owners.get(&addr) == Some(&owner) {
-                continue;
-            }
-            match self.monitor.set_source_owner(addr, Some(owner)) {
-                Ok(()) => {
-                    self.owners.insert(addr, owner);
-                }
-                Err(err) => tracing::warn!("cannot record the owner of {addr}: {err}"),
-            }
-        }
-    }
-
-    fn sync_routes(&mut self) {
-        let monitored: BTreeSet<u32> = self.attached.keys().copied().collect();
-        let plan = AttributionPlan::build(&self.model, &monitored);
-        let assignment = self.route_ids.assign(&self.model, &plan);
-        if assignment.uncounted > 0 && assignment.uncounted != self.uncounted_routes {
-            tracing::warn!(
-                routes = assignment.uncounted,
-                "routes without a counter: all {PERSISTENT_ROUTE_IDS} route ids are in use"
-            );
-        }
-        self.uncounted_routes = assignment.uncounted;
-        // Flows cache their route id until the routing state's generation moves on
-        // (each update moves it). So a freed id is out of the tries and out of every
-        // cache before it is zeroed and given to its new route.
-        let (to_fresh, others): (Vec<_>, Vec<_>) = assignment
-            .trie_changes
-            .iter()
-            .copied()
-            .partition(|(_, id)| id.is_some_and(|id| assignment.fresh_ids.contains(&id)));
-        let mut result = self.monitor.update_route_entries(&others);
-        for id in &assignment.fresh_ids {
-            result = result.and_then(|()| self.monitor.reset_route_counter(*id));
-        }
-        if !to_fresh.is_empty() {
-            result = result.and_then(|()| self.monitor.update_route_entries(&to_fresh));
-        }
-        if plan.source_rules != self.source_rules {
-            result = result.and_then(|()| self.monitor.replace_source_rules(&plan.source_rules));
-            self.source_rules = plan.source_rules;
-        }
-        if let Err(err) = result {
-            tracing::warn!("updating the kernel's route tries failed: {err}");
-        }
-    }
-
-    fn evaluate_routing(&mut self) {
-        let preferred = preference::preferred_default_routes(&self.model);
-        let primary = self.primary();
-        let cilium = crate::cilium::Verdict::of(&self.model, self.cilium_family);
-        let changed: Vec<_> = cilium
-            .per_family
-            .iter()
-            .filter(|now| {
-                self.cilium
-                    .as_ref()
-                    .is_none_or(|before| before.family(now.family).outcome != now.outcome)
-            })
-            .collect();
-        for verdict in changed {
-            self.events.emit(Event::CiliumVerdictChanged {
-                family: verdict.family,
-                previous: self
-                    .cilium
-                    .as_ref()
-                    .map(|before| before.family(verdict.family).outcome),
-                verdict: verdict.clone(),
-            });
-        }
-        let now: BTreeMap<String, Finding> =
-            findings::evaluate(&self.model, &preferred, primary.as_ref(), &cilium)
-                .into_iter()
-                .map(|f| (f.key(), f))
-                .collect();
-        let previous = std::mem::take(&mut self.routing_findings);
-        for (key, finding) in &previous {
-            if !now.contains_key(key) {
-                self.events.emit(Event::FindingCleared {
-                    finding: finding.clone(),
-                });
-            }
-        }
-        for (key, finding) in &now {
-            if !previous.contains_key(key) {
-                self.events.emit(Event::FindingRaised {
-                    finding: finding.clone(),
-                });
-            }
-        }
-        self.routing_findings = now;
-        self.cilium = Some(cilium);
-
-        let now: BTreeSet<RouteLabels> = self
-            .model
-            .default_routes()
-            .map(|r| RouteLabels::of(&self.model, r))
-            .collect();
-        for route in self.default_routes.difference(&now) {
-            self.events.emit(Event::DefaultRouteRemoved {
-                route: route.clone(),
-            });
-        }
-        for route in now.difference(&self.default_routes) {
-            self.events.emit(Event::DefaultRouteAdded {
-                route: route.clone(),
-            });
-        }
-        self.default_routes = now;
     }
 
     fn drain_samples(&mut self) {
@@ -693,109 +474,18 @@ impl Watcher {
 
     fn render_metrics(&mut self) -> String {
         let tables = self.table_usage();
-        let live = self.monitor.interface_counters().unwrap_or_else(|err| {
-            tracing::warn!("reading interface counters failed: {err}");
-            BTreeMap::new()
-        });
-        let mut interfaces: BTreeMap<String, (IfaceCounters, bool)> = self
-            .retired
-            .iter()
-            .map(|(name, c)| (name.clone(), (*c, false)))
-            .collect();
-        for (ifindex, name) in &self.attached {
-            let entry = interfaces.entry(name.clone()).or_default();
-            if let Some(c) = live.get(ifindex) {
-                entry.0.accumulate(c);
-            }
-            entry.1 = true;
-        }
-        let counters = self
-            .monitor
-            .route_counters(PERSISTENT_ROUTE_IDS as usize)
-            .unwrap_or_default();
-        let routes = self
-            .route_ids
-            .routes()
-            .iter()
-            .map(|(id, route)| {
-                (
-                    RouteLabels::of(&self.model, route),
-                    counters.get(*id as usize).copied().unwrap_or_default(),
-                )
-            })
-            .collect();
-        // Recomputed from the model as it is now (a scrape may fall inside a
-        // rate-limited resync, when the last evaluation's indexes are stale).
-        let preferred = preference::preferred_default_routes(&self.model);
-        let default_routes = self
-            .model
-            .routes
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.is_default() && r.forwards())
-            .map(|(i, r)| (RouteLabels::of(&self.model, r), preferred.contains(&i)))
-            .collect();
-        let name = |i: u32| self.model.link_name(i);
-        let cross_eni = self
-            .monitor
-            .cross_eni_counters()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|(k, _)| k.egress_ifindex != k.source_ifindex)
-            .map(|(k, c)| (name(k.egress_ifindex), name(k.source_ifindex), c))
-            .collect();
-        let asymmetric = self
-            .traffic
-            .asymmetric_totals
-            .iter()
-            .map(|((i, e), c)| (name(*i), name(*e), *c))
-            .collect();
-        let drops = self
-            .monitor
-            .drop_counters()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|((ifindex, reason), n)| (name(ifindex), reason, n))
-            .collect();
-        let findings: Vec<&Finding> = self
-            .routing_findings
-            .values()
-            .chain(self.traffic.active())
-            .collect();
-        metrics::render(&MetricsInput {
-            interfaces: interfaces
-                .into_iter()
-                .map(|(n, (c, attached))| (n, c, attached))
-                .collect(),
-            routes,
-            default_routes,
-            findings,
-            cross_eni,
-            asymmetric,
+        let state = metrics::DaemonState {
+            model: &self.model,
+            reconciler: &self.reconciler,
+            routing: &self.routing,
+            traffic: &self.traffic,
             resyncs: self.resyncs,
             notifications: self.notifications,
-            uncounted_routes: self.uncounted_routes,
-            unattached_interfaces: self.unattached.len(),
-            model_routes: {
-                let v4 = self
-                    .model
-                    .routes
-                    .iter()
-                    .filter(|r| r.family == crate::model::Family::Ipv4)
-                    .count();
-                (v4, self.model.routes.len() - v4)
-            },
-            program_stats: self.monitor.program_stats(),
             guard_repins: self.guard.as_ref().map_or(0, Guard::repins),
             events: self.events.written(),
             tables,
-            drops,
-            counts_drops: self.monitor.counts_drops(),
-            cilium: self
-                .cilium
-                .as_ref()
-                .map(|v| v.per_family.iter().map(|f| (f.family, f.outcome)).collect())
-                .unwrap_or_default(),
-        })
+        };
+        let input = metrics::collect(&state, &self.monitor, &mut self.read_failures);
+        metrics::render(&input)
     }
 }
