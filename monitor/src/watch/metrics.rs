@@ -9,7 +9,8 @@ use std::{
 use monitor_common::{IfaceCounters, PacketCounters};
 
 use super::{
-    evaluation::RoutingState, events::RouteLabels, reconcile::Reconciler, traffic::TrafficFindings,
+    evaluation::RoutingState, events::RouteLabels, metric_families, reconcile::Reconciler,
+    traffic::TrafficFindings,
 };
 use crate::{
     ebpf::{EbpfError, Monitor, pinning::PERSISTENT_ROUTE_IDS, usage::TableUsage},
@@ -236,9 +237,11 @@ struct Exposition {
 }
 
 impl Exposition {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.out, "# HELP {name} {help}");
-        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    /// `# HELP` and `# TYPE` of a family listed in [`FAMILIES`](super::metric_families::FAMILIES).
+    fn family(&mut self, name: &str) {
+        let family = metric_families::family(name);
+        let _ = writeln!(self.out, "# HELP {name} {}", family.help);
+        let _ = writeln!(self.out, "# TYPE {name} {}", family.kind);
     }
 
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
@@ -260,12 +263,10 @@ impl Exposition {
     fn each<T>(
         &mut self,
         name: &str,
-        kind: &str,
-        help: &str,
         items: &[T],
         sample: impl Fn(&T) -> (Vec<(&str, String)>, String),
     ) {
-        self.family(name, kind, help);
+        self.family(name);
         for item in items {
             let (labels, value) = sample(item);
             let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -357,45 +358,20 @@ fn finding_labels(finding: &Finding) -> Vec<(&'static str, String)> {
 }
 
 /// Finding kinds, each exported as `routemon_finding_<kind>`.
-const FINDING_KINDS: [(&str, &str); 7] = [
-    (
-        "cilium_default_route",
-        "Cilium's default-route lookup fails or finds no usable device, for a family the agent uses.",
-    ),
-    (
-        "cilium_dual_stack_links",
-        "The IPv4 and IPv6 default routes leave by different links (Cilium NodeDeviceWithDefaultRoute).",
-    ),
-    (
-        "equal_metric_default_routes",
-        "Default routes of one table and family that share a metric (1 per tie).",
-    ),
-    (
-        "primary_not_preferred",
-        "The kernel prefers a default route that does not leave by the primary interface.",
-    ),
-    (
-        "strict_rp_filter",
-        "Strict reverse-path filtering on an uplink without the preferred default route.",
-    ),
-    (
-        "cross_eni_egress",
-        "Egress with another interface's source address seen in the last window.",
-    ),
-    (
-        "asymmetric_flow",
-        "Flows that left by another interface than they arrived on in the last window (value: flows).",
-    ),
+const FINDING_KINDS: [&str; 7] = [
+    "cilium_default_route",
+    "cilium_dual_stack_links",
+    "equal_metric_default_routes",
+    "primary_not_preferred",
+    "strict_rp_filter",
+    "cross_eni_egress",
+    "asymmetric_flow",
 ];
 
 /// Renders the exposition.
 pub fn render(input: &MetricsInput<'_>) -> String {
     let mut x = Exposition::default();
-    x.family(
-        "routemon_build_info",
-        "gauge",
-        "routemon's version; always 1.",
-    );
+    x.family("routemon_build_info");
     x.sample(
         "routemon_build_info",
         &[("version", env!("CARGO_PKG_VERSION"))],
@@ -403,57 +379,38 @@ pub fn render(input: &MetricsInput<'_>) -> String {
     );
 
     type Field = fn(&IfaceCounters) -> u64;
-    let interface_counters: [(&str, &str, Field); 8] = [
-        (
-            "routemon_interface_egress_packets_total",
-            "Packets seen leaving the interface (TC egress).",
-            |c| c.egress_packets,
-        ),
-        (
-            "routemon_interface_egress_bytes_total",
-            "Bytes seen leaving the interface, link-layer header included.",
-            |c| c.egress_bytes,
-        ),
-        (
-            "routemon_interface_ingress_packets_total",
-            "Packets seen arriving on the interface (TC ingress).",
-            |c| c.ingress_packets,
-        ),
-        (
-            "routemon_interface_ingress_bytes_total",
-            "Bytes seen arriving on the interface, link-layer header included.",
-            |c| c.ingress_bytes,
-        ),
+    let interface_counters: [(&str, Field); 8] = [
+        ("routemon_interface_egress_packets_total", |c| {
+            c.egress_packets
+        }),
+        ("routemon_interface_egress_bytes_total", |c| c.egress_bytes),
+        ("routemon_interface_ingress_packets_total", |c| {
+            c.ingress_packets
+        }),
+        ("routemon_interface_ingress_bytes_total", |c| {
+            c.ingress_bytes
+        }),
         (
             "routemon_interface_egress_unattributed_packets_total",
-            "Egress packets no route of the interface matched (ARP, policy routing, bound sockets).",
             |c| c.egress_unattributed_packets,
         ),
-        (
-            "routemon_interface_egress_unattributed_bytes_total",
-            "Bytes of routemon_interface_egress_unattributed_packets_total.",
-            |c| c.egress_unattributed_bytes,
-        ),
-        (
-            "routemon_interface_unparsed_packets_total",
-            "Packets, both ways, with a truncated or invalid IP header (IPv4 IHL below 5, wrong version, too many IPv6 extension headers): never counted as a flow.",
-            |c| c.unparsed_packets,
-        ),
-        (
-            "routemon_interface_unparsed_bytes_total",
-            "Bytes of routemon_interface_unparsed_packets_total.",
-            |c| c.unparsed_bytes,
-        ),
+        ("routemon_interface_egress_unattributed_bytes_total", |c| {
+            c.egress_unattributed_bytes
+        }),
+        ("routemon_interface_unparsed_packets_total", |c| {
+            c.unparsed_packets
+        }),
+        ("routemon_interface_unparsed_bytes_total", |c| {
+            c.unparsed_bytes
+        }),
     ];
-    for (name, help, field) in interface_counters {
-        x.each(name, "counter", help, &input.interfaces, |(iface, c, _)| {
+    for (name, field) in interface_counters {
+        x.each(name, &input.interfaces, |(iface, c, _)| {
             (vec![("interface", iface.clone())], field(c).to_string())
         });
     }
     x.each(
         "routemon_interface_attached",
-        "gauge",
-        "1 while routemon's programs are attached to the interface, 0 after it went away (its counters are kept).",
         &input.interfaces,
         |(iface, _, attached)| {
             (
@@ -465,22 +422,16 @@ pub fn render(input: &MetricsInput<'_>) -> String {
 
     x.each(
         "routemon_route_egress_packets_total",
-        "counter",
-        "Egress packets attributed to the route (most specific route of the egress interface for the destination).",
         &input.routes,
         |(route, c)| (route_labels(route), c.packets.to_string()),
     );
     x.each(
         "routemon_route_egress_bytes_total",
-        "counter",
-        "Egress bytes attributed to the route, link-layer header included.",
         &input.routes,
         |(route, c)| (route_labels(route), c.bytes.to_string()),
     );
     x.each(
         "routemon_default_route_info",
-        "gauge",
-        "Default routes of every table; preferred=\"true\" for those the kernel uses. Always 1.",
         &input.default_routes,
         |(route, preferred)| {
             let mut labels = route_labels(route);
@@ -490,7 +441,7 @@ pub fn render(input: &MetricsInput<'_>) -> String {
         },
     );
 
-    for (kind, help) in FINDING_KINDS {
+    for kind in FINDING_KINDS {
         let name = format!("routemon_finding_{kind}");
         // One series per distinct label set; asymmetric flows of one interface pair
         // share theirs, so the value counts them.
@@ -499,9 +450,7 @@ pub fn render(input: &MetricsInput<'_>) -> String {
             *by_labels.entry(finding_labels(finding)).or_default() += 1;
         }
         let rows: Vec<_> = by_labels.into_iter().collect();
-        x.each(&name, "gauge", help, &rows, |(labels, n)| {
-            (labels.clone(), n.to_string())
-        });
+        x.each(&name, &rows, |(labels, n)| (labels.clone(), n.to_string()));
     }
     let outcomes: Vec<(Vec<(&str, String)>, u8)> = input
         .cilium
@@ -520,8 +469,6 @@ pub fn render(input: &MetricsInput<'_>) -> String {
         .collect();
     x.each(
         "routemon_cilium_default_route_outcome",
-        "gauge",
-        "Cilium's default-route lookup per family, computed with Cilium's rules: 1 for the current outcome (ok, tie, no_default_route, multipath_default, reject_default), 0 for the others.",
         &outcomes,
         |(labels, value)| (labels.clone(), value.to_string()),
     );
@@ -538,8 +485,6 @@ pub fn render(input: &MetricsInput<'_>) -> String {
         .collect();
     x.each(
         "routemon_kernel_read_failures_total",
-        "counter",
-        "Failed reads of a kernel counter map during scrapes; the series it feeds are left out of that scrape.",
         &failures,
         |(map, n)| (vec![("map", (*map).to_owned())], n.to_string()),
     );
@@ -551,24 +496,18 @@ pub fn render(input: &MetricsInput<'_>) -> String {
         *by_severity.entry(finding.severity.to_string()).or_default() += 1;
     }
     let rows: Vec<_> = by_severity.into_iter().collect();
-    x.each(
-        "routemon_findings",
-        "gauge",
-        "Active findings by severity.",
-        &rows,
-        |(severity, n)| (vec![("severity", severity.clone())], n.to_string()),
-    );
+    x.each("routemon_findings", &rows, |(severity, n)| {
+        (vec![("severity", severity.clone())], n.to_string())
+    });
 
-    for (name, help, rows, first) in [
+    for (name, rows, first) in [
         (
             "routemon_cross_eni_egress",
-            "leaving by egress_interface with a source address of source_interface (dropped by the VPC's source/destination check)",
             &input.cross_eni,
             "egress_interface",
         ),
         (
             "routemon_asymmetric_egress",
-            "of flows that arrived on ingress_interface and left by egress_interface",
             &input.asymmetric,
             "ingress_interface",
         ),
@@ -578,37 +517,21 @@ pub fn render(input: &MetricsInput<'_>) -> String {
         } else {
             "egress_interface"
         };
-        x.each(
-            &format!("{name}_packets_total"),
-            "counter",
-            &format!("Packets {help}."),
-            rows,
-            |(a, b, c)| {
-                (
-                    vec![(first, a.clone()), (second, b.clone())],
-                    c.packets.to_string(),
-                )
-            },
-        );
-        x.each(
-            &format!("{name}_bytes_total"),
-            "counter",
-            &format!("Bytes {help}."),
-            rows,
-            |(a, b, c)| {
-                (
-                    vec![(first, a.clone()), (second, b.clone())],
-                    c.bytes.to_string(),
-                )
-            },
-        );
+        x.each(&format!("{name}_packets_total"), rows, |(a, b, c)| {
+            (
+                vec![(first, a.clone()), (second, b.clone())],
+                c.packets.to_string(),
+            )
+        });
+        x.each(&format!("{name}_bytes_total"), rows, |(a, b, c)| {
+            (
+                vec![(first, a.clone()), (second, b.clone())],
+                c.bytes.to_string(),
+            )
+        });
     }
 
-    x.family(
-        "routemon_model_routes",
-        "gauge",
-        "Routes of every table in routemon's model of the kernel, by family.",
-    );
+    x.family("routemon_model_routes");
     for (family, count) in [
         ("ipv4", input.model_routes.0),
         ("ipv6", input.model_routes.1),
@@ -616,46 +539,18 @@ pub fn render(input: &MetricsInput<'_>) -> String {
         x.sample("routemon_model_routes", &[("family", family)], count);
     }
 
-    for (name, kind, help, value) in [
-        (
-            "routemon_netlink_resyncs_total",
-            "counter",
-            "Full re-reads of the routing state after lost netlink notifications (ENOBUFS).",
-            input.resyncs,
-        ),
-        (
-            "routemon_netlink_notifications_total",
-            "counter",
-            "rtnetlink notifications received.",
-            input.notifications,
-        ),
-        (
-            "routemon_routes_uncounted",
-            "gauge",
-            "Routes of monitored interfaces without a counter because every route id is in use.",
-            input.uncounted_routes as u64,
-        ),
+    for (name, value) in [
+        ("routemon_netlink_resyncs_total", input.resyncs),
+        ("routemon_netlink_notifications_total", input.notifications),
+        ("routemon_routes_uncounted", input.uncounted_routes as u64),
         (
             "routemon_interfaces_unattached",
-            "gauge",
-            "Interfaces routemon should watch but could not attach to (e.g. more than its 256 \
-             interface counters); retried on every change.",
             input.unattached_interfaces as u64,
         ),
-        (
-            "routemon_guard_repins_total",
-            "counter",
-            "Times the guard re-applied the pinned metric.",
-            input.guard_repins,
-        ),
-        (
-            "routemon_events_total",
-            "counter",
-            "Events emitted.",
-            input.events,
-        ),
+        ("routemon_guard_repins_total", input.guard_repins),
+        ("routemon_events_total", input.events),
     ] {
-        x.family(name, kind, help);
+        x.family(name);
         x.sample(name, &[], value);
     }
 
@@ -665,9 +560,6 @@ pub fn render(input: &MetricsInput<'_>) -> String {
     if input.counts_drops {
         x.each(
             "routemon_drops_total",
-            "counter",
-            "Packets the kernel dropped on the interface, by drop reason (skb:kfree_skb; \
-             IP_RPFILTER, NEIGH_FAILED, QDISC_DROP, NO_SOCKET, …).",
             &input.drops,
             |(interface, reason, n)| {
                 (
@@ -681,8 +573,6 @@ pub fn render(input: &MetricsInput<'_>) -> String {
     if input.program_stats.iter().any(|(_, _, runs)| *runs > 0) {
         x.each(
             "routemon_bpf_program_run_seconds_total",
-            "counter",
-            "Time the kernel spent in routemon's eBPF program (kernel.bpf_stats_enabled=1 only).",
             &input.program_stats,
             |(program, nanos, _)| {
                 (
@@ -693,8 +583,6 @@ pub fn render(input: &MetricsInput<'_>) -> String {
         );
         x.each(
             "routemon_bpf_program_runs_total",
-            "counter",
-            "Runs of routemon's eBPF program (kernel.bpf_stats_enabled=1 only).",
             &input.program_stats,
             |(program, _, runs)| (vec![("program", (*program).to_owned())], runs.to_string()),
         );
@@ -723,31 +611,15 @@ fn render_tables(x: &mut Exposition, tables: &TableUsage) {
                 tables.drop_reasons.capacity,
             ),
         ]);
-    x.family(
-        "routemon_table_entries",
-        "gauge",
-        "Entries in routemon's bounded kernel tables (flows, flows_v6: the IPv4 and IPv6 \
-         flow tables of top flows and asymmetry; unanswered, unanswered_v6: tuples that \
-         arrived and were not answered, kept apart so they never evict a flow; read at \
-         most every 10 s).",
-    );
+    x.family("routemon_table_entries");
     for (table, entries, _) in sizes.clone() {
         x.sample("routemon_table_entries", &[("table", table)], entries);
     }
-    x.family(
-        "routemon_table_capacity",
-        "gauge",
-        "Entries the bounded kernel table can hold.",
-    );
+    x.family("routemon_table_capacity");
     for (table, _, capacity) in sizes {
         x.sample("routemon_table_capacity", &[("table", table)], capacity);
     }
-    x.family(
-        "routemon_table_evictions_total",
-        "counter",
-        "Entries the LRU tables evicted to make room (replies of evicted flows are not \
-         checked for asymmetry; evicted asymmetric flows lose their per-flow counts).",
-    );
+    x.family("routemon_table_evictions_total");
     for (table, usage) in lru {
         x.sample(
             "routemon_table_evictions_total",
@@ -755,32 +627,19 @@ fn render_tables(x: &mut Exposition, tables: &TableUsage) {
             usage.evicted,
         );
     }
-    x.family(
-        "routemon_cross_eni_uncounted_packets_total",
-        "counter",
-        "Cross-ENI packets not counted because the interface-pair table was full.",
-    );
+    x.family("routemon_cross_eni_uncounted_packets_total");
     x.sample(
         "routemon_cross_eni_uncounted_packets_total",
         &[],
         pairs.uncounted_packets,
     );
-    x.family(
-        "routemon_drops_uncounted_total",
-        "counter",
-        "Kernel drops not counted because the (interface, reason) table was full.",
-    );
+    x.family("routemon_drops_uncounted_total");
     x.sample(
         "routemon_drops_uncounted_total",
         &[],
         tables.drop_reasons.uncounted_packets,
     );
-    x.family(
-        "routemon_samples_total",
-        "counter",
-        "Packet samples sent to userspace (outcome=\"sent\") or held back by the rate limit \
-         or a full ring buffer (outcome=\"suppressed\").",
-    );
+    x.family("routemon_samples_total");
     for (outcome, n) in [
         ("sent", tables.samples.sent),
         ("suppressed", tables.samples.suppressed),
@@ -792,6 +651,84 @@ fn render_tables(x: &mut Exposition, tables: &TableUsage) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An input with every section filled, so every family renders.
+    fn everything() -> MetricsInput<'static> {
+        let route = RouteLabels {
+            family: "ipv4".into(),
+            table: "main".into(),
+            destination: "0.0.0.0/0".into(),
+            gateway: "10.0.1.1".into(),
+            interface: "ens5".into(),
+            metric: 1024,
+        };
+        let findings: &'static [Finding] = Box::leak(Box::new(everything_findings()));
+        MetricsInput {
+            interfaces: vec![("ens5".into(), IfaceCounters::default(), true)],
+            routes: vec![(route.clone(), PacketCounters::default())],
+            default_routes: vec![(route, true)],
+            findings: findings.iter().collect(),
+            cross_eni: vec![("ens5".into(), "ens6".into(), PacketCounters::default())],
+            asymmetric: vec![("ens6".into(), "ens5".into(), PacketCounters::default())],
+            program_stats: vec![("routemon_tx", 10, 1)],
+            tables: Some(TableUsage::default()),
+            drops: vec![("ens5".into(), "IP_RPFILTER".into(), 1)],
+            counts_drops: true,
+            cilium: vec![(Family::Ipv4, crate::cilium::Outcome::Ok)],
+            read_failures: vec![("routes", 1)],
+            ..MetricsInput::default()
+        }
+    }
+
+    fn everything_findings() -> Vec<Finding> {
+        use crate::{
+            cilium::{CiliumFamilies, Verdict},
+            testutil::{default_route, model_with_links, push_routes},
+        };
+        let mut model = model_with_links(&["lo", "ens5", "ens6"]);
+        push_routes(
+            &mut model,
+            [
+                default_route(2, Some("10.0.1.1"), 1024, 254),
+                default_route(3, Some("10.0.2.1"), 1024, 254),
+            ],
+        );
+        crate::findings::evaluate(
+            &model,
+            &preference::preferred_default_routes(&model),
+            None,
+            &Verdict::of(&model, CiliumFamilies::Ipv4),
+        )
+    }
+
+    /// The family table is what the renderer writes: every family it lists is
+    /// rendered with its type and help, and every series carries only its labels.
+    #[test]
+    fn every_rendered_series_is_in_the_family_table() {
+        use super::metric_families::FAMILIES;
+        let text = render(&everything());
+        for family in FAMILIES {
+            assert!(
+                text.contains(&format!("# HELP {} {}\n", family.name, family.help)),
+                "{} not rendered",
+                family.name
+            );
+            assert!(text.contains(&format!("# TYPE {} {}\n", family.name, family.kind)));
+        }
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            let family = super::metric_families::family(name);
+            if let Some((_, labels)) = line.split_once('{') {
+                for pair in labels.split("\",") {
+                    let key = pair.split('=').next().unwrap();
+                    assert!(
+                        family.labels.contains(&key),
+                        "{name} has label {key}, not in its table entry"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn labels_are_escaped_and_families_typed() {

@@ -18,6 +18,7 @@ pub mod events;
 pub mod guard;
 pub mod http;
 pub mod kernel;
+pub mod metric_families;
 pub mod metrics;
 pub mod reconcile;
 pub mod route_ids;

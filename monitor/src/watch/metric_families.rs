@@ -1,0 +1,339 @@
+//! Every metric family `watch` exports: name, type, help and label names. The
+//! renderer ([`super::metrics`]) takes each family's type and help from here, a unit
+//! test checks every rendered series against it, and `docs/metrics-and-events.md`
+//! holds the same table (checked by a test, regenerated with `ROUTEMON_BLESS=1`).
+
+/// One metric family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetricFamily {
+    /// The family's name.
+    pub name: &'static str,
+    /// `counter` or `gauge`.
+    pub kind: &'static str,
+    /// The `# HELP` text.
+    pub help: &'static str,
+    /// The label names its series carry.
+    pub labels: &'static [&'static str],
+}
+
+/// Every family, in the order the exposition lists them.
+pub const FAMILIES: &[MetricFamily] = &[
+    MetricFamily {
+        name: "routemon_build_info",
+        kind: "gauge",
+        help: "routemon's version; always 1.",
+        labels: &["version"],
+    },
+    MetricFamily {
+        name: "routemon_interface_egress_packets_total",
+        kind: "counter",
+        help: "Packets seen leaving the interface (TC egress).",
+        labels: &["interface"],
+    },
+    MetricFamily {
+        name: "routemon_interface_egress_bytes_total",
+        kind: "counter",
+        help: "Bytes seen leaving the interface, link-layer header included.",
+        labels: &["interface"],
+    },
+    MetricFamily {
+        name: "routemon_interface_ingress_packets_total",
+        kind: "counter",
+        help: "Packets seen arriving on the interface (TC ingress).",
+        labels: &["interface"],
+    },
+    MetricFamily {
+        name: "routemon_interface_ingress_bytes_total",
+        kind: "counter",
+        help: "Bytes seen arriving on the interface, link-layer header included.",
+        labels: &["interface"],
+    },
+    MetricFamily {
+        name: "routemon_interface_egress_unattributed_packets_total",
+        kind: "counter",
+        help: "Egress packets no route of the interface matched (ARP, policy routing, bound sockets).",
+        labels: &["interface"],
+    },
+    MetricFamily {
+        name: "routemon_interface_egress_unattributed_bytes_total",
+        kind: "counter",
+        help: "Bytes of routemon_interface_egress_unattributed_packets_total.",
+        labels: &["interface"],
+    },
+    MetricFamily {
+        name: "routemon_interface_unparsed_packets_total",
+        kind: "counter",
+        help: "Packets, both ways, with a truncated or invalid IP header (IPv4 IHL below 5, wrong version, too many IPv6 extension headers): never counted as a flow.",
+        labels: &["interface"],
+    },
+    MetricFamily {
+        name: "routemon_interface_unparsed_bytes_total",
+        kind: "counter",
+        help: "Bytes of routemon_interface_unparsed_packets_total.",
+        labels: &["interface"],
+    },
+    MetricFamily {
+        name: "routemon_interface_attached",
+        kind: "gauge",
+        help: "1 while routemon's programs are attached to the interface, 0 after it went away (its counters are kept).",
+        labels: &["interface"],
+    },
+    MetricFamily {
+        name: "routemon_route_egress_packets_total",
+        kind: "counter",
+        help: "Egress packets attributed to the route (most specific route of the egress interface for the destination).",
+        labels: &[
+            "destination",
+            "family",
+            "gateway",
+            "interface",
+            "metric",
+            "table",
+        ],
+    },
+    MetricFamily {
+        name: "routemon_route_egress_bytes_total",
+        kind: "counter",
+        help: "Egress bytes attributed to the route, link-layer header included.",
+        labels: &[
+            "destination",
+            "family",
+            "gateway",
+            "interface",
+            "metric",
+            "table",
+        ],
+    },
+    MetricFamily {
+        name: "routemon_default_route_info",
+        kind: "gauge",
+        help: "Default routes of every table; preferred=\"true\" for those the kernel uses. Always 1.",
+        labels: &[
+            "family",
+            "gateway",
+            "interface",
+            "metric",
+            "preferred",
+            "table",
+        ],
+    },
+    MetricFamily {
+        name: "routemon_finding_cilium_default_route",
+        kind: "gauge",
+        help: "Cilium's default-route lookup fails or finds no usable device, for a family the agent uses.",
+        labels: &["family", "outcome", "severity"],
+    },
+    MetricFamily {
+        name: "routemon_finding_cilium_dual_stack_links",
+        kind: "gauge",
+        help: "The IPv4 and IPv6 default routes leave by different links (Cilium NodeDeviceWithDefaultRoute).",
+        labels: &["ipv4_device", "ipv6_device", "severity"],
+    },
+    MetricFamily {
+        name: "routemon_finding_equal_metric_default_routes",
+        kind: "gauge",
+        help: "Default routes of one table and family that share a metric (1 per tie).",
+        labels: &["family", "interfaces", "metric", "severity", "table"],
+    },
+    MetricFamily {
+        name: "routemon_finding_primary_not_preferred",
+        kind: "gauge",
+        help: "The kernel prefers a default route that does not leave by the primary interface.",
+        labels: &[
+            "family",
+            "table",
+            "primary",
+            "preferred_interface",
+            "severity",
+        ],
+    },
+    MetricFamily {
+        name: "routemon_finding_strict_rp_filter",
+        kind: "gauge",
+        help: "Strict reverse-path filtering on an uplink without the preferred default route.",
+        labels: &["interface", "severity"],
+    },
+    MetricFamily {
+        name: "routemon_finding_cross_eni_egress",
+        kind: "gauge",
+        help: "Egress with another interface's source address seen in the last window.",
+        labels: &["egress_interface", "source_interface", "severity"],
+    },
+    MetricFamily {
+        name: "routemon_finding_asymmetric_flow",
+        kind: "gauge",
+        help: "Flows that left by another interface than they arrived on in the last window (value: flows).",
+        labels: &["ingress_interface", "egress_interface", "severity"],
+    },
+    MetricFamily {
+        name: "routemon_cilium_default_route_outcome",
+        kind: "gauge",
+        help: "Cilium's default-route lookup per family, computed with Cilium's rules: 1 for the current outcome (ok, tie, no_default_route, multipath_default, reject_default), 0 for the others.",
+        labels: &["family", "outcome"],
+    },
+    MetricFamily {
+        name: "routemon_kernel_read_failures_total",
+        kind: "counter",
+        help: "Failed reads of a kernel counter map during scrapes; the series it feeds are left out of that scrape.",
+        labels: &["map"],
+    },
+    MetricFamily {
+        name: "routemon_findings",
+        kind: "gauge",
+        help: "Active findings by severity.",
+        labels: &["severity"],
+    },
+    MetricFamily {
+        name: "routemon_cross_eni_egress_packets_total",
+        kind: "counter",
+        help: "Packets leaving by egress_interface with a source address of source_interface (dropped by the VPC's source/destination check).",
+        labels: &["egress_interface", "source_interface"],
+    },
+    MetricFamily {
+        name: "routemon_cross_eni_egress_bytes_total",
+        kind: "counter",
+        help: "Bytes leaving by egress_interface with a source address of source_interface (dropped by the VPC's source/destination check).",
+        labels: &["egress_interface", "source_interface"],
+    },
+    MetricFamily {
+        name: "routemon_asymmetric_egress_packets_total",
+        kind: "counter",
+        help: "Packets of flows that arrived on ingress_interface and left by egress_interface.",
+        labels: &["egress_interface", "ingress_interface"],
+    },
+    MetricFamily {
+        name: "routemon_asymmetric_egress_bytes_total",
+        kind: "counter",
+        help: "Bytes of flows that arrived on ingress_interface and left by egress_interface.",
+        labels: &["egress_interface", "ingress_interface"],
+    },
+    MetricFamily {
+        name: "routemon_model_routes",
+        kind: "gauge",
+        help: "Routes of every table in routemon's model of the kernel, by family.",
+        labels: &["family"],
+    },
+    MetricFamily {
+        name: "routemon_netlink_resyncs_total",
+        kind: "counter",
+        help: "Full re-reads of the routing state after lost netlink notifications (ENOBUFS).",
+        labels: &[],
+    },
+    MetricFamily {
+        name: "routemon_netlink_notifications_total",
+        kind: "counter",
+        help: "rtnetlink notifications received.",
+        labels: &[],
+    },
+    MetricFamily {
+        name: "routemon_routes_uncounted",
+        kind: "gauge",
+        help: "Routes of monitored interfaces without a counter because every route id is in use.",
+        labels: &[],
+    },
+    MetricFamily {
+        name: "routemon_interfaces_unattached",
+        kind: "gauge",
+        help: "Interfaces routemon should watch but could not attach to (e.g. more than its 256 interface counters); retried on every change.",
+        labels: &[],
+    },
+    MetricFamily {
+        name: "routemon_guard_repins_total",
+        kind: "counter",
+        help: "Times the guard re-applied the pinned metric.",
+        labels: &[],
+    },
+    MetricFamily {
+        name: "routemon_events_total",
+        kind: "counter",
+        help: "Events emitted.",
+        labels: &[],
+    },
+    MetricFamily {
+        name: "routemon_table_entries",
+        kind: "gauge",
+        help: "Entries in routemon's bounded kernel tables (flows, flows_v6: the IPv4 and IPv6 flow tables of top flows and asymmetry; unanswered, unanswered_v6: tuples that arrived and were not answered, kept apart so they never evict a flow; read at most every 10 s).",
+        labels: &["table"],
+    },
+    MetricFamily {
+        name: "routemon_table_capacity",
+        kind: "gauge",
+        help: "Entries the bounded kernel table can hold.",
+        labels: &["table"],
+    },
+    MetricFamily {
+        name: "routemon_table_evictions_total",
+        kind: "counter",
+        help: "Entries the LRU tables evicted to make room (replies of evicted flows are not checked for asymmetry; evicted asymmetric flows lose their per-flow counts).",
+        labels: &["table"],
+    },
+    MetricFamily {
+        name: "routemon_cross_eni_uncounted_packets_total",
+        kind: "counter",
+        help: "Cross-ENI packets not counted because the interface-pair table was full.",
+        labels: &[],
+    },
+    MetricFamily {
+        name: "routemon_drops_uncounted_total",
+        kind: "counter",
+        help: "Kernel drops not counted because the (interface, reason) table was full.",
+        labels: &[],
+    },
+    MetricFamily {
+        name: "routemon_samples_total",
+        kind: "counter",
+        help: "Packet samples sent to userspace (outcome=\"sent\") or held back by the rate limit or a full ring buffer (outcome=\"suppressed\").",
+        labels: &["outcome"],
+    },
+    MetricFamily {
+        name: "routemon_drops_total",
+        kind: "counter",
+        help: "Packets the kernel dropped on the interface, by drop reason (skb:kfree_skb; IP_RPFILTER, NEIGH_FAILED, QDISC_DROP, NO_SOCKET, …).",
+        labels: &["interface", "reason"],
+    },
+    MetricFamily {
+        name: "routemon_bpf_program_run_seconds_total",
+        kind: "counter",
+        help: "Time the kernel spent in routemon's eBPF program (kernel.bpf_stats_enabled=1 only).",
+        labels: &["program"],
+    },
+    MetricFamily {
+        name: "routemon_bpf_program_runs_total",
+        kind: "counter",
+        help: "Runs of routemon's eBPF program (kernel.bpf_stats_enabled=1 only).",
+        labels: &["program"],
+    },
+];
+
+/// The family called `name`.
+///
+/// # Panics
+/// When `name` is not in [`FAMILIES`]: every family the renderer writes must be
+/// listed there (a unit test renders them all).
+pub fn family(name: &str) -> &'static MetricFamily {
+    FAMILIES
+        .iter()
+        .find(|f| f.name == name)
+        .unwrap_or_else(|| panic!("metric family {name} is not in FAMILIES"))
+}
+
+/// The families as a Markdown table (name, type, labels, help), as the docs hold it.
+pub fn markdown_table() -> String {
+    let mut out = String::from("| name | type | labels | help |\n|---|---|---|---|\n");
+    for f in FAMILIES {
+        let labels = f
+            .labels
+            .iter()
+            .map(|l| format!("`{l}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} |\n",
+            f.name,
+            f.kind,
+            labels,
+            f.help.replace('|', "\\|")
+        ));
+    }
+    out
+}
