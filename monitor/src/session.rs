@@ -22,6 +22,7 @@ use crate::{
     findings::{self, Finding},
     model::{Link, NetworkModel, dump::Netlink},
     preference,
+    report::{Measured, Report, ReportInput},
     selection::{self, InterfacePattern, Primary},
 };
 
@@ -69,6 +70,22 @@ impl Investigation {
             preferred,
             cilium,
             findings,
+        })
+    }
+}
+
+impl Investigation {
+    /// The report of this state with `findings` and, for snapshots, what was
+    /// measured.
+    pub fn report(&self, findings: Vec<Finding>, measured: Option<Measured<'_>>) -> Report {
+        Report::build(ReportInput {
+            model: &self.model,
+            monitored: &self.monitored,
+            primary: self.primary.as_ref(),
+            preferred: &self.preferred,
+            cilium: &self.cilium,
+            findings,
+            measured,
         })
     }
 }

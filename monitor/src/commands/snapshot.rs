@@ -12,7 +12,7 @@ use crate::{
         events::{Groups, Notification, Subscription},
     },
     preflight,
-    report::{Measured, Report, ReportInput, SnapshotInfo},
+    report::{Measured, SnapshotInfo},
     samples::SampleCollector,
     session::{Counting, Investigation, Readings},
     signals::Shutdown,
@@ -112,19 +112,14 @@ pub async fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
     );
     let changes = changes_during_count(&netlink, &found).await;
 
-    let mut report = Report::build(ReportInput {
-        model: &found.model,
-        monitored: &found.monitored,
-        primary: found.primary.as_ref(),
-        preferred: &found.preferred,
-        cilium: &found.cilium,
+    let mut report = found.report(
         findings,
-        measured: Some(Measured {
+        Some(Measured {
             interfaces: &interfaces,
             routes: &routes,
             plan: &plan,
         }),
-    });
+    );
     let mut top_flows = crate::flows::top_per_interface(&found.model, &flows, TOP_FLOWS);
     for iface in &mut report.interfaces {
         if changes.gone.contains(&iface.ifindex) {

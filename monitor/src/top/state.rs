@@ -12,7 +12,7 @@ use monitor_common::{IfaceCounters, PacketCounters};
 use crate::{
     findings::{self, Finding},
     flows::{FlowDeltas, FlowTraffic, top_per_interface},
-    report::{Measured, Report, ReportInput},
+    report::{Measured, Report},
     samples::SampleCollector,
     session::{Counting, Readings},
 };
@@ -96,19 +96,14 @@ impl TopState {
         );
         self.findings = findings;
 
-        let report = Report::build(ReportInput {
-            model: &found.model,
-            monitored: &found.monitored,
-            primary: found.primary.as_ref(),
-            preferred: &found.preferred,
-            cilium: &found.cilium,
-            findings: Vec::new(),
-            measured: Some(Measured {
+        let report = found.report(
+            Vec::new(),
+            Some(Measured {
                 interfaces: &interfaces,
                 routes: &routes,
                 plan: &counting.plan,
             }),
-        });
+        );
         for (ifindex, counters) in &interfaces {
             let bits = (counters.egress_bytes + counters.ingress_bytes) as f64 * 8.0 / self.seconds;
             let history = self.history.entry(*ifindex).or_default();

@@ -16,6 +16,16 @@ pub struct MetricFamily {
     pub labels: &'static [&'static str],
 }
 
+/// The labels of a counted route's series.
+const ROUTE_LABELS: &[&str] = &[
+    "destination",
+    "family",
+    "gateway",
+    "interface",
+    "metric",
+    "table",
+];
+
 /// Every family, in the order the exposition lists them.
 pub const FAMILIES: &[MetricFamily] = &[
     MetricFamily {
@@ -82,27 +92,13 @@ pub const FAMILIES: &[MetricFamily] = &[
         name: "routemon_route_egress_packets_total",
         kind: "counter",
         help: "Egress packets attributed to the route (most specific route of the egress interface for the destination).",
-        labels: &[
-            "destination",
-            "family",
-            "gateway",
-            "interface",
-            "metric",
-            "table",
-        ],
+        labels: ROUTE_LABELS,
     },
     MetricFamily {
         name: "routemon_route_egress_bytes_total",
         kind: "counter",
         help: "Egress bytes attributed to the route, link-layer header included.",
-        labels: &[
-            "destination",
-            "family",
-            "gateway",
-            "interface",
-            "metric",
-            "table",
-        ],
+        labels: ROUTE_LABELS,
     },
     MetricFamily {
         name: "routemon_default_route_info",
