@@ -105,6 +105,15 @@ impl RouteIds {
     /// make in the kernel.
     pub fn assign(&mut self, model: &NetworkModel, plan: &AttributionPlan) -> Assignment {
         let mut out = Assignment::default();
+        // Ids of routes that are gone become free first, so that routes still
+        // waiting for an id (every id was in use) get one in this same assignment:
+        // after a burst, no further change may come to trigger another.
+        let present: std::collections::HashSet<Identity, FastHash> = plan
+            .route_ids
+            .iter()
+            .map(|&index| Identity::of(&model.routes[index]))
+            .collect();
+        self.free_gone(|identity| present.contains(identity));
         let mut wanted: HashMap<TrieKey, u32, FastHash> = HashMap::default();
         let mut live: HashMap<Identity, u32, FastHash> = HashMap::default();
         // Plan route ids (one per route, whatever its number of trie entries).
@@ -130,18 +139,8 @@ impl RouteIds {
             wanted.insert(key, id);
         }
         out.uncounted = uncounted_routes.len();
-        // Ids of routes that are gone become free.
-        let gone: Vec<(Identity, u32)> = self
-            .by_identity
-            .iter()
-            .filter(|(identity, _)| !live.contains_key(*identity))
-            .map(|(identity, id)| (identity.clone(), *id))
-            .collect();
-        for (identity, id) in gone {
-            self.by_identity.remove(&identity);
-            self.routes.remove(&id);
-            self.free.push(id);
-        }
+        // Routes that lost their last trie entry in this plan are gone too.
+        self.free_gone(|identity| live.contains_key(identity));
         self.by_identity.extend(live);
         for (key, id) in &wanted {
             if self.trie.get(key) != Some(id) {
@@ -156,6 +155,21 @@ impl RouteIds {
         self.trie = wanted;
         self.inherited.clear();
         out
+    }
+
+    /// Frees the ids of the routes for which `kept` is false.
+    fn free_gone(&mut self, kept: impl Fn(&Identity) -> bool) {
+        let gone: Vec<(Identity, u32)> = self
+            .by_identity
+            .iter()
+            .filter(|(identity, _)| !kept(identity))
+            .map(|(identity, id)| (identity.clone(), *id))
+            .collect();
+        for (identity, id) in gone {
+            self.by_identity.remove(&identity);
+            self.routes.remove(&id);
+            self.free.push(id);
+        }
     }
 
     fn allocate(&mut self, key: &TrieKey, fresh: &mut Vec<u32>) -> Option<u32> {
@@ -256,5 +270,33 @@ mod tests {
         model.routes.push(route("10.8.0.0/16", 3, None, 0, 254));
         let full = ids.assign(&model, &plan_for(&model));
         assert_eq!(full.uncounted, 1);
+    }
+
+    /// After a burst that used every id, a route waiting for one gets the id a
+    /// removed route frees in the same assignment: no later change is needed.
+    #[test]
+    fn a_waiting_route_gets_a_freed_id_in_the_same_assignment() {
+        let mut model = model_with_links(&["lo", "ens5"]);
+        push_routes(
+            &mut model,
+            [
+                route("10.1.0.0/16", 2, None, 0, 254),
+                route("10.2.0.0/16", 2, None, 0, 254),
+                route("10.3.0.0/16", 2, None, 0, 254),
+            ],
+        );
+        let mut ids = RouteIds::new(2, Vec::new());
+        assert_eq!(ids.assign(&model, &plan_for(&model)).uncounted, 1);
+        model.routes.remove(0);
+        let after = ids.assign(&model, &plan_for(&model));
+        assert_eq!(after.uncounted, 0, "the freed id went to the waiting route");
+        assert_eq!(ids.routes().len(), 2);
+        // The reused id is zeroed before a trie entry points at it.
+        assert_eq!(after.fresh_ids.len(), 1);
+        let reused = after.fresh_ids[0];
+        assert!(
+            after.trie_changes.iter().any(|(_, id)| *id == Some(reused)),
+            "{after:?}"
+        );
     }
 }
