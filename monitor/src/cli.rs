@@ -461,8 +461,9 @@ pub struct WatchArgs {
     #[arg(long, default_value = "10s", value_parser = parse_interval)]
     pub interval: Duration,
 
-    /// Netlink receive buffer in bytes. Larger buffers lose fewer notifications
-    /// under route churn (a loss triggers a full re-read).
+    /// Netlink receive buffer in bytes (the kernel reserves twice this, as it does
+    /// for every SO_RCVBUF). Larger buffers lose fewer notifications under route
+    /// churn (a loss triggers a full re-read).
     #[arg(long, value_name = "BYTES", default_value_t = crate::model::events::DEFAULT_RECEIVE_BUFFER)]
     pub netlink_buffer: usize,
 

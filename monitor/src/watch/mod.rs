@@ -133,9 +133,12 @@ pub async fn run(options: WatchOptions) -> anyhow::Result<()> {
     let netlink = Netlink::connect()?;
     let mut subscription =
         Subscription::with_receive_buffer(Groups::Everything, options.netlink_buffer)?;
+    // The kernel doubles SO_RCVBUF for its own bookkeeping and reports the doubled
+    // value: both are logged so the figure matches --netlink-buffer.
     tracing::info!(
-        bytes = subscription.receive_buffer(),
-        "netlink receive buffer"
+        requested = options.netlink_buffer,
+        granted = subscription.receive_buffer(),
+        "netlink receive buffer (granted: as SO_RCVBUF reports it, twice the request)"
     );
     // Bound before anything is attached, so a busy port fails cleanly.
     let listener = match options.listen {

@@ -179,11 +179,16 @@ impl Reconciler {
         let monitored: BTreeSet<u32> = self.attached.keys().copied().collect();
         let plan = AttributionPlan::build(model, &monitored);
         let assignment = self.route_ids.assign(model, &plan);
-        if assignment.uncounted > 0 && assignment.uncounted != self.uncounted_routes {
-            tracing::warn!(
-                routes = assignment.uncounted,
-                "routes without a counter: all {PERSISTENT_ROUTE_IDS} route ids are in use"
-            );
+        // Said when it starts and when it ends, not at every change of the count
+        // (routemon_routes_uncounted has the figure).
+        match (self.uncounted_routes, assignment.uncounted) {
+            (0, now) if now > 0 => tracing::warn!(
+                routes = now,
+                "routes without a counter: all {PERSISTENT_ROUTE_IDS} route ids are in use \
+                 (routemon_routes_uncounted follows the count)"
+            ),
+            (before, 0) if before > 0 => tracing::info!("every route has a counter again"),
+            _ => {}
         }
         self.uncounted_routes = assignment.uncounted;
         // Flows cache their route id until the routing state's generation moves on
