@@ -1,5 +1,6 @@
 //! Builds `monitor-ebpf` for the BPF target with aya-build, as aya-template does. The
 //! object lands in `$OUT_DIR/routemon` and is embedded by `include_bytes_aligned!`.
+//! routemon's `debug-log` feature turns on the eBPF crate's feature of that name.
 use anyhow::{Context as _, anyhow};
 use aya_build::Toolchain;
 
@@ -19,8 +20,15 @@ fn main() -> anyhow::Result<()> {
         manifest_path,
         ..
     } = ebpf_package;
+    // Cargo tells a build script its package's features through the environment.
+    let features: &[&str] = if std::env::var_os("CARGO_FEATURE_DEBUG_LOG").is_some() {
+        &["debug-log"]
+    } else {
+        &[]
+    };
     let ebpf_package = aya_build::Package {
         name: name.as_str(),
+        features,
         root_dir: manifest_path
             .parent()
             .ok_or_else(|| anyhow!("no parent for {manifest_path}"))?

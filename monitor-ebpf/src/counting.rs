@@ -10,6 +10,7 @@ use monitor_common::{
 };
 
 use crate::{
+    debug_log::debug_log,
     flows::{Tuple as _, arrive, leave},
     maps::{
         ASYMMETRIC_FLOWS, CONFIG, CROSS_ENI, FEATURES, ROUTE_COUNTERS, iface_counters, iface_slot,
@@ -174,6 +175,11 @@ fn count_cross_eni(egress: u32, owner: u32, len: u64) {
         source_ifindex: owner,
     };
     if add_packet!(CROSS_ENI, &key, len) == Added::Lost {
+        debug_log!(
+            "CROSS_ENI full: egress {} with source of {} not counted",
+            egress,
+            owner
+        );
         table_stats(|s| s.cross_eni_uncounted_packets += 1);
     }
 }

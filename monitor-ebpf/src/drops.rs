@@ -4,7 +4,10 @@
 use aya_ebpf::{helpers::bpf_probe_read_kernel, programs::RawTracePointContext};
 use monitor_common::DropKey;
 
-use crate::maps::{DROP_CONFIG, DROPS, iface_slot, table_stats};
+use crate::{
+    debug_log::debug_log,
+    maps::{DROP_CONFIG, DROPS, iface_slot, table_stats},
+};
 
 #[inline(always)]
 pub(crate) fn count_drop(ctx: &RawTracePointContext) -> Option<()> {
@@ -36,6 +39,11 @@ pub(crate) fn count_drop(ctx: &RawTracePointContext) -> Option<()> {
         Some(count) => unsafe { *count += 1 },
         None => {
             if DROPS.insert(key, 1, 0).is_err() {
+                debug_log!(
+                    "DROPS full: drop on {} (reason {}) not counted",
+                    ifindex,
+                    key.reason
+                );
                 table_stats(|s| s.drops_uncounted += 1);
             }
         }

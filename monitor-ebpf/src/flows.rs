@@ -13,6 +13,7 @@ use monitor_common::{
 
 use crate::{
     counting::{add_shared, count_asymmetric},
+    debug_log::debug_log,
     maps::{
         FLOW_TEMPLATE, FLOWS, FLOWS_INBOUND, FLOWS_INBOUND_V6, FLOWS_V6, ROUTES_V4, ROUTES_V6,
         SOURCE_OWNERS_V4, SOURCE_OWNERS_V6, SOURCE_RULES_V4, SOURCE_RULES_V6, table_stats,
@@ -292,6 +293,8 @@ fn new_entry<T: Tuple>(
     if let Some(existing) = table.get_ptr_mut(key) {
         // SAFETY: a valid pointer into the map's value, as in count_ingress.
         add_to_existing(unsafe { &mut *existing });
+    } else {
+        debug_log!("flow table: insert refused and no entry to add to; packet not counted");
     }
     false
 }

@@ -17,12 +17,14 @@
 //! - [`routes`]: the route and source owner of a packet leaving by an interface.
 //! - [`sampling`]: rate-limited samples of cross-ENI flows for userspace.
 //! - [`drops`]: the `kfree_skb` tracepoint's counting.
+//! - [`debug_log`]: debug records for userspace (`debug-log` feature only).
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
 mod counting;
+mod debug_log;
 mod drops;
 mod flows;
 mod maps;

@@ -4,6 +4,8 @@
 use aya_ebpf::programs::TcContext;
 use monitor_common::{FlowKey, FlowKeyV4, IfaceCounters};
 
+use crate::debug_log::debug_log;
+
 const ETH_HLEN: usize = 14;
 const ETH_TYPE_OFFSET: usize = 12;
 const VLAN_HLEN: usize = 4;
@@ -154,12 +156,18 @@ pub(crate) fn parse(ctx: &TcContext, link_layer: LinkLayer) -> Parsed {
 #[inline(always)]
 fn parse_ipv4(ctx: &TcContext, l3_offset: usize) -> Parsed {
     let Some(header) = bytes::<IPV4_HLEN>(ctx, l3_offset) else {
+        debug_log!("unparsed: IPv4 header truncated (at offset {})", l3_offset);
         return Parsed::Malformed;
     };
     let header_words = header[0] & 0x0f;
     // Version 4 and at least the fixed header: below 5 words the "ports" would be
     // read from inside the IP header (the kernel drops such packets: IP_INHDR).
     if header[0] >> 4 != 4 || header_words < 5 {
+        debug_log!(
+            "unparsed: IPv4 header with version {} and IHL {}",
+            header[0] >> 4,
+            header_words
+        );
         return Parsed::Malformed;
     }
     let protocol = header[9];
@@ -185,9 +193,11 @@ fn parse_ipv4(ctx: &TcContext, l3_offset: usize) -> Parsed {
 #[inline(always)]
 fn parse_ipv6(ctx: &TcContext, l3_offset: usize) -> Parsed {
     let Some(header) = bytes::<IPV6_HLEN>(ctx, l3_offset) else {
+        debug_log!("unparsed: IPv6 header truncated (at offset {})", l3_offset);
         return Parsed::Malformed;
     };
     if header[0] >> 4 != 6 {
+        debug_log!("unparsed: IPv6 header with version {}", header[0] >> 4);
         return Parsed::Malformed;
     }
     // Walk the extension headers to the transport protocol, so that a UDP and a TCP
@@ -229,6 +239,11 @@ fn parse_ipv6(ctx: &TcContext, l3_offset: usize) -> Parsed {
         protocol,
         IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_FRAGMENT | IPPROTO_AH | IPPROTO_DSTOPTS
     ) {
+        debug_log!(
+            "unparsed: IPv6 extension header {} after {} others",
+            protocol,
+            MAX_IPV6_EXTENSIONS
+        );
         return Parsed::Malformed;
     }
     let (src_port, dst_port) = if first_fragment {

@@ -35,6 +35,10 @@ enum Task {
     Build,
     /// Build routemon and run it as root: `cargo xtask run -- routes`.
     Run {
+        /// Build routemon with these features (comma-separated or repeated), e.g.
+        /// `debug-log`: the eBPF programs' debug records in routemon's log.
+        #[arg(long, value_delimiter = ',')]
+        features: Vec<String>,
         /// Arguments for routemon.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -80,7 +84,7 @@ fn main() -> ExitCode {
         Task::Setup { build_only: true } => setup::run_build_only(),
         Task::Setup { build_only: false } => setup::run(),
         Task::Build => build(),
-        Task::Run { args } => run(&args),
+        Task::Run { features, args } => run(&features, &args),
         Task::Test { filter } => test(filter.as_deref()),
         Task::Lint => lint(),
         Task::Bench { quick, sections } => setup::run()
@@ -110,8 +114,22 @@ fn build() -> Result<()> {
     util::cargo(&["build", "--release", "--quiet"])
 }
 
-fn run(args: &[String]) -> Result<()> {
-    build()?;
+fn run(features: &[String], args: &[String]) -> Result<()> {
+    if features.is_empty() {
+        build()?;
+    } else {
+        let features = features.join(",");
+        println!("xtask: building routemon with {features} (release)");
+        util::cargo(&[
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "routemon",
+            "--features",
+            &features,
+        ])?;
+    }
     let bin = util::workspace_root().join("target/release/routemon");
     util::exec_as_root(&bin, args)
 }

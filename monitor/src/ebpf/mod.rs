@@ -3,6 +3,8 @@
 
 mod attach;
 pub mod btf;
+#[cfg(feature = "debug-log")]
+mod debug_log;
 pub mod drops;
 mod iface_slots;
 use iface_slots::IfaceSlots;
@@ -583,6 +585,8 @@ fn load_programs(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
                 source,
             })?;
     }
+    #[cfg(feature = "debug-log")]
+    debug_log::relay(ebpf);
     Ok(())
 }
 
