@@ -4,8 +4,17 @@
 //! the kernel's state became, the affected part is re-read instead:
 //! - default routes, whose order in the kernel's list decides equal-metric ties;
 //! - IPv6 multipath routes, whose next hops the kernel adds and removes one by one;
-//! - routes after a link or address disappears: the kernel flushes IPv4 routes of a
-//!   deleted device or address without notifying each one;
+//! - IPv6 routes after a link goes down or disappears.
+//!
+//! The kernel removes IPv4 routes without any notification when their device goes
+//! down or loses its last IPv4 address, and routes of the main table whose
+//! preferred source was a removed address (`fib_disable_ip` → `fib_sync_down_dev`,
+//! `fib_sync_down_addr`, then `fib_flush`, net/ipv4/fib_frontend.c). It announces
+//! the link or address change *before* it flushes (`dev_close_many` sends
+//! `RTM_NEWLINK` before `NETDEV_DOWN`; `inet_del_ifa` sends `RTM_DELADDR` before
+//! `inetaddr_chain`), and route dumps do not wait for the flush, so a re-read at
+//! that moment can see half of it. Those routes are therefore removed here with
+//! the kernel's rules, not re-read;
 //! - rules (few, and their order matters);
 //! - everything after [`Notification::Overrun`].
 
@@ -69,16 +78,13 @@ pub fn apply(model: &mut NetworkModel, notification: Notification) -> Stale {
                 .get(&link.index)
                 .is_some_and(|old| old.admin_up && !link.admin_up);
             if went_down {
-                // Routes through a device that goes down are flushed silently.
-                stale = Stale {
-                    ipv4_routes: true,
-                    ipv6_routes: true,
-                    ..Stale::default()
-                };
+                flush_ipv4_device(model, link.index, false);
+                stale.ipv6_routes = true;
             }
             model.links.insert(link.index, link);
         }
         Notification::LinkRemoved(link) => {
+            flush_ipv4_device(model, link.index, true);
             model.links.remove(&link.index);
             model.addresses.retain(|a| a.ifindex != link.index);
             model.rp_filter.remove(&link.index);
@@ -95,7 +101,18 @@ pub fn apply(model: &mut NetworkModel, notification: Notification) -> Stale {
         }
         Notification::AddressRemoved(address) => {
             model.addresses.retain(|a| *a != address);
-            stale.routes(Family::of(&address.addr.addr()));
+            match address.addr.addr() {
+                ip @ std::net::IpAddr::V4(_) => {
+                    flush_ipv4_source(model, ip);
+                    let last = !model
+                        .addresses_of(address.ifindex)
+                        .any(|a| a.addr.addr().is_ipv4());
+                    if last {
+                        flush_ipv4_device(model, address.ifindex, true);
+                    }
+                }
+                std::net::IpAddr::V6(_) => stale.ipv6_routes = true,
+            }
         }
         Notification::RouteAdded { route, replace } => {
             if needs_reread(model, &route) {
@@ -117,6 +134,30 @@ pub fn apply(model: &mut NetworkModel, notification: Notification) -> Stale {
         Notification::Overrun => stale = Stale::ALL,
     }
     stale
+}
+
+/// `fib_sync_down_dev` + `fib_flush`: every IPv4 route all of whose next hops leave
+/// by `ifindex` goes (in every table; a multipath route with another live next hop
+/// stays). Host-scope routes (the device's own addresses in table local) stay when
+/// the device only goes down; they go too when it loses its last address or is
+/// deleted (`force`: the kernel then matches every next-hop scope).
+fn flush_ipv4_device(model: &mut NetworkModel, ifindex: u32, force: bool) {
+    /// `RT_SCOPE_HOST`.
+    const SCOPE_HOST: u8 = 254;
+    model.routes.retain(|r| {
+        r.family != Family::Ipv4
+            || r.nexthops.is_empty()
+            || (!force && r.scope == SCOPE_HOST)
+            || !r.nexthops.iter().all(|nh| nh.ifindex == Some(ifindex))
+    });
+}
+
+/// `fib_sync_down_addr` + `fib_flush`: main-table IPv4 routes whose preferred
+/// source was `addr` go.
+fn flush_ipv4_source(model: &mut NetworkModel, addr: std::net::IpAddr) {
+    model.routes.retain(|r| {
+        !(r.family == Family::Ipv4 && r.table == super::table::MAIN && r.pref_src == Some(addr))
+    });
 }
 
 /// Re-reads the stale parts from the kernel.
@@ -239,5 +280,66 @@ mod tests {
         assert!(!model.links.contains_key(&3));
         assert!(stale.ipv4_routes && stale.ipv6_routes);
         assert_eq!(apply(&mut model, Notification::Overrun), Stale::ALL);
+    }
+
+    #[test]
+    fn a_device_going_down_takes_its_ipv4_routes_like_the_kernel() {
+        let mut model = model_with_links(&["lo", "ens5", "ens6"]);
+        let mut multipath = route("10.9.0.0/16", 3, Some("10.0.2.1"), 0, 254);
+        multipath.nexthops.push(crate::model::NextHop {
+            gateway: Some("10.0.1.1".parse().unwrap()),
+            ifindex: Some(2),
+            hops: 0,
+            flags: 0,
+        });
+        multipath.multipath = true;
+        let mut own = route("10.0.2.10/32", 3, None, 0, 255);
+        own.scope = 254;
+        for r in [
+            own,
+            route("0.0.0.0/0", 3, Some("10.0.2.1"), 1024, 254),
+            route("10.8.0.0/16", 3, None, 0, 100),
+            route("10.1.0.0/16", 2, None, 0, 254),
+            route("::/0", 3, Some("fe80::1"), 1024, 254),
+            multipath,
+        ] {
+            model.routes.push(r);
+        }
+        let mut down = model.links[&3].clone();
+        down.admin_up = false;
+        let stale = apply(&mut model, Notification::LinkChanged(down));
+        let left: Vec<String> = model.routes.iter().map(|r| r.dst.to_string()).collect();
+        assert_eq!(
+            left,
+            ["10.0.2.10/32", "10.1.0.0/16", "::/0", "10.9.0.0/16"],
+            "the address's own host route stays while the device is only down"
+        );
+        assert!(!stale.ipv4_routes, "not re-read: a dump can race the flush");
+        assert!(stale.ipv6_routes);
+    }
+
+    #[test]
+    fn an_ipv4_address_going_takes_the_routes_that_depended_on_it() {
+        let mut model = model_with_links(&["lo", "ens5"]);
+        let address = |a: &str| crate::model::Address {
+            ifindex: 2,
+            addr: a.parse().unwrap(),
+        };
+        model.addresses = vec![address("10.0.1.10/24"), address("10.0.3.10/24")];
+        let mut sourced = route("10.5.0.0/16", 2, Some("10.0.1.1"), 0, 254);
+        sourced.pref_src = Some("10.0.1.10".parse().unwrap());
+        model.routes = vec![sourced, route("10.6.0.0/16", 2, Some("10.0.1.1"), 0, 254)];
+        apply(
+            &mut model,
+            Notification::AddressRemoved(address("10.0.1.10/24")),
+        );
+        let left: Vec<String> = model.routes.iter().map(|r| r.dst.to_string()).collect();
+        assert_eq!(left, ["10.6.0.0/16"], "the route sourced from it went");
+        // The last IPv4 address: the device's IPv4 routes go.
+        apply(
+            &mut model,
+            Notification::AddressRemoved(address("10.0.3.10/24")),
+        );
+        assert!(model.routes.is_empty());
     }
 }

@@ -375,3 +375,73 @@ fn beyond_256_interfaces_it_degrades_and_counts_what_it_could_not_attach() {
             .is_empty()
     );
 }
+
+/// The kernel removes every IPv4 route through a device that goes down without an
+/// `RTM_DELROUTE` for each (IPv6 routes are announced): with a tie between ens5
+/// and ens6 and two thousand routes on ens6, `ip link set ens6 down` must leave
+/// the daemon's model equal to a fresh dump and clear the tie.
+#[test]
+fn link_down_flushes_the_models_ipv4_routes_like_the_kernel() {
+    let (bed, _pins, mut watch) = two_uplinks_watched((1024, 1024), &[]);
+    watch
+        .wait_for("the tie", EVENT_TIMEOUT, |e| {
+            e["event"] == "finding_raised" && e["finding"]["kind"] == "equal_metric_default_routes"
+        })
+        .unwrap();
+    let batch = std::env::temp_dir().join(format!("{}-ens6-routes", bed.node.name()));
+    let commands: String = (0..2000u32)
+        .map(|i| format!("route add 10.{}.{}.0/24 dev ens6\n", 120 + i / 256, i % 256))
+        .collect();
+    std::fs::write(&batch, commands).unwrap();
+    bed.node.ip(&["-batch", batch.to_str().unwrap()]).unwrap();
+    let _ = std::fs::remove_file(&batch);
+    let kernel_v4 = |bed: &routemon_testbed::Testbed| -> f64 {
+        bed.node
+            .ip(&["-4", "route", "show", "table", "all"])
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with(' ') && !l.starts_with('\t'))
+            .count() as f64
+    };
+    let model_v4 = |bed: &routemon_testbed::Testbed| {
+        sample(
+            &scrape(&bed.node).unwrap(),
+            "routemon_model_routes",
+            &[("family", "ipv4")],
+        )
+    };
+    wait_until(EVENT_TIMEOUT, "the model to hold the new routes", || {
+        model_v4(&bed) == Some(kernel_v4(&bed))
+    })
+    .unwrap();
+
+    bed.node.ip(&["link", "set", "ens6", "down"]).unwrap();
+    let kernel = kernel_v4(&bed);
+    assert!(kernel < 100.0, "the kernel flushed ens6's routes: {kernel}");
+    let flushed = wait_until(EVENT_TIMEOUT, "the model to equal the kernel", || {
+        model_v4(&bed) == Some(kernel_v4(&bed))
+    });
+    assert!(
+        flushed.is_ok(),
+        "model {:?} IPv4 routes, kernel {}; events: {:?}",
+        model_v4(&bed),
+        kernel_v4(&bed),
+        watch.events().iter().rev().take(5).collect::<Vec<_>>()
+    );
+    watch
+        .wait_for("the tie cleared", EVENT_TIMEOUT, |e| {
+            e["event"] == "finding_cleared" && e["finding"]["kind"] == "equal_metric_default_routes"
+        })
+        .unwrap();
+    let metrics = scrape(&bed.node).unwrap();
+    assert_eq!(
+        sample(
+            &metrics,
+            "routemon_finding_equal_metric_default_routes",
+            &[]
+        ),
+        None,
+        "{metrics}"
+    );
+    watch.stop_cleanly().unwrap();
+}
