@@ -41,13 +41,74 @@ pub struct DaemonState<'a> {
     pub tables: Option<TableUsage>,
 }
 
-/// Failed reads of the kernel's counter maps since start, by map.
-pub type ReadFailures = BTreeMap<&'static str, u64>;
+/// What scrapes remember from one to the next.
+#[derive(Debug, Default)]
+pub struct ScrapeMemory {
+    /// Failed reads of the kernel's counter maps since start, by map.
+    read_failures: BTreeMap<&'static str, u64>,
+    /// Running totals of the route counter series.
+    routes: SeriesTotals<RouteLabels>,
+    /// Running totals of the drop series, by (interface, reason).
+    drops: SeriesTotals<(String, String)>,
+}
+
+/// Keeps counter series monotonic per label set while the daemon runs. A label set
+/// can be fed by a new kernel entry that starts from zero — a route deleted and
+/// added again gets a fresh route id, a re-created interface a new ifindex — so each
+/// scrape adds what the raw value counted since the previous one
+/// ([`PacketCounters::since`]: a raw value below the last one restarted). What a
+/// freed entry counted after the last scrape is not seen.
+#[derive(Debug)]
+struct SeriesTotals<K> {
+    series: BTreeMap<K, SeriesTotal>,
+    scrapes: u64,
+}
+
+impl<K> Default for SeriesTotals<K> {
+    fn default() -> Self {
+        Self {
+            series: BTreeMap::new(),
+            scrapes: 0,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct SeriesTotal {
+    last_raw: PacketCounters,
+    total: PacketCounters,
+    seen_at: u64,
+}
+
+/// A label set not seen for this many scrapes is forgotten (bounded memory under
+/// route churn).
+const FORGET_AFTER_SCRAPES: u64 = 100;
+
+impl<K: Ord + Clone> SeriesTotals<K> {
+    /// Starts a scrape.
+    fn begin(&mut self) {
+        self.scrapes += 1;
+        let now = self.scrapes;
+        self.series
+            .retain(|_, s| now - s.seen_at <= FORGET_AFTER_SCRAPES);
+    }
+
+    /// The series' running total given its raw kernel value now.
+    fn total(&mut self, key: &K, raw: PacketCounters) -> PacketCounters {
+        let now = self.scrapes;
+        let series = self.series.entry(key.clone()).or_default();
+        let grown = raw.since(&series.last_raw);
+        series.total.accumulate(&grown);
+        series.last_raw = raw;
+        series.seen_at = now;
+        series.total
+    }
+}
 
 /// Reads one kernel map for a scrape: on failure the series it feeds are left out
 /// (zeros would read as a counter reset) and the failure is counted.
 fn read<T>(
-    failures: &mut ReadFailures,
+    failures: &mut BTreeMap<&'static str, u64>,
     map: &'static str,
     result: Result<T, EbpfError>,
 ) -> Option<T> {
@@ -68,8 +129,11 @@ fn read<T>(
 pub fn collect<'a>(
     state: &DaemonState<'a>,
     monitor: &Monitor,
-    failures: &mut ReadFailures,
+    memory: &mut ScrapeMemory,
 ) -> MetricsInput<'a> {
+    memory.routes.begin();
+    memory.drops.begin();
+    let failures = &mut memory.read_failures;
     let model = state.model;
     let name = |i: u32| model.link_name(i);
     let live = read(failures, "interfaces", monitor.interface_counters());
@@ -106,10 +170,10 @@ pub fn collect<'a>(
             .routes()
             .iter()
             .map(|(id, route)| {
-                (
-                    RouteLabels::of(model, route),
-                    counters.get(*id as usize).copied().unwrap_or_default(),
-                )
+                let labels = RouteLabels::of(model, route);
+                let raw = counters.get(*id as usize).copied().unwrap_or_default();
+                let total = memory.routes.total(&labels, raw);
+                (labels, total)
             })
             .collect()
     })
@@ -137,10 +201,18 @@ pub fn collect<'a>(
         .map(|((i, e), c)| (name(*i), name(*e), *c))
         .collect();
     let drops = if monitor.counts_drops() {
-        read(failures, "drops", monitor.drop_counters())
+        read(&mut memory.read_failures, "drops", monitor.drop_counters())
             .unwrap_or_default()
             .into_iter()
-            .map(|((ifindex, reason), n)| (name(ifindex), reason, n))
+            .map(|((ifindex, reason), n)| {
+                let key = (name(ifindex), reason);
+                let raw = PacketCounters {
+                    packets: n,
+                    bytes: 0,
+                };
+                let total = memory.drops.total(&key, raw).packets;
+                (key.0, key.1, total)
+            })
             .collect()
     } else {
         Vec::new()
@@ -183,7 +255,11 @@ pub fn collect<'a>(
             .as_ref()
             .map(|v| v.per_family.iter().map(|f| (f.family, f.outcome)).collect())
             .unwrap_or_default(),
-        read_failures: failures.iter().map(|(map, n)| (*map, *n)).collect(),
+        read_failures: memory
+            .read_failures
+            .iter()
+            .map(|(map, n)| (*map, *n))
+            .collect(),
     }
 }
 
@@ -699,6 +775,29 @@ mod tests {
             None,
             &Verdict::of(&model, CiliumFamilies::Ipv4),
         )
+    }
+
+    /// A series fed by an entry that restarts from zero (a route deleted and added
+    /// again) keeps growing; one unseen for long is forgotten.
+    #[test]
+    fn series_totals_never_go_backwards() {
+        let c = |packets| PacketCounters {
+            packets,
+            bytes: packets * 100,
+        };
+        let mut totals = SeriesTotals::<&str>::default();
+        let mut scrape = |raw| {
+            totals.begin();
+            totals.total(&"route", raw).packets
+        };
+        assert_eq!(scrape(c(10)), 10);
+        assert_eq!(scrape(c(15)), 15);
+        assert_eq!(scrape(c(2)), 17, "re-created: 2 more, never 2");
+        assert_eq!(scrape(c(4)), 19);
+        for _ in 0..=FORGET_AFTER_SCRAPES {
+            totals.begin();
+        }
+        assert!(totals.series.is_empty());
     }
 
     /// The family table is what the renderer writes: every family it lists is

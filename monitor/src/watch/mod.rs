@@ -268,8 +268,8 @@ struct Watcher {
     cilium_family: crate::cilium::CiliumFamilies,
     /// The last routing evaluation.
     routing: RoutingState,
-    /// Failed reads of kernel counters, by map (a metric of their own).
-    read_failures: metrics::ReadFailures,
+    /// Failed reads and counter totals, kept from scrape to scrape.
+    scrapes: metrics::ScrapeMemory,
     traffic: TrafficFindings,
     traffic_quiet: Duration,
     samples: SampleCollector,
@@ -314,7 +314,7 @@ impl Watcher {
             reconciler: Reconciler::new(RouteIds::new(PERSISTENT_ROUTE_IDS, inherited), owners),
             cilium_family: options.cilium_family,
             routing: RoutingState::default(),
-            read_failures: metrics::ReadFailures::default(),
+            scrapes: metrics::ScrapeMemory::default(),
             traffic: TrafficFindings::default(),
             traffic_quiet: (options.interval * 6).max(Duration::from_secs(30)),
             samples: SampleCollector::default(),
@@ -489,7 +489,7 @@ impl Watcher {
             events: self.events.written(),
             tables,
         };
-        let input = metrics::collect(&state, &self.monitor, &mut self.read_failures);
+        let input = metrics::collect(&state, &self.monitor, &mut self.scrapes);
         metrics::render(&input)
     }
 }
