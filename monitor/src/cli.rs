@@ -338,7 +338,7 @@ pub struct SelectionArgs {
     #[command(flatten)]
     pub interfaces: InterfaceArgs,
 
-    /// Print JSON (schema in README.md) instead of tables.
+    /// Print JSON (schema in docs/json.md) instead of tables.
     #[arg(long)]
     pub json: bool,
 

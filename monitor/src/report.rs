@@ -1,7 +1,7 @@
 //! The report that `routes` and `snapshot` print: the JSON contract and the data
 //! behind the human-readable tables.
 //!
-//! Schema (version 1): see README.md, section "JSON output". Fields are only ever
+//! Schema (version 1): see docs/json.md. Fields are only ever
 //! added; counters are integers and appear only where routemon measured them.
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -665,7 +665,7 @@ fn findings_follow_cilium_family_and_the_verdict_is_always_reported() {
     assert!(text.contains("Found multiple default routes with the same priority"));
 }
 
-/// What the README and the `equal_metric_default_routes` message say the kernel
+/// What docs/findings.md and the `equal_metric_default_routes` message say the kernel
 /// does with tied IPv4 defaults (net/ipv4/fib_semantics.c `fib_select_default`,
 /// called from `fib_select_path` for output lookups only): the node's own traffic
 /// stays on the first route while its gateway's neighbour entry is reachable,

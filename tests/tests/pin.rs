@@ -277,7 +277,7 @@ fn pinned_metrics_survive_reload_restart_and_dhcp_renewal() {
     // and routes and re-adds them. Most new connections leave by ens6 meanwhile,
     // but a lookup that races the address removal fails (seen: 1 request in ~4600
     // with ENETUNREACH), so this run is held to under 1% failed requests, not to
-    // zero; that gap is why --reload is opt-in (see README).
+    // zero; that gap is why --reload is opt-in (see docs/commands.md).
     let (out, _, counted) = run_under_traffic(
         &eks,
         &state,

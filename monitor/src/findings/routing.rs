@@ -97,7 +97,7 @@ fn rules_using(model: &NetworkModel, family: Family, table_id: u32) -> Option<Ve
 }
 
 /// What the kernel does with default routes tied at the best metric, as its code
-/// does it (see README "What the kernel does with tied default routes").
+/// does it (see docs/findings.md, "What the kernel does with tied default routes").
 fn kernel_behaviour(family: Family, tied: &[Exit<'_>], multipath: bool) -> String {
     let reject = tied.iter().find(|e| e.route.rejects());
     if let Some(reject) = reject {

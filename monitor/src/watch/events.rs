@@ -1,6 +1,6 @@
 //! The event stream of `routemon watch`: one JSON object per line on stdout.
 //!
-//! Schema (version 1, documented in README.md "Events"): every event has
+//! Schema (version 1, documented in docs/metrics-and-events.md): every event has
 //! `schema_version`, `ts` (RFC 3339, UTC, milliseconds) and `event`; the other
 //! fields depend on `event`. Fields are only ever added.
 

@@ -333,3 +333,41 @@ pub fn markdown_table() -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const START: &str = "<!-- metric-families:start -->\n";
+    const END: &str = "<!-- metric-families:end -->";
+
+    /// `docs/metrics-and-events.md` lists exactly these families; with
+    /// `ROUTEMON_BLESS=1` the test writes the table instead of comparing.
+    #[test]
+    fn the_docs_list_every_family() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/metrics-and-events.md");
+        let text = std::fs::read_to_string(&path).expect("docs/metrics-and-events.md");
+        let start = text.find(START).expect("start marker") + START.len();
+        let end = text.find(END).expect("end marker");
+        let table = markdown_table();
+        if std::env::var_os("ROUTEMON_BLESS").is_some() {
+            let blessed = format!("{}{table}{}", &text[..start], &text[end..]);
+            std::fs::write(&path, blessed).expect("writing the docs");
+            return;
+        }
+        assert_eq!(
+            &text[start..end],
+            table,
+            "docs/metrics-and-events.md is out of date: run with ROUTEMON_BLESS=1"
+        );
+    }
+
+    #[test]
+    fn names_are_unique() {
+        let mut names: Vec<&str> = FAMILIES.iter().map(|f| f.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), FAMILIES.len());
+    }
+}

@@ -1,5 +1,5 @@
 //! The bench's outputs: a table on stdout, `target/bench/results.json`, and a
-//! Markdown summary for the README.
+//! Markdown summary for docs/performance.md.
 
 use std::time::Duration;
 
