@@ -409,8 +409,8 @@ mod tests {
         assert_eq!(state.route_ids.routes().len(), 2);
 
         // The default route is replaced by another (same trie key, new route): the
-        // other changes go first, then the new id is zeroed, then the key points at
-        // it — never at an id with another route's counts.
+        // old route's id is freed and given to the new one in the same assignment,
+        // zeroed after the other trie changes; the key already points at it.
         kernel.calls.clear();
         model.routes.remove(0);
         push_routes(
@@ -421,6 +421,16 @@ mod tests {
                 500,
                 crate::model::table::MAIN,
             )],
+        );
+        state.sync_routes(&model, &mut kernel);
+        assert_eq!(kernel.calls, ["tries ", "reset 0"]);
+
+        // A new route with a key of its own: its id is zeroed before its key is
+        // written.
+        kernel.calls.clear();
+        push_routes(
+            &mut model,
+            [route("10.7.0.0/16", 2, None, 0, crate::model::table::MAIN)],
         );
         state.sync_routes(&model, &mut kernel);
         assert_eq!(kernel.calls, ["tries ", "reset 2", "tries 2"]);
