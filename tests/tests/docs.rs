@@ -1,8 +1,13 @@
 //! The documentation generated from the code stays true: `docs/usage.md` is every
 //! subcommand's `--help`, and the README's usage table names every subcommand.
-//! `ROUTEMON_BLESS=1` rewrites `docs/usage.md` instead of comparing.
+//! `ROUTEMON_BLESS=1` rewrites `docs/usage.md` instead of comparing. Every relative
+//! link of the Markdown documentation reaches a file and, with an anchor, a heading.
 
-use std::path::Path;
+use std::{
+    collections::BTreeSet,
+    fs,
+    path::{Path, PathBuf},
+};
 
 routemon_testbed::new_machine_view!();
 
@@ -79,4 +84,146 @@ fn the_readme_names_every_subcommand() {
             "a new subcommand {name}: add it to SUBCOMMANDS, the README and docs/usage.md"
         );
     }
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// GitHub's anchor for a heading.
+fn slug(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The Markdown files whose links are checked.
+fn markdown_files() -> Vec<PathBuf> {
+    let root = repo_root();
+    let mut files = vec![root.join("README.md"), root.join("SECURITY.md")];
+    let mut dirs = vec![root.join("docs")];
+    while let Some(dir) = dirs.pop() {
+        for entry in fs::read_dir(&dir).unwrap_or_else(|err| panic!("reading {dir:?}: {err}")) {
+            let path = entry.expect("directory entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|ext| ext == "md") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// Lines outside fenced code blocks.
+fn prose_lines(text: &str) -> Vec<&str> {
+    let mut in_code = false;
+    let mut lines = Vec::new();
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            in_code = !in_code;
+        } else if !in_code {
+            lines.push(line);
+        }
+    }
+    lines
+}
+
+/// The anchors of a Markdown file's headings, as GitHub numbers repeated ones.
+fn anchors(text: &str) -> BTreeSet<String> {
+    let mut anchors = BTreeSet::new();
+    for line in prose_lines(text) {
+        let level = line.chars().take_while(|c| *c == '#').count();
+        if !(1..=6).contains(&level) || !line[level..].starts_with(' ') {
+            continue;
+        }
+        let base = slug(&line[level..]);
+        let mut anchor = base.clone();
+        let mut n = 0;
+        while anchors.contains(&anchor) {
+            n += 1;
+            anchor = format!("{base}-{n}");
+        }
+        anchors.insert(anchor);
+    }
+    anchors
+}
+
+/// The targets of inline links `[text](target)` outside code.
+fn link_targets(line: &str) -> Vec<String> {
+    // Drop inline code spans, which may hold `](` that is no link.
+    let mut prose = String::new();
+    for (i, part) in line.split('`').enumerate() {
+        if i % 2 == 0 {
+            prose.push_str(part);
+        }
+    }
+    let mut targets = Vec::new();
+    let mut rest = prose.as_str();
+    while let Some(start) = rest.find("](") {
+        rest = &rest[start + 2..];
+        if let Some(end) = rest.find(')') {
+            targets.push(rest[..end].trim().to_string());
+            rest = &rest[end..];
+        }
+    }
+    targets
+}
+
+#[test]
+fn relative_links_reach_files_and_headings() {
+    let root = repo_root();
+    let mut broken = Vec::new();
+    for file in markdown_files() {
+        let text = fs::read_to_string(&file).unwrap_or_else(|err| panic!("{file:?}: {err}"));
+        let shown = file
+            .strip_prefix(&root)
+            .unwrap_or(&file)
+            .display()
+            .to_string();
+        for line in prose_lines(&text) {
+            for target in link_targets(line) {
+                if target.contains("://") || target.starts_with("mailto:") {
+                    continue;
+                }
+                let (path_part, anchor) = match target.split_once('#') {
+                    Some((path, anchor)) => (path, Some(anchor)),
+                    None => (target.as_str(), None),
+                };
+                let target_file = if path_part.is_empty() {
+                    file.clone()
+                } else {
+                    file.parent().expect("file has a directory").join(path_part)
+                };
+                if !target_file.exists() {
+                    broken.push(format!("{shown}: ({target}): no such file"));
+                    continue;
+                }
+                let Some(anchor) = anchor else { continue };
+                if target_file.extension().is_none_or(|ext| ext != "md") {
+                    continue;
+                }
+                let target_text = fs::read_to_string(&target_file).expect("reading link target");
+                if !anchors(&target_text).contains(anchor) {
+                    broken.push(format!("{shown}: ({target}): no heading with that anchor"));
+                }
+            }
+        }
+    }
+    assert!(
+        broken.is_empty(),
+        "broken links in the documentation:\n  {}",
+        broken.join("\n  ")
+    );
 }
