@@ -141,6 +141,28 @@ impl Testbed {
     /// addresses, neighbours and, if the spec has metrics, default routes.
     pub fn add_uplink(&mut self, spec: &UplinkSpec) -> Result<()> {
         let n = u8::try_from(self.uplinks.len() + 1).context("at most 254 uplinks")?;
+        let uplink = self.plumb_uplink(n, spec)?;
+        self.uplinks.push(uplink);
+        Ok(())
+    }
+
+    /// Deletes uplink `spec.name` and creates it again with the same addresses and
+    /// neighbours and the spec's default routes, under a new ifindex: an ENI
+    /// detached and attached again.
+    pub fn recreate_uplink(&mut self, spec: &UplinkSpec) -> Result<()> {
+        let position = self
+            .uplinks
+            .iter()
+            .position(|u| u.name == spec.name)
+            .with_context(|| format!("no uplink {}", spec.name))?;
+        self.node.ip(&["link", "del", &spec.name])?;
+        let n = u8::try_from(position + 1).context("at most 254 uplinks")?;
+        self.uplinks[position] = self.plumb_uplink(n, spec)?;
+        Ok(())
+    }
+
+    /// Creates uplink number `n` (veth pair, addresses, neighbours, default routes).
+    fn plumb_uplink(&self, n: u8, spec: &UplinkSpec) -> Result<Uplink> {
         let router_side = format!("gw{n}");
         let uplink = Uplink {
             name: spec.name.clone(),
@@ -203,8 +225,7 @@ impl Testbed {
         if let (true, Some(metric)) = (self.ipv6, spec.metric6) {
             self.set_default(&spec.name, &uplink.gw6.to_string(), metric)?;
         }
-        self.uplinks.push(uplink);
-        Ok(())
+        Ok(uplink)
     }
 
     /// Runs `ip route <verb> default via <gateway> dev <dev> metric <metric> <extra…>`

@@ -73,6 +73,16 @@ enum Task {
         #[arg(long)]
         target: Option<String>,
     },
+    /// Run the churn soak of `watch` for longer than the suite does (needs root):
+    /// route batches in two tables, a default route flipping into and out of a
+    /// tie, an uplink re-created, links down and addresses removed, with the model,
+    /// findings, counters, memory, fds and log rate checked at every quiet point.
+    /// Prints its figures at the end.
+    Soak {
+        /// Length of the run in minutes (the suite runs 1.5).
+        #[arg(long, default_value_t = 30.0, value_parser = soak_minutes)]
+        minutes: f64,
+    },
     /// Show routemon on a simulated EKS node with two ENIs, in network namespaces
     /// that are removed afterwards (needs root; under a minute).
     Demo,
@@ -93,6 +103,7 @@ fn main() -> ExitCode {
         Task::Fuzz { seconds, target } => setup::run()
             .and_then(|()| fuzz::run(seconds, target.as_deref()))
             .map(drop),
+        Task::Soak { minutes } => soak(minutes),
         Task::Demo => setup::run()
             .and_then(|()| build())
             .and_then(|()| demo::run()),
@@ -213,6 +224,52 @@ fn test(filter: Option<&str>) -> Result<()> {
             problems.len()
         );
     }
+    Ok(())
+}
+
+/// Accepts 1 to 1440 minutes: the soak's warm-up needs a minute, and a day is
+/// longer than anyone waits for a test.
+fn soak_minutes(value: &str) -> Result<f64, String> {
+    let minutes: f64 = value
+        .parse()
+        .map_err(|_| format!("'{value}' is not a number of minutes"))?;
+    if (1.0..=1440.0).contains(&minutes) {
+        Ok(minutes)
+    } else {
+        Err(format!("{minutes} minutes: give 1 to 1440"))
+    }
+}
+
+/// `cargo xtask soak`: the suite's soak test, `minutes` long, its figures printed.
+fn soak(minutes: f64) -> Result<()> {
+    setup::run()?;
+    util::require_root("the soak creates network namespaces and loads eBPF programs")?;
+    build()?;
+    let bin = util::workspace_root().join("target/release/routemon");
+    let bin = bin.to_string_lossy().into_owned();
+    let minutes = minutes.to_string();
+    let run = util::cargo_test(
+        &[
+            "test",
+            "--release",
+            "-p",
+            "routemon-testbed",
+            "--test",
+            "watch",
+            "--",
+            "--exact",
+            "soak::watch_stays_true_under_churn",
+            "--nocapture",
+        ],
+        &[
+            ("ROUTEMON_BIN", bin.as_str()),
+            ("ROUTEMON_SOAK_MINUTES", minutes.as_str()),
+        ],
+    )?;
+    anyhow::ensure!(
+        run.succeeded && run.passed == 1,
+        "the soak failed (its figures and the broken invariant are printed above)"
+    );
     Ok(())
 }
 

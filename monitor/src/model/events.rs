@@ -11,7 +11,7 @@ use std::os::fd::AsRawFd as _;
 use futures::{FutureExt as _, StreamExt as _, channel::mpsc::UnboundedReceiver};
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::RouteNetlinkMessage;
-use rtnetlink::{MulticastGroup, new_multicast_connection};
+use rtnetlink::{Handle, MulticastGroup, new_multicast_connection};
 
 use super::{Address, Link, Route, convert, dump::DumpError};
 
@@ -75,6 +75,8 @@ pub enum Notification {
 /// A subscription to rtnetlink notifications.
 pub struct Subscription {
     messages: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, netlink_sys::SocketAddr)>,
+    /// Requests on the subscription's own socket (see [`Self::barrier`]).
+    handle: Handle,
     receive_buffer: usize,
 }
 
@@ -88,13 +90,14 @@ impl Subscription {
     /// Subscribes asking for `bytes` of receive buffer (`SO_RCVBUFFORCE` with
     /// CAP_NET_ADMIN, else `SO_RCVBUF`, which `net.core.rmem_max` caps).
     pub fn with_receive_buffer(groups: Groups, bytes: usize) -> Result<Self, DumpError> {
-        let (mut connection, _, messages) =
+        let (mut connection, handle, messages) =
             new_multicast_connection(groups.multicast()).map_err(DumpError::Socket)?;
         let fd = connection.socket_mut().as_raw_fd();
         let receive_buffer = set_receive_buffer(fd, bytes);
         tokio::spawn(connection);
         Ok(Self {
             messages,
+            handle,
             receive_buffer,
         })
     }
@@ -112,6 +115,27 @@ impl Subscription {
                 return Some(notification);
             }
         }
+    }
+
+    /// Waits until every notification the kernel queued on the socket before this
+    /// call has reached the subscription's queue, so that [`Self::try_next`] then
+    /// returns all of them: it asks the kernel for the loopback link on the same
+    /// socket, and the answer is queued behind them.
+    pub async fn barrier(&self) -> Result<(), DumpError> {
+        use futures::TryStreamExt as _;
+        /// The loopback device's index in every namespace.
+        const LOOPBACK: u32 = 1;
+        let mut answer = self.handle.link().get().match_index(LOOPBACK).execute();
+        while answer
+            .try_next()
+            .await
+            .map_err(|source| DumpError::Dump {
+                what: "the loopback link (a barrier)",
+                source,
+            })?
+            .is_some()
+        {}
+        Ok(())
     }
 
     /// The next notification if one is already queued, without waiting.

@@ -4,7 +4,11 @@
 //! the kernel's state became, the affected part is re-read instead:
 //! - default routes, whose order in the kernel's list decides equal-metric ties;
 //! - IPv6 multipath routes, whose next hops the kernel adds and removes one by one;
-//! - IPv6 routes after a link goes down or disappears.
+//! - IPv6 routes after a link goes down or disappears;
+//! - rules (few, and their order matters);
+//! - the `rp_filter` modes after a link appears or is renamed (sysctls, which
+//!   rtnetlink does not carry);
+//! - everything after [`Notification::Overrun`].
 //!
 //! The kernel removes IPv4 routes without any notification when their device goes
 //! down or loses its last IPv4 address, and routes of the main table whose
@@ -14,9 +18,7 @@
 //! `RTM_NEWLINK` before `NETDEV_DOWN`; `inet_del_ifa` sends `RTM_DELADDR` before
 //! `inetaddr_chain`), and route dumps do not wait for the flush, so a re-read at
 //! that moment can see half of it. Those routes are therefore removed here with
-//! the kernel's rules, not re-read;
-//! - rules (few, and their order matters);
-//! - everything after [`Notification::Overrun`].
+//! the kernel's rules, not re-read.
 
 use super::{Family, NetworkModel, Route, dump::DumpError, dump::Netlink, events::Notification};
 
@@ -33,6 +35,8 @@ pub struct Stale {
     pub ipv6_routes: bool,
     /// Policy rules.
     pub rules: bool,
+    /// `rp_filter` modes.
+    pub rp_filter: bool,
 }
 
 impl Stale {
@@ -43,6 +47,7 @@ impl Stale {
         ipv4_routes: true,
         ipv6_routes: true,
         rules: true,
+        rp_filter: true,
     };
 
     /// Whether anything must be re-read.
@@ -56,6 +61,7 @@ impl Stale {
         self.addresses |= other.addresses;
         self.ipv4_routes |= other.ipv4_routes;
         self.ipv6_routes |= other.ipv6_routes;
+        self.rp_filter |= other.rp_filter;
         self.rules |= other.rules;
     }
 
@@ -81,6 +87,11 @@ pub fn apply(model: &mut NetworkModel, notification: Notification) -> Stale {
                 flush_ipv4_device(model, link.index, false);
                 stale.ipv6_routes = true;
             }
+            let named_anew = model
+                .links
+                .get(&link.index)
+                .is_none_or(|old| old.name != link.name);
+            stale.rp_filter |= named_anew;
             model.links.insert(link.index, link);
         }
         Notification::LinkRemoved(link) => {
@@ -168,6 +179,8 @@ pub async fn reread(
 ) -> Result<(), DumpError> {
     if stale.links {
         model.links = netlink.links().await?;
+    }
+    if stale.links || stale.rp_filter {
         model.rp_filter = super::sysctl::rp_filter(model.links.values());
     }
     if stale.addresses {
@@ -341,5 +354,21 @@ mod tests {
             Notification::AddressRemoved(address("10.0.3.10/24")),
         );
         assert!(model.routes.is_empty());
+    }
+
+    #[test]
+    fn a_new_or_renamed_link_makes_rp_filter_stale_and_a_state_change_does_not() {
+        let mut model = model_with_links(&["lo", "ens5"]);
+        let mut ens6 = model.links[&2].clone();
+        ens6.index = 3;
+        ens6.name = "ens6".to_owned();
+        let appeared = apply(&mut model, Notification::LinkChanged(ens6.clone()));
+        assert!(appeared.rp_filter, "a new link's rp_filter is read");
+        ens6.mtu = Some(9001);
+        let changed = apply(&mut model, Notification::LinkChanged(ens6.clone()));
+        assert_eq!(changed, Stale::default());
+        ens6.name = "eth1".to_owned();
+        let renamed = apply(&mut model, Notification::LinkChanged(ens6));
+        assert!(renamed.rp_filter, "the sysctl path follows the name");
     }
 }

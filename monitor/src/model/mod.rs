@@ -4,6 +4,7 @@
 //! The types here are plain data, independent of netlink: [`convert`] turns rtnetlink
 //! messages into them (pure, unit-tested) and [`dump`] fetches them from the kernel.
 
+pub mod audit;
 pub mod convert;
 pub mod dump;
 pub mod events;
@@ -68,7 +69,7 @@ impl fmt::Display for Family {
 }
 
 /// How frames on a link begin, which decides where the IP header starts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LinkLayer {
     /// Ethernet header (ENIs, veths, bridges, VLANs).
@@ -82,7 +83,7 @@ pub enum LinkLayer {
 }
 
 /// Operational state (RFC 2863) as the kernel reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OperState {
     /// Up and passing traffic.
@@ -110,7 +111,7 @@ impl fmt::Display for OperState {
 }
 
 /// A network interface.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Link {
     /// Interface index.
     pub index: u32,
@@ -144,7 +145,7 @@ impl Link {
 }
 
 /// An address assigned to an interface.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Address {
     /// Interface index the address belongs to.
     pub ifindex: u32,
@@ -208,7 +209,7 @@ impl fmt::Display for RouteKind {
 }
 
 /// A route of any table.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Route {
     /// Address family.
     pub family: Family,
@@ -299,7 +300,7 @@ impl Route {
 }
 
 /// A policy routing rule (`ip rule`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Rule {
     /// Address family.
     pub family: Family,

@@ -135,6 +135,33 @@ pub enum Event {
         /// Seconds until the guard tries again (0: at the next routing change).
         retry_in_seconds: u64,
     },
+    /// The answer to SIGUSR1: the model kept from notifications and the routing
+    /// findings, compared with a fresh dump of the kernel's state and the findings
+    /// computed from it. When they differ the dump replaces the model.
+    SelfCheck {
+        /// Whether model and findings matched.
+        consistent: bool,
+        /// Links in the dump.
+        links: usize,
+        /// Addresses in the dump.
+        addresses: usize,
+        /// Routes in the dump, every table and both families.
+        routes: usize,
+        /// Rules in the dump.
+        rules: usize,
+        /// Objects that differ (links, addresses, routes, rules, rp_filter modes).
+        differences: usize,
+        /// Up to 20 objects of the dump that the model lacked.
+        missing: Vec<String>,
+        /// Up to 20 objects of the model that the dump lacked.
+        stale: Vec<String>,
+        /// Keys of findings the dump raises that the daemon had not raised.
+        findings_missing: Vec<String>,
+        /// Keys of findings the daemon had raised that the dump does not.
+        findings_stale: Vec<String>,
+        /// Milliseconds the check took.
+        elapsed_ms: u64,
+    },
     /// The daemon is stopping.
     Stopping {
         /// The signal that stopped it.

@@ -15,6 +15,7 @@
 
 pub mod evaluation;
 pub mod events;
+pub mod flapping;
 pub mod guard;
 pub mod http;
 pub mod kernel;
@@ -52,6 +53,7 @@ use crate::{
     findings,
     model::{
         NetworkModel,
+        audit::ModelDiff,
         dump::Netlink,
         events::{Groups, Notification, Subscription},
         live::{self, Stale},
@@ -59,7 +61,7 @@ use crate::{
     preflight,
     samples::SampleCollector,
     selection::{self, InterfacePattern, Primary},
-    signals::Shutdown,
+    signals::{SelfCheckRequests, Shutdown},
 };
 
 /// Most notifications applied in one batch before re-evaluating.
@@ -129,6 +131,7 @@ fn load_monitor(pin_dir: Option<&std::path::Path>) -> anyhow::Result<(Monitor, u
 /// Runs the daemon until SIGINT/SIGTERM/SIGHUP.
 pub async fn run(options: WatchOptions) -> anyhow::Result<()> {
     let mut shutdown = Shutdown::install().context("installing signal handlers")?;
+    let mut self_checks = SelfCheckRequests::install().context("installing signal handlers")?;
     preflight::require_ebpf_privileges("watch")?;
     let netlink = Netlink::connect()?;
     let mut subscription =
@@ -208,6 +211,20 @@ pub async fn run(options: WatchOptions) -> anyhow::Result<()> {
                 watcher.reconcile(&netlink, arrived).await;
             }
             Some(query) = queries.recv() => watcher.answer(query),
+            () = self_checks.recv() => {
+                // What the kernel announced before the request is applied first, and
+                // lost notifications are re-read now: the check compares a settled
+                // model.
+                if let Err(err) = subscription.barrier().await {
+                    tracing::warn!("self-check: {err}");
+                }
+                while let Some(next) = subscription.try_next() {
+                    watcher.apply(next);
+                }
+                watcher.last_resync = None;
+                watcher.reconcile(&netlink, Instant::now()).await;
+                watcher.self_check(&netlink).await;
+            }
             _ = traffic_tick.tick() => watcher.evaluate_traffic(),
             _ = sample_tick.tick() => watcher.drain_samples(),
             () = sleep_until(wake) => watcher.reconcile(&netlink, Instant::now()).await,
@@ -404,6 +421,66 @@ impl Watcher {
             && let Some(event) = guard.check(netlink, &self.model, since).await
         {
             self.events.emit(event);
+        }
+    }
+
+    /// Compares the model and the routing findings with a fresh dump and the
+    /// findings computed from it, reports the result as a `self_check` event (and a
+    /// log line), and replaces a model that differs with the dump.
+    async fn self_check(&mut self, netlink: &Netlink) {
+        let started = Instant::now();
+        let dump = match netlink.dump().await {
+            Ok(dump) => dump,
+            Err(err) => {
+                tracing::warn!("self-check: dumping the routing state failed: {err}");
+                return;
+            }
+        };
+        let diff = ModelDiff::between(&self.model, &dump);
+        let primary =
+            selection::primary_interface(&dump, self.primary_name.as_deref()).unwrap_or_default();
+        let mut fresh = RoutingState::default();
+        fresh.evaluate(&dump, primary.as_ref(), self.cilium_family);
+        let only_in = |a: &RoutingState, b: &RoutingState| -> Vec<String> {
+            a.findings
+                .iter()
+                .filter(|(key, finding)| b.findings.get(*key) != Some(*finding))
+                .map(|(key, _)| key.clone())
+                .collect()
+        };
+        let findings_missing = only_in(&fresh, &self.routing);
+        let findings_stale = only_in(&self.routing, &fresh);
+        let consistent =
+            diff.is_empty() && findings_missing.is_empty() && findings_stale.is_empty();
+        if consistent {
+            tracing::info!(
+                routes = dump.routes.len(),
+                "self-check: the model and findings match a fresh dump"
+            );
+        } else {
+            tracing::warn!(
+                differences = diff.len(),
+                findings_missing = ?findings_missing,
+                findings_stale = ?findings_stale,
+                "self-check: the model differs from a fresh dump; adopting the dump"
+            );
+        }
+        self.events.emit(Event::SelfCheck {
+            consistent,
+            links: dump.links.len(),
+            addresses: dump.addresses.len(),
+            routes: dump.routes.len(),
+            rules: dump.rules.len(),
+            differences: diff.len(),
+            missing: diff.missing.into_iter().take(20).collect(),
+            stale: diff.extra.into_iter().take(20).collect(),
+            findings_missing,
+            findings_stale,
+            elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        });
+        if !consistent {
+            self.model = dump;
+            self.reconcile(netlink, started).await;
         }
     }
 

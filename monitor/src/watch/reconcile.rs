@@ -6,17 +6,26 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
+    time::{Duration, Instant},
 };
 
 use monitor_common::IfaceCounters;
 
-use super::{events::Event, kernel::DataPath, route_ids::RouteIds};
+use super::{
+    events::Event,
+    flapping::{FlappingCondition, Transition},
+    kernel::DataPath,
+    route_ids::RouteIds,
+};
 use crate::{
     attribution::{AttributionPlan, SourceRule},
     ebpf::{AttachMode, pinning::PERSISTENT_ROUTE_IDS},
     model::{Link, NetworkModel},
     selection::{self, InterfacePattern},
 };
+
+/// Least time between two logged starts of "routes without a counter".
+const UNCOUNTED_LOG_PERIOD: Duration = Duration::from_secs(600);
 
 /// What `watch` has put into the kernel, as it last reconciled.
 #[derive(Debug)]
@@ -34,6 +43,8 @@ pub struct Reconciler {
     pub route_ids: RouteIds,
     /// Routes left without a counter at the last sync.
     pub uncounted_routes: usize,
+    /// When "routes without a counter" was last logged.
+    uncounted_log: FlappingCondition,
     /// Source rules as recorded in the kernel.
     pub source_rules: Vec<SourceRule>,
 }
@@ -48,6 +59,7 @@ impl Reconciler {
             owners,
             route_ids,
             uncounted_routes: 0,
+            uncounted_log: FlappingCondition::new(UNCOUNTED_LOG_PERIOD),
             source_rules: Vec::new(),
         }
     }
@@ -180,15 +192,22 @@ impl Reconciler {
         let plan = AttributionPlan::build(model, &monitored);
         let assignment = self.route_ids.assign(model, &plan);
         // Said when it starts and when it ends, not at every change of the count
-        // (routemon_routes_uncounted has the figure).
-        match (self.uncounted_routes, assignment.uncounted) {
-            (0, now) if now > 0 => tracing::warn!(
-                routes = now,
+        // (routemon_routes_uncounted has the figure), and when it keeps coming
+        // back with route batches, once per period.
+        match self
+            .uncounted_log
+            .update(assignment.uncounted > 0, Instant::now())
+        {
+            Transition::Started { unlogged_starts } => tracing::warn!(
+                routes = assignment.uncounted,
+                unlogged_starts,
                 "routes without a counter: all {PERSISTENT_ROUTE_IDS} route ids are in use \
-                 (routemon_routes_uncounted follows the count)"
+                 (routemon_routes_uncounted follows the count; this is said at most once \
+                 every {} min, unlogged_starts counts the times in between)",
+                self.uncounted_log.period().as_secs() / 60
             ),
-            (before, 0) if before > 0 => tracing::info!("every route has a counter again"),
-            _ => {}
+            Transition::Ended => tracing::info!("every route has a counter again"),
+            Transition::Quiet => {}
         }
         self.uncounted_routes = assignment.uncounted;
         // Flows cache their route id until the routing state's generation moves on

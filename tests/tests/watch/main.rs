@@ -9,13 +9,15 @@
 //!   under slow and malformed clients;
 //! - [`guard`]: the pin guard re-pinning, and backing off;
 //! - [`churn`]: route churn, netlink storms, interface churn, more interfaces than
-//!   routemon has counters for.
+//!   routemon has counters for;
+//! - [`soak`]: the churn soak, every invariant checked at each quiet point.
 
 mod churn;
 mod findings;
 mod guard;
 mod lifecycle;
 mod metrics;
+mod soak;
 
 use std::{
     net::IpAddr,
