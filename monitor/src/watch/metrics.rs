@@ -370,10 +370,12 @@ fn route_labels(route: &RouteLabels) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// The labels that identify a finding of each kind (bounded cardinality: no
-/// counts, no per-flow labels).
+/// The labels of a finding's series: its `kind`, the labels that identify a
+/// finding of that kind (bounded cardinality: no counts, no per-flow labels), and
+/// its `severity`.
 fn finding_labels(finding: &Finding) -> Vec<(&'static str, String)> {
-    let mut labels = match &finding.kind {
+    let mut labels = vec![("kind", finding.kind_name().to_owned())];
+    labels.extend(match &finding.kind {
         FindingKind::EqualMetricDefaultRoutes {
             family,
             table,
@@ -428,21 +430,10 @@ fn finding_labels(finding: &Finding) -> Vec<(&'static str, String)> {
             ("ingress_interface", ingress_interface.clone()),
             ("egress_interface", egress_interface.clone()),
         ],
-    };
+    });
     labels.push(("severity", finding.severity.to_string()));
     labels
 }
-
-/// Finding kinds, each exported as `routemon_finding_<kind>`.
-const FINDING_KINDS: [&str; 7] = [
-    "cilium_default_route",
-    "cilium_dual_stack_links",
-    "equal_metric_default_routes",
-    "primary_not_preferred",
-    "strict_rp_filter",
-    "cross_eni_egress",
-    "asymmetric_flow",
-];
 
 /// Renders the exposition.
 pub fn render(input: &MetricsInput<'_>) -> String {
@@ -517,17 +508,17 @@ pub fn render(input: &MetricsInput<'_>) -> String {
         },
     );
 
-    for kind in FINDING_KINDS {
-        let name = format!("routemon_finding_{kind}");
-        // One series per distinct label set; asymmetric flows of one interface pair
-        // share theirs, so the value counts them.
-        let mut by_labels: BTreeMap<Vec<(&str, String)>, u64> = BTreeMap::new();
-        for finding in input.findings.iter().filter(|f| f.kind_name() == kind) {
-            *by_labels.entry(finding_labels(finding)).or_default() += 1;
-        }
-        let rows: Vec<_> = by_labels.into_iter().collect();
-        x.each(&name, &rows, |(labels, n)| (labels.clone(), n.to_string()));
+    // One family for every kind, so that one alert rule covers every kind; one
+    // series per distinct label set. Asymmetric flows of one interface pair share
+    // theirs, so the value counts them.
+    let mut by_labels: BTreeMap<Vec<(&str, String)>, u64> = BTreeMap::new();
+    for finding in &input.findings {
+        *by_labels.entry(finding_labels(finding)).or_default() += 1;
     }
+    let rows: Vec<_> = by_labels.into_iter().collect();
+    x.each("routemon_finding", &rows, |(labels, n)| {
+        (labels.clone(), n.to_string())
+    });
     let outcomes: Vec<(Vec<(&str, String)>, u8)> = input
         .cilium
         .iter()

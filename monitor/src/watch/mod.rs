@@ -222,6 +222,7 @@ pub async fn run(options: WatchOptions) -> anyhow::Result<()> {
                     watcher.apply(next);
                 }
                 watcher.last_resync = None;
+                watcher.refresh_rp_filter();
                 watcher.reconcile(&netlink, Instant::now()).await;
                 watcher.self_check(&netlink).await;
             }
@@ -495,7 +496,26 @@ impl Watcher {
         }
     }
 
+    /// Re-reads the `rp_filter` sysctls, which no notification this daemon decodes
+    /// announces (the kernel sends `RTM_NEWNETCONF`, which netlink-packet-route 0.34
+    /// cannot parse); returns whether one changed.
+    fn refresh_rp_filter(&mut self) -> bool {
+        let fresh = crate::model::sysctl::rp_filter(self.model.links.values());
+        let changed = fresh != self.model.rp_filter;
+        self.model.rp_filter = fresh;
+        changed
+    }
+
     fn evaluate_traffic(&mut self) {
+        if self.refresh_rp_filter() {
+            let primary = self.primary();
+            for event in self
+                .routing
+                .evaluate(&self.model, primary.as_ref(), self.cilium_family)
+            {
+                self.events.emit(event);
+            }
+        }
         self.drain_samples();
         let (cross_eni, asymmetric) = match (
             self.monitor.cross_eni_counters(),

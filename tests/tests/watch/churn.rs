@@ -437,8 +437,8 @@ fn link_down_flushes_the_models_ipv4_routes_like_the_kernel() {
     assert_eq!(
         sample(
             &metrics,
-            "routemon_finding_equal_metric_default_routes",
-            &[]
+            "routemon_finding",
+            &[("kind", "equal_metric_default_routes")]
         ),
         None,
         "{metrics}"

@@ -112,8 +112,12 @@ fn check_ens6_counted_and_the_tie_exported(eks: &EksNode, ens6: &Eni) {
     assert!(
         sample(
             &after,
-            "routemon_finding_equal_metric_default_routes",
-            &[("interfaces", "ens5,ens6"), ("severity", "critical")]
+            "routemon_finding",
+            &[
+                ("kind", "equal_metric_default_routes"),
+                ("interfaces", "ens5,ens6"),
+                ("severity", "critical")
+            ]
         ) == Some(1.0),
         "{after}"
     );

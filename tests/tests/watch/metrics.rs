@@ -39,7 +39,10 @@ fn prometheus_scrapes_rates_and_findings_and_promtool_accepts_the_metrics() {
     );
     check_the_table_fill(&eks);
     let finding = prometheus
-        .query(&eks, "routemon_finding_equal_metric_default_routes")
+        .query(
+            &eks,
+            "routemon_finding{kind=\"equal_metric_default_routes\"}",
+        )
         .unwrap();
     assert_eq!(finding.len(), 1, "{finding:?}");
     assert_eq!(finding[0]["metric"]["interfaces"], "ens5,ens6");

@@ -11,6 +11,9 @@
 //! - every [`BOUNCE_PERIOD`], ens6 loses what carries its IPv4 routes, by turns its
 //!   link (down, then up) and its only address (removed, then added): the kernel
 //!   flushes its IPv4 routes, a batch included, without RTM_DELROUTE;
+//! - every [`RP_FILTER_PERIOD`], ens6's `rp_filter` switches between loose and
+//!   strict, which no notification announces: the strict-mode finding must follow
+//!   within an interval;
 //! - all along, a UDP stream leaves by ens5.
 //!
 //! After each step, [`QUIET`] without changes, then SIGUSR1: the daemon compares its
@@ -52,6 +55,11 @@ const TIE_PERIOD: Duration = Duration::from_secs(10);
 const RECREATE_PERIOD: Duration = Duration::from_secs(30);
 /// How often ens6 loses its link or its address.
 const BOUNCE_PERIOD: Duration = Duration::from_secs(20);
+/// How often ens6's `rp_filter` switches between loose and strict.
+const RP_FILTER_PERIOD: Duration = Duration::from_secs(15);
+/// `watch --interval`: how often it re-reads the `rp_filter` sysctls, among
+/// other things.
+const INTERVAL: &str = "2s";
 /// Time without changes before a check.
 const QUIET: Duration = Duration::from_millis(500);
 /// Routing table of every other batch.
@@ -86,7 +94,14 @@ fn watch_stays_true_under_churn() {
     let pins = PinDir::new();
     let mut watch = Watch::start(
         &net_launcher(&bed.node),
-        &["--pin-dir", &pins.arg(), "--interface", "ens*"],
+        &[
+            "--pin-dir",
+            &pins.arg(),
+            "--interface",
+            "ens*",
+            "--interval",
+            INTERVAL,
+        ],
     )
     .unwrap();
     let mut churn = Churn::default();
@@ -105,6 +120,26 @@ fn watch_stays_true_under_churn() {
         let step = churn.next_step(started.elapsed());
         churn.apply(step, &mut bed);
         ledger.count(step);
+        if step == Step::FlipRpFilter {
+            // No notification announces a sysctl: the daemon sees it within an
+            // interval, before any self-check asks.
+            let kind = if churn.ens6_strict {
+                "finding_raised"
+            } else {
+                "finding_cleared"
+            };
+            watch
+                .wait_for(
+                    "the strict rp_filter finding",
+                    Duration::from_secs(10),
+                    |e| {
+                        e["event"] == kind
+                            && e["finding"]["kind"] == "strict_rp_filter"
+                            && e["finding"]["interface"] == "ens6"
+                    },
+                )
+                .unwrap();
+        }
         checkpoint(&mut watch, &bed, &churn, &mut ledger, step.name());
         if warm.is_none() && started.elapsed() >= warm_up {
             warm = Some(footprint(&watch));
@@ -214,6 +249,8 @@ enum Step {
     Ens6AddressRemoved,
     /// Add it again, default route re-added.
     Ens6AddressAdded,
+    /// Switch ens6's `rp_filter` between loose (2) and strict (1).
+    FlipRpFilter,
 }
 
 impl Step {
@@ -227,6 +264,7 @@ impl Step {
             Self::Ens6Up => "ens6 up",
             Self::Ens6AddressRemoved => "ens6 address removed",
             Self::Ens6AddressAdded => "ens6 address added",
+            Self::FlipRpFilter => "flip rp_filter",
         }
     }
 }
@@ -244,7 +282,10 @@ struct Churn {
     /// Whether ens6 is down or without its address (the step after restores it).
     ens6_cut: Option<Step>,
     bounces: u32,
+    /// Whether ens6 is in strict `rp_filter` mode.
+    ens6_strict: bool,
     last_flip: Duration,
+    last_rp_filter_flip: Duration,
     last_recreate: Duration,
     last_bounce: Duration,
 }
@@ -275,6 +316,10 @@ impl Churn {
         if elapsed >= self.last_flip + TIE_PERIOD {
             self.last_flip = elapsed;
             return Step::FlipTie;
+        }
+        if elapsed >= self.last_rp_filter_flip + RP_FILTER_PERIOD {
+            self.last_rp_filter_flip = elapsed;
+            return Step::FlipRpFilter;
         }
         if self.batch.is_some() {
             return Step::DeleteBatch;
@@ -335,6 +380,13 @@ impl Churn {
                     .unwrap();
                 self.batch = None;
                 self.ens6_cut = Some(step);
+            }
+            Step::FlipRpFilter => {
+                self.ens6_strict = !self.ens6_strict;
+                let mode = if self.ens6_strict { 1 } else { 2 };
+                bed.node
+                    .sysctl(&[&format!("net.ipv4.conf.ens6.rp_filter={mode}")])
+                    .unwrap();
             }
             Step::Ens6Up | Step::Ens6AddressAdded => {
                 if step == Step::Ens6Up {
