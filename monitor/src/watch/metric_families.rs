@@ -35,6 +35,42 @@ pub const FAMILIES: &[MetricFamily] = &[
         labels: &["version"],
     },
     MetricFamily {
+        name: "process_cpu_seconds_total",
+        kind: "counter",
+        help: "User and system CPU time spent by routemon, in seconds.",
+        labels: &[],
+    },
+    MetricFamily {
+        name: "process_resident_memory_bytes",
+        kind: "gauge",
+        help: "Resident memory of routemon, in bytes.",
+        labels: &[],
+    },
+    MetricFamily {
+        name: "process_virtual_memory_bytes",
+        kind: "gauge",
+        help: "Virtual memory of routemon, in bytes.",
+        labels: &[],
+    },
+    MetricFamily {
+        name: "process_open_fds",
+        kind: "gauge",
+        help: "Open file descriptors of routemon.",
+        labels: &[],
+    },
+    MetricFamily {
+        name: "process_max_fds",
+        kind: "gauge",
+        help: "The soft limit on routemon's open file descriptors.",
+        labels: &[],
+    },
+    MetricFamily {
+        name: "process_start_time_seconds",
+        kind: "gauge",
+        help: "Start time of routemon since the Unix epoch, in seconds.",
+        labels: &[],
+    },
+    MetricFamily {
         name: "routemon_interface_egress_packets_total",
         kind: "counter",
         help: "Packets seen leaving the interface (TC egress).",

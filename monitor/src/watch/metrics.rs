@@ -260,6 +260,7 @@ pub fn collect<'a>(
             .iter()
             .map(|(map, n)| (*map, *n))
             .collect(),
+        process: super::process::ProcessStats::read(),
     }
 }
 
@@ -304,6 +305,8 @@ pub struct MetricsInput<'a> {
     pub cilium: Vec<(crate::model::Family, crate::cilium::Outcome)>,
     /// Failed reads of kernel counter maps since start, by map.
     pub read_failures: Vec<(&'static str, u64)>,
+    /// The daemon's own footprint (`None` when `/proc` is unreadable).
+    pub process: Option<super::process::ProcessStats>,
 }
 
 /// Builds an exposition: `# HELP`/`# TYPE` once per family, then samples.
@@ -444,6 +447,26 @@ pub fn render(input: &MetricsInput<'_>) -> String {
         &[("version", env!("CARGO_PKG_VERSION"))],
         1,
     );
+    if let Some(process) = &input.process {
+        let figures: [(&str, &dyn Display); 6] = [
+            ("process_cpu_seconds_total", &process.cpu_seconds),
+            (
+                "process_resident_memory_bytes",
+                &process.resident_memory_bytes,
+            ),
+            (
+                "process_virtual_memory_bytes",
+                &process.virtual_memory_bytes,
+            ),
+            ("process_open_fds", &process.open_fds),
+            ("process_max_fds", &process.max_fds),
+            ("process_start_time_seconds", &process.start_time_seconds),
+        ];
+        for (name, value) in figures {
+            x.family(name);
+            x.sample(name, &[], value);
+        }
+    }
 
     type Field = fn(&IfaceCounters) -> u64;
     let interface_counters: [(&str, Field); 8] = [
@@ -743,6 +766,7 @@ mod tests {
             counts_drops: true,
             cilium: vec![(Family::Ipv4, crate::cilium::Outcome::Ok)],
             read_failures: vec![("routes", 1)],
+            process: super::super::process::ProcessStats::read(),
             ..MetricsInput::default()
         }
     }

@@ -21,6 +21,7 @@ pub mod http;
 pub mod kernel;
 pub mod metric_families;
 pub mod metrics;
+pub mod process;
 pub mod reconcile;
 pub mod route_ids;
 pub mod traffic;
