@@ -88,6 +88,9 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
+/// The object's license as the kernel reads it: "Dual MIT/GPL" is GPL-compatible
+/// (`license_is_gpl_compatible`), which the GPL-only `bpf_probe_read_kernel` of the
+/// drop counter needs; it matches this crate's `MIT OR GPL-2.0-only`.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

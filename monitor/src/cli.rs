@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::{
     cilium::CiliumFamilies,
     ebpf::AttachMode,
+    findings::Severity,
     pin::{
         networkd::UnmanageMatch,
         plan::{DeviceNumber, SEED_DEFAULT_METRIC, Scheme},
@@ -148,25 +149,26 @@ Prometheus metrics and /healthz are served on --listen (default 127.0.0.1:9987; 
 another address must be asked for). Events (findings raised/cleared, interfaces \
 attached/detached, default routes added/removed, resyncs, guard actions) are printed as \
 JSON lines on stdout; logs go to stderr.\n\n\
-Maps and TCX links are pinned under --pin-dir, so a restarted routemon continues the \
-counts and the interface is never without its counter: with --keep-pinned the programs \
-stay attached between runs. Without --keep-pinned, SIGINT/SIGTERM detach everything. \
+Maps and TCX links are kept in the BPF filesystem under --bpffs-dir, so a restarted \
+routemon continues the counts and the interface is never without its counter: with \
+--keep-attached the programs stay attached between runs. Without it, SIGINT/SIGTERM \
+detach everything. \
 `routemon cleanup` removes whatever routemon left.\n\n\
 --guard keeps --primary's default route at --metric: when DHCP, networkd or a new ENI \
 undoes the pin, the guard re-applies it live (add before delete). If something keeps \
 undoing it, the guard backs off and reports instead of fighting."
     )]
     Watch(WatchArgs),
-    /// Remove everything routemon pinned or attached (after `watch --keep-pinned`,
+    /// Remove everything routemon pinned or attached (after `watch --keep-attached`,
     /// or a killed routemon).
     #[command(
-        long_about = "Remove routemon's pinned maps and links under --pin-dir (the kernel \
+        long_about = "Remove routemon's pinned maps and links under --bpffs-dir (the kernel \
 detaches a TCX link when its pin is gone and no process holds it) and routemon's clsact \
 filters on every interface. Safe to run when nothing is left: it reports what it removed."
     )]
     Cleanup(CleanupArgs),
     /// Check a node's bootstrap user data (NodeConfig) and its systemd-networkd
-    /// configuration before they fail; exit 0 healthy, 1 warnings, 2 errors.
+    /// configuration before they fail; exit 1 when a check warns or fails (--fail-on).
     #[command(long_about = DOCTOR_ABOUT)]
     Doctor(DoctorArgs),
 }
@@ -241,7 +243,7 @@ pub struct PinArgs {
     pub primary: Option<String>,
 
     /// Seed scheme: the primary's metric (1-1023, below networkd's default 1024).
-    #[arg(long, default_value_t = SEED_DEFAULT_METRIC, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = SEED_DEFAULT_METRIC, value_parser = parse_seed_metric)]
     pub metric: u32,
 
     /// How metrics are chosen: seed (primary gets --metric) or ec2
@@ -351,7 +353,74 @@ pub struct SelectionArgs {
     /// reported for both families; its findings only for these.
     #[arg(long, value_enum, value_name = "FAMILIES", default_value_t = CiliumFamilies::Ipv4)]
     pub cilium_family: CiliumFamilies,
+
+    /// Exit with status 1 when a finding of this severity or a worse one is
+    /// reported (never: findings do not change the exit status). The report is
+    /// printed either way.
+    #[arg(long, value_enum, value_name = "SEVERITY", default_value_t = FailOn::Never)]
+    pub fail_on: FailOn,
 }
+
+/// `--fail-on` of `routes` and `snapshot`: the least severity that makes the exit
+/// status 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FailOn {
+    /// Findings never change the exit status.
+    Never,
+    /// Any finding.
+    Info,
+    /// Warnings and critical findings.
+    Warning,
+    /// Critical findings only.
+    Critical,
+}
+
+impl FailOn {
+    /// The exit status for a report with findings of `severities`:
+    /// [`EXIT_FINDINGS`] when one reaches the threshold, else 0.
+    pub fn exit_status(self, severities: impl IntoIterator<Item = Severity>) -> u8 {
+        let threshold = match self {
+            Self::Never => return 0,
+            Self::Info => Severity::Info,
+            Self::Warning => Severity::Warning,
+            Self::Critical => Severity::Critical,
+        };
+        if severities.into_iter().any(|s| s >= threshold) {
+            EXIT_FINDINGS
+        } else {
+            0
+        }
+    }
+}
+
+/// `--fail-on` of `doctor`: the least check status that makes the exit status 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DoctorFailOn {
+    /// Problems never change the exit status.
+    Never,
+    /// Warnings and errors.
+    Warning,
+    /// Errors only.
+    Error,
+}
+
+/// A request the command line makes that cannot be carried out as asked: the
+/// exit status is [`EXIT_USAGE`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Exit status: success, and no finding at or above `--fail-on`.
+pub const EXIT_OK: u8 = 0;
+/// Exit status: findings (or `doctor` checks) at or above `--fail-on`.
+pub const EXIT_FINDINGS: u8 = 1;
+/// Exit status: bad usage — an invalid option, an unknown interface, a request the
+/// node's state rules out (clap uses the same).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status: a runtime failure — netlink, eBPF, files (sysexits `EX_SOFTWARE`).
+pub const EXIT_RUNTIME: u8 = 70;
+/// Exit status: missing privileges (sysexits `EX_NOPERM`).
+pub const EXIT_NOPERM: u8 = 77;
 
 impl SelectionArgs {
     /// What the library needs of these arguments.
@@ -417,13 +486,13 @@ pub struct WatchArgs {
         long,
         value_name = "ADDR",
         default_value = "127.0.0.1:9987",
-        conflicts_with = "no_metrics"
+        conflicts_with = "no_listen"
     )]
     pub listen: std::net::SocketAddr,
 
-    /// Serve no metrics.
-    #[arg(long)]
-    pub no_metrics: bool,
+    /// Serve nothing: no /metrics, no /healthz (formerly --no-metrics).
+    #[arg(long, alias = "no-metrics")]
+    pub no_listen: bool,
 
     /// Events on stdout: json (one object per line) or none.
     #[arg(long, value_enum, default_value_t = EventFormat::Json)]
@@ -435,21 +504,24 @@ pub struct WatchArgs {
     pub guard: bool,
 
     /// The metric the guard keeps the primary at (1-1023, below networkd's 1024).
-    #[arg(long, default_value_t = SEED_DEFAULT_METRIC, value_parser = clap::value_parser!(u32).range(1..=1023), requires = "guard")]
+    #[arg(long, default_value_t = SEED_DEFAULT_METRIC, value_parser = parse_seed_metric, requires = "guard")]
     pub metric: u32,
 
-    /// Where maps and links are pinned (a BPF filesystem; mounted if absent).
-    #[arg(long, value_name = "DIR", default_value = crate::ebpf::pinning::DEFAULT_PIN_DIR, conflicts_with = "no_pin")]
-    pub pin_dir: PathBuf,
+    /// Where maps and links are kept in the BPF filesystem, so that a restarted
+    /// routemon continues the counts (mounted if absent; formerly --pin-dir).
+    #[arg(long, alias = "pin-dir", value_name = "DIR", default_value = crate::ebpf::pinning::DEFAULT_PIN_DIR, conflicts_with = "ephemeral")]
+    pub bpffs_dir: PathBuf,
 
-    /// Pin nothing: counters start at zero and programs detach when routemon exits.
-    #[arg(long)]
-    pub no_pin: bool,
+    /// Keep nothing in the BPF filesystem: counters start at zero and programs
+    /// detach when routemon exits (formerly --no-pin).
+    #[arg(long, alias = "no-pin")]
+    pub ephemeral: bool,
 
-    /// At exit, leave the pinned programs attached and counting, for the next
-    /// routemon to adopt (restarts without a gap). `routemon cleanup` removes them.
-    #[arg(long, conflicts_with = "no_pin")]
-    pub keep_pinned: bool,
+    /// At exit, leave the programs attached and counting, for the next routemon to
+    /// adopt (restarts without a gap). `routemon cleanup` removes them (formerly
+    /// --keep-pinned).
+    #[arg(long, alias = "keep-pinned", conflicts_with = "ephemeral")]
+    pub keep_attached: bool,
 
     /// How to attach: TCX links where available (auto), or force tcx or clsact
     /// (clsact cannot be pinned; implies nothing survives an exit).
@@ -504,14 +576,38 @@ pub struct DoctorArgs {
     /// networkd directory).
     #[arg(long, value_name = "DIR")]
     pub fix: Option<PathBuf>,
+    /// Exit with status 1 when a check has this status or a worse one (never:
+    /// only errors of routemon itself change the exit status).
+    #[arg(long, value_enum, value_name = "STATUS", default_value_t = DoctorFailOn::Warning)]
+    pub fail_on: DoctorFailOn,
 }
 
 /// `routemon cleanup`.
 #[derive(Debug, Args)]
 pub struct CleanupArgs {
-    /// The pin directory `watch` used.
-    #[arg(long, value_name = "DIR", default_value = crate::ebpf::pinning::DEFAULT_PIN_DIR)]
-    pub pin_dir: PathBuf,
+    /// The BPF filesystem directory `watch` used (formerly --pin-dir).
+    #[arg(long, alias = "pin-dir", value_name = "DIR", default_value = crate::ebpf::pinning::DEFAULT_PIN_DIR)]
+    pub bpffs_dir: PathBuf,
+
+    /// Print what was removed as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses a pinned metric: 1-1023, below the 1024 networkd gives every DHCP
+/// default route, so that the primary's route wins.
+pub fn parse_seed_metric(text: &str) -> Result<u32, String> {
+    let metric: u32 = text
+        .parse()
+        .map_err(|_| format!("'{text}' is not a metric (a whole number, 1-1023)"))?;
+    if (1..=1023).contains(&metric) {
+        Ok(metric)
+    } else {
+        Err(format!(
+            "--metric {metric} is out of range: it must be 1-1023, below the 1024 that \
+             systemd-networkd gives every DHCP default route"
+        ))
+    }
 }
 
 /// Parses `--interval`: 1s to 1h.
@@ -590,7 +686,7 @@ mod tests {
             "loopback by default"
         );
         assert_eq!(args.interval, Duration::from_secs(10));
-        assert!(!args.keep_pinned && !args.no_pin && !args.guard);
+        assert!(!args.keep_attached && !args.ephemeral && !args.guard);
         assert!(parse(&["--guard"]).is_err(), "--guard needs --primary");
         assert!(parse(&["--guard", "--primary", "ens5", "--metric", "1024"]).is_err());
         assert!(
@@ -603,7 +699,18 @@ mod tests {
             "an address and a port"
         );
         assert!(parse(&["--no-pin", "--keep-pinned"]).is_err());
+        assert!(parse(&["--ephemeral", "--keep-attached"]).is_err());
         assert!(parse(&["--no-metrics", "--listen", "0.0.0.0:9987"]).is_err());
+        assert!(parse(&["--no-listen", "--listen", "0.0.0.0:9987"]).is_err());
+        // The old spellings still work, hidden.
+        let Command::Watch(old) = parse(&["--pin-dir", "/sys/fs/bpf/x", "--keep-pinned"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert_eq!(old.bpffs_dir, std::path::Path::new("/sys/fs/bpf/x"));
+        assert!(old.keep_attached);
         assert!(parse(&["--interval", "100ms"]).is_err());
         assert!(parse(&["--events", "xml"]).is_err());
     }

@@ -5,18 +5,13 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use routemon::{
-    cli::{Cli, Command, LogFormat},
+    cli::{Cli, Command, EXIT_NOPERM, EXIT_RUNTIME, EXIT_USAGE, LogFormat, UsageError},
     commands,
     pin::PinError,
     preflight::PreflightError,
     selection::SelectionError,
 };
 use tracing_subscriber::EnvFilter;
-
-/// Exit status for bad usage (same as clap's).
-const EXIT_USAGE: u8 = 2;
-/// Exit status for missing privileges (EX_NOPERM).
-const EXIT_NOPERM: u8 = 77;
 
 fn init_logging(cli: &Cli) {
     let default = match (cli.verbose, &cli.command) {
@@ -47,12 +42,15 @@ fn init_logging(cli: &Cli) {
 }
 
 fn exit_code(err: &anyhow::Error) -> u8 {
-    if err.downcast_ref::<SelectionError>().is_some() || err.downcast_ref::<PinError>().is_some() {
+    if err.downcast_ref::<SelectionError>().is_some()
+        || err.downcast_ref::<PinError>().is_some()
+        || err.downcast_ref::<UsageError>().is_some()
+    {
         EXIT_USAGE
     } else if err.downcast_ref::<PreflightError>().is_some() {
         EXIT_NOPERM
     } else {
-        1
+        EXIT_RUNTIME
     }
 }
 
@@ -66,13 +64,13 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("routemon: cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(EXIT_RUNTIME);
         }
     };
     let result = runtime.block_on(async {
         match &cli.command {
-            Command::Routes(args) => commands::routes::run(args).await.map(|()| 0),
-            Command::Snapshot(args) => commands::snapshot::run(args).await.map(|()| 0),
+            Command::Routes(args) => commands::routes::run(args).await,
+            Command::Snapshot(args) => commands::snapshot::run(args).await,
             Command::Top(args) => commands::top::run(args).await.map(|()| 0),
             Command::Pin(args) => commands::pin::run_pin(args).await.map(|()| 0),
             Command::Unpin(args) => commands::pin::run_unpin(args).await.map(|()| 0),

@@ -76,7 +76,7 @@ impl Drop for PinDir {
     fn drop(&mut self) {
         if self.0.exists() {
             let _ = Command::new(crate::routemon::binary())
-                .args(["cleanup", "--pin-dir"])
+                .args(["cleanup", "--bpffs-dir"])
                 .arg(&self.0)
                 .output();
             // What cleanup leaves by design (a test's "foreign" pin) goes too.
@@ -98,7 +98,7 @@ fn remove_stale_pin_dirs() {
         let pid = rest.split('x').next().unwrap_or_default();
         if !Path::new("/proc").join(pid).exists() {
             let _ = Command::new(crate::routemon::binary())
-                .args(["cleanup", "--pin-dir"])
+                .args(["cleanup", "--bpffs-dir"])
                 .arg(&path)
                 .output();
         }

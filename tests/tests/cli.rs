@@ -72,6 +72,52 @@ fn bad_values_are_usage_errors() {
     assert!(kernel::routemon_programs().unwrap().is_empty());
 }
 
+/// The exit-status table of docs/commands.md: 0 ok, 1 findings at or above
+/// `--fail-on`, 2 usage, 70 runtime failure, 77 no permission (tested with the
+/// unprivileged runs below).
+#[test]
+fn exit_statuses_follow_the_table() {
+    require_root();
+    let tie = testbed();
+    let ns = Some(&tie.node);
+    fn status(ns: Option<&routemon_testbed::netns::NetNs>, args: &[&str]) -> Option<i32> {
+        run(ns, args).unwrap().status.code()
+    }
+    // The tie is a critical finding: the report is printed and --fail-on decides.
+    assert_eq!(status(ns, &["routes"]), Some(0), "findings alone: 0");
+    for (fail_on, expected) in [("never", 0), ("info", 1), ("warning", 1), ("critical", 1)] {
+        let out = run(ns, &["routes", "--json", "--fail-on", fail_on]).unwrap();
+        assert_eq!(out.status.code(), Some(expected), "--fail-on {fail_on}");
+        let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        assert_eq!(report["findings"][0]["severity"], "critical");
+    }
+    assert_eq!(
+        status(ns, &["routes", "--fail-on", "sometimes"]),
+        Some(2),
+        "an unknown severity is a usage error"
+    );
+    drop(tie);
+    // Distinct metrics: nothing at or above warning.
+    let healthy = Testbed::ens5_ens6(1000, 1024).unwrap();
+    assert_eq!(
+        status(Some(&healthy.node), &["routes", "--fail-on", "warning"]),
+        Some(0)
+    );
+    // A runtime failure: the metrics port is taken.
+    let busy = healthy
+        .node
+        .run_in(|| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .unwrap();
+    let port = busy.local_addr().unwrap().to_string();
+    let out = run(
+        Some(&healthy.node),
+        &["watch", "--ephemeral", "--listen", &port],
+    )
+    .unwrap();
+    assert_fails(&out, 70, "cannot listen on");
+    drop(busy);
+}
+
 #[test]
 fn help_explains_every_subcommand() {
     for args in [
@@ -158,7 +204,7 @@ fn without_privileges_snapshot_refuses_and_routes_still_works() {
     std::fs::create_dir_all(&empty_state).unwrap();
     let empty_state = empty_state.to_str().unwrap();
     for (args, capability) in [
-        (&["watch", "--no-pin"][..], "CAP_BPF"),
+        (&["watch", "--ephemeral"][..], "CAP_BPF"),
         (&["top"][..], "CAP_BPF"),
         (&["cleanup"][..], "CAP_BPF"),
         (

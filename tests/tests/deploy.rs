@@ -97,7 +97,7 @@ fn the_units_capabilities_are_enough_and_needed() {
     let pins = PinDir::new();
     let with = |caps: &[&str]| limited_to(net_launcher(&bed.node), caps);
     let caps_ref: Vec<&str> = caps.iter().map(String::as_str).collect();
-    let mut watch = Watch::start(&with(&caps_ref), &["--pin-dir", &pins.arg()]).unwrap();
+    let mut watch = Watch::start(&with(&caps_ref), &["--bpffs-dir", &pins.arg()]).unwrap();
     watch
         .wait_for("attach", Duration::from_secs(10), |e| {
             e["event"] == "interface_attached" && e["interface"] == "ens5"
@@ -106,8 +106,9 @@ fn the_units_capabilities_are_enough_and_needed() {
     watch.stop_cleanly().unwrap();
 
     let launcher = with(&["net_admin", "perfmon", "sys_resource"]);
-    let out = routemon_testbed::routemon::run_with(&launcher, &["watch", "--pin-dir", &pins.arg()])
-        .unwrap();
+    let out =
+        routemon_testbed::routemon::run_with(&launcher, &["watch", "--bpffs-dir", &pins.arg()])
+            .unwrap();
     assert_eq!(out.status.code(), Some(77), "{}", out.stderr);
     assert!(out.stderr.contains("CAP_BPF"), "{}", out.stderr);
 }
@@ -139,7 +140,7 @@ fn without_a_bpf_filesystem_root_mounts_it_and_the_unit_says_what_to_do() {
     let pins = PinDir::new();
     let mut launcher = without_bpffs();
     launcher.extend(net_launcher(&bed.node));
-    let mut watch = Watch::start(&launcher, &["--pin-dir", &pins.arg()]).unwrap();
+    let mut watch = Watch::start(&launcher, &["--bpffs-dir", &pins.arg()]).unwrap();
     watch
         .wait_for("attach", Duration::from_secs(10), |e| {
             e["event"] == "interface_attached" && e["interface"] == "ens5"
@@ -150,8 +151,9 @@ fn without_a_bpf_filesystem_root_mounts_it_and_the_unit_says_what_to_do() {
     let caps = unit_capabilities();
     let caps: Vec<&str> = caps.iter().map(String::as_str).collect();
     let launcher = limited_to(launcher, &caps);
-    let out = routemon_testbed::routemon::run_with(&launcher, &["watch", "--pin-dir", &pins.arg()])
-        .unwrap();
+    let out =
+        routemon_testbed::routemon::run_with(&launcher, &["watch", "--bpffs-dir", &pins.arg()])
+            .unwrap();
     assert!(!out.status.success(), "{}", out.stderr);
     assert_ne!(
         out.status.code(),

@@ -35,14 +35,32 @@ fn manifest(path: &Path) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// Runs `doctor --json <args>`; returns the worst check status as a number (0 ok,
+/// 1 warning, 2 error: the corpora's manifests use it), the report, and the run,
+/// after checking the exit status: 1 when a check warns or fails (the default
+/// `--fail-on warning`), else 0.
 fn doctor(args: &[&str]) -> (i32, Value, Finished) {
     let mut full = vec!["doctor", "--json"];
     full.extend_from_slice(args);
     let finished = run(None, &full).unwrap();
     let code = finished.status.code().expect("exited");
-    let json = serde_json::from_str(&finished.stdout)
+    let json: Value = serde_json::from_str(&finished.stdout)
         .unwrap_or_else(|err| panic!("doctor {args:?}: {err}\n{}", finished.stderr));
-    (code, json, finished)
+    let worst = if json["errors"].as_u64() > Some(0) {
+        2
+    } else if json["warnings"].as_u64() > Some(0) {
+        1
+    } else {
+        0
+    };
+    assert_eq!(
+        code,
+        i32::from(worst > 0),
+        "doctor {args:?}: the exit status follows --fail-on warning\n{}",
+        finished.stderr
+    );
+    assert_eq!(json["exit_code"], code, "the report states the exit status");
+    (worst, json, finished)
 }
 
 /// The ids of the checks with `status`.
@@ -405,7 +423,7 @@ fn fix_writes_files_that_real_networkd_turns_into_one_best_default() {
         ],
     )
     .unwrap();
-    assert_ne!(finished.status.code(), Some(0));
+    assert_eq!(finished.status.code(), Some(2), "a usage error");
     assert!(
         finished.stderr.contains("live networkd directory"),
         "{}",

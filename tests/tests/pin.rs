@@ -741,7 +741,7 @@ fn sigkill_at_any_point_of_a_guard_repin_never_strands_the_node() {
         std::process::Command::new(&launcher[0])
             .args(&launcher[1..])
             .arg(routemon_testbed::routemon::binary())
-            .args(["watch", "--no-pin", "--no-metrics", "--guard"])
+            .args(["watch", "--ephemeral", "--no-listen", "--guard"])
             .args(["--primary", "ens5", "--metric", "1000"])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())

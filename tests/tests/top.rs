@@ -120,7 +120,7 @@ fn watch_exports_drops_per_interface_and_reason() {
     require_root();
     let bed = strict_rp_filter_on_ens6();
     let pins = PinDir::new();
-    let watch = Watch::start(&net_launcher(&bed.node), &["--pin-dir", &pins.arg()]).unwrap();
+    let watch = Watch::start(&net_launcher(&bed.node), &["--bpffs-dir", &pins.arg()]).unwrap();
     send_udp(&bed.router, &from_internet_into_ens6(&bed, 7)).unwrap();
     let metrics = scrape(&bed.node).unwrap();
     let drops = |interface: &str| {

@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod dist;
 mod fuzz;
 mod host_state;
 mod setup;
@@ -83,6 +84,14 @@ enum Task {
         #[arg(long, default_value_t = 30.0, value_parser = soak_minutes)]
         minutes: f64,
     },
+    /// Lay routemon out as a package installs it: bin/routemon, man pages
+    /// (share/man/man1) and bash, zsh and fish completions, generated from its
+    /// command-line definitions. Install with `cp -r <out>/. /usr/local/`.
+    Dist {
+        /// The prefix to fill.
+        #[arg(long, value_name = "DIR", default_value = "target/dist")]
+        out_dir: std::path::PathBuf,
+    },
     /// Show routemon on a simulated EKS node with two ENIs, in network namespaces
     /// that are removed afterwards (needs root; under a minute).
     Demo,
@@ -104,6 +113,16 @@ fn main() -> ExitCode {
             .and_then(|()| fuzz::run(seconds, target.as_deref()))
             .map(drop),
         Task::Soak { minutes } => soak(minutes),
+        Task::Dist { out_dir } => setup::run_build_only()
+            .and_then(|()| build())
+            .and_then(|()| {
+                let binary = util::workspace_root().join("target/release/routemon");
+                let out_dir = util::workspace_root().join(out_dir);
+                for path in dist::write(&out_dir, Some(&binary))? {
+                    println!("{}", path.display());
+                }
+                Ok(())
+            }),
         Task::Demo => setup::run()
             .and_then(|()| build())
             .and_then(|()| demo::run()),

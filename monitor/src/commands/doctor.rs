@@ -24,7 +24,7 @@ use crate::{
 /// The metric `--fix` gives the primary: below networkd's 1024, as the seed's fix.
 const FIX_METRIC: u32 = 1000;
 
-/// Runs `doctor`; returns the exit code (0 healthy, 1 warnings, 2 errors).
+/// Runs `doctor`; returns the exit status (1 for checks at or above `--fail-on`).
 pub async fn run(args: &DoctorArgs) -> anyhow::Result<u8> {
     let mut checks = Vec::new();
     let mut predictions = Vec::new();
@@ -52,7 +52,7 @@ pub async fn run(args: &DoctorArgs) -> anyhow::Result<u8> {
         predictions = predicted;
     }
     if args.json {
-        let code = doctor::exit_code(&checks);
+        let code = doctor::exit_code(&checks, args.fail_on);
         let summary = serde_json::json!({
             "exit_code": code,
             "errors": checks.iter().filter(|c| c.status == Status::Error).count(),
@@ -64,7 +64,7 @@ pub async fn run(args: &DoctorArgs) -> anyhow::Result<u8> {
     } else {
         print!("{}", doctor::render(&checks));
     }
-    Ok(doctor::exit_code(&checks))
+    Ok(doctor::exit_code(&checks, args.fail_on))
 }
 
 /// Reads at most one byte more than user data may have, so a huge file is
@@ -160,12 +160,15 @@ fn write_fixes(
     primary: Option<&str>,
 ) -> anyhow::Result<Vec<Check>> {
     let canonical = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    anyhow::ensure!(
-        !STANDARD_DIRS.iter().any(|d| Path::new(d) == canonical),
-        "--fix {} is a live networkd directory; doctor never changes the live configuration. \
-         Write into another directory, review, then copy (or use `routemon pin --apply`)",
-        dir.display()
-    );
+    if STANDARD_DIRS.iter().any(|d| Path::new(d) == canonical) {
+        return Err(crate::cli::UsageError(format!(
+            "--fix {} is a live networkd directory; doctor never changes the live \
+             configuration. Write into another directory, review, then copy (or use \
+             `routemon pin --apply`)",
+            dir.display()
+        ))
+        .into());
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut written = Vec::new();
     let mut unmanaged = Vec::new();

@@ -15,7 +15,7 @@ use crate::{
 };
 
 /// Prints a report as JSON or tables on stdout.
-pub fn print_report(report: &Report, args: &SelectionArgs) -> anyhow::Result<()> {
+pub fn print_report(report: &Report, args: &SelectionArgs) -> anyhow::Result<u8> {
     if args.json {
         output::write_json(report, std::io::stdout().lock())
             .map_err(|err| anyhow::anyhow!("writing the report: {err}"))?;
@@ -30,5 +30,7 @@ pub fn print_report(report: &Report, args: &SelectionArgs) -> anyhow::Result<()>
             )
         );
     }
-    Ok(())
+    Ok(args
+        .fail_on
+        .exit_status(report.findings.iter().map(|f| f.severity)))
 }

@@ -3,11 +3,10 @@
 use super::print_report;
 use crate::{cli::RoutesArgs, model::dump::Netlink, session::Investigation};
 
-/// Runs `routes`.
-pub async fn run(args: &RoutesArgs) -> anyhow::Result<()> {
+/// Runs `routes`; returns the exit status (`--fail-on`).
+pub async fn run(args: &RoutesArgs) -> anyhow::Result<u8> {
     let netlink = Netlink::connect()?;
     let found = Investigation::gather(&netlink, &args.selection.selection()).await?;
     let report = found.report(found.findings.clone(), None);
-    print_report(&report, &args.selection)?;
-    Ok(())
+    print_report(&report, &args.selection)
 }

@@ -25,7 +25,7 @@ const TOP_FLOWS: usize = 10;
 const SAMPLE_DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Runs `snapshot`.
-pub async fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
+pub async fn run(args: &SnapshotArgs) -> anyhow::Result<u8> {
     let mut shutdown = Shutdown::install().context("installing signal handlers")?;
     preflight::require_ebpf_privileges("snapshot")?;
     if !preflight::kernel_has_btf() {
@@ -147,9 +147,9 @@ pub async fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
         tables,
         drops_unavailable,
     });
-    print_report(&report, &args.selection)?;
+    let status = print_report(&report, &args.selection)?;
     detached.context("detaching routemon's programs")?;
-    Ok(())
+    Ok(status)
 }
 
 /// What changed in the network while routemon counted.

@@ -16,7 +16,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
     watch::run(WatchOptions {
         patterns: args.interfaces.interfaces.clone(),
         primary: args.interfaces.primary.clone(),
-        listen: (!args.no_metrics).then_some(args.listen),
+        listen: (!args.no_listen).then_some(args.listen),
         events: args.events == EventFormat::Json,
         guard: args.guard.then(|| {
             (
@@ -24,8 +24,8 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
                 args.metric,
             )
         }),
-        pin_dir: (!args.no_pin).then(|| args.pin_dir.clone()),
-        keep_pinned: args.keep_pinned,
+        pin_dir: (!args.ephemeral).then(|| args.bpffs_dir.clone()),
+        keep_pinned: args.keep_attached,
         attach: args.attach,
         interval: args.interval,
         netlink_buffer: args.netlink_buffer,

@@ -13,6 +13,8 @@ pub mod yaml;
 
 use serde::Serialize;
 
+use crate::cli::{DoctorFailOn, EXIT_FINDINGS, EXIT_OK};
+
 /// How a check came out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -104,12 +106,18 @@ impl Check {
     }
 }
 
-/// Exit code for a set of checks: 0 healthy, 1 warnings, 2 errors.
-pub fn exit_code(checks: &[Check]) -> u8 {
-    match checks.iter().map(|c| c.status).max() {
-        Some(Status::Error) => 2,
-        Some(Status::Warning) => 1,
-        _ => 0,
+/// Exit status for a set of checks: 1 when one has `fail_on`'s status or a worse
+/// one, else 0.
+pub fn exit_code(checks: &[Check], fail_on: DoctorFailOn) -> u8 {
+    let threshold = match fail_on {
+        DoctorFailOn::Never => return EXIT_OK,
+        DoctorFailOn::Warning => Status::Warning,
+        DoctorFailOn::Error => Status::Error,
+    };
+    if checks.iter().any(|c| c.status >= threshold) {
+        EXIT_FINDINGS
+    } else {
+        EXIT_OK
     }
 }
 

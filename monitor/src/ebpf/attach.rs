@@ -241,7 +241,7 @@ pub fn attach_pinned(
         .map_err(|err| {
             fail(format!(
                 "{err}. Pinned attachments need TCX links (Linux 6.6+); on older kernels \
-                 run `routemon watch --no-pin`"
+                 run `routemon watch --ephemeral`"
             ))
         })?;
     let fd_link = take_fd_link(program, id).map_err(&fail)?;

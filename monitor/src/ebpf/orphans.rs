@@ -6,7 +6,7 @@
 //! program is one of routemon's and no live process holds that program (a running
 //! routemon holds its programs' file descriptors, which `/proc/<pid>/fdinfo` lists
 //! with their `prog_id`). TCX links never orphan: an unpinned one dies with its
-//! file descriptor, a pinned one belongs to a `watch --keep-pinned` daemon and is
+//! file descriptor, a pinned one belongs to a `watch --keep-attached` daemon and is
 //! taken over by the next one.
 //!
 //! When routemon adds a clsact qdisc it records that in [`clsact_markers`], so that

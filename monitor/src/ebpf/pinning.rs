@@ -435,7 +435,7 @@ fn ensure_bpffs(dir: &Path) -> Result<(), EbpfError> {
         if ret != 0 {
             return Err(EbpfError::Other(format!(
                 "the BPF filesystem is not mounted on /sys/fs/bpf and mounting it failed: {}. \
-                 Mount it (`mount -t bpf bpf /sys/fs/bpf`), or run with --no-pin",
+                 Mount it (`mount -t bpf bpf /sys/fs/bpf`), or run with --ephemeral",
                 io::Error::last_os_error()
             )));
         }
@@ -446,8 +446,8 @@ fn ensure_bpffs(dir: &Path) -> Result<(), EbpfError> {
         .unwrap_or(Path::new("/"));
     if !is_bpffs(probe) {
         return Err(EbpfError::Other(format!(
-            "{} is not on a BPF filesystem; choose a --pin-dir under /sys/fs/bpf \
-             (or run with --no-pin)",
+            "{} is not on a BPF filesystem; choose a --bpffs-dir under /sys/fs/bpf \
+             (or run with --ephemeral)",
             dir.display()
         )));
     }

@@ -119,8 +119,8 @@ fn load_monitor(pin_dir: Option<&std::path::Path>) -> anyhow::Result<(Monitor, u
             anyhow::ensure!(
                 leftover.is_empty(),
                 "routemon's programs are still attached and pinned under {} ({}); \
-                 --no-pin would count every packet twice. Run `routemon cleanup` first, \
-                 or drop --no-pin to take them over",
+                 --ephemeral would count every packet twice. Run `routemon cleanup` first, \
+                 or drop --ephemeral to take them over",
                 default_dir.display(),
                 leftover.join(", ")
             );

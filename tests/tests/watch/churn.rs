@@ -29,7 +29,7 @@ fn route_churn_ends_in_the_kernels_final_state() {
     let pins = PinDir::new();
     let mut watch = Watch::start(
         &net_launcher(&bed.node),
-        &["--pin-dir", &pins.arg(), "--netlink-buffer", "16384"],
+        &["--bpffs-dir", &pins.arg(), "--netlink-buffer", "16384"],
     )
     .unwrap();
     watch
@@ -155,7 +155,7 @@ fn netlink_storm_ends_equal_to_a_fresh_dump() {
     let pins = PinDir::new();
     let watch = Watch::start(
         &net_launcher(&bed.node),
-        &["--pin-dir", &pins.arg(), "--netlink-buffer", "65536"],
+        &["--bpffs-dir", &pins.arg(), "--netlink-buffer", "65536"],
     )
     .unwrap();
     let model_v4 = |metrics: &str| {
@@ -325,7 +325,7 @@ fn beyond_256_interfaces_it_degrades_and_counts_what_it_could_not_attach() {
     bed.node.ip(&["-batch", batch.to_str().unwrap()]).unwrap();
 
     let pins = PinDir::new();
-    let watch = Watch::start(&net_launcher(&bed.node), &["--pin-dir", &pins.arg()]).unwrap();
+    let watch = Watch::start(&net_launcher(&bed.node), &["--bpffs-dir", &pins.arg()]).unwrap();
     let gauge = |name: &str| sample(&scrape(&bed.node).unwrap(), name, &[]).unwrap_or(-1.0);
     let attached = || {
         samples(&scrape(&bed.node).unwrap(), "routemon_interface_attached")

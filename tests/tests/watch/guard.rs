@@ -34,7 +34,7 @@ fn guard_repins_after_networkd_restart_without_the_drop_in() {
     let mut watch = Watch::start(
         &eks.launcher(),
         &[
-            "--pin-dir",
+            "--bpffs-dir",
             &pins.arg(),
             "--guard",
             "--primary",

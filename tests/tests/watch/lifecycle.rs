@@ -27,7 +27,7 @@ fn hot_attached_eni_is_attached_reported_and_counted() {
     let pins = PinDir::new();
     let mut watch = Watch::start(
         &eks.launcher(),
-        &["--pin-dir", &pins.arg(), "--interval", "1s"],
+        &["--bpffs-dir", &pins.arg(), "--interval", "1s"],
     )
     .unwrap();
     watch
@@ -138,7 +138,7 @@ fn check_ens6_counted_and_the_tie_exported(eks: &EksNode, ens6: &Eni) {
     }
 }
 
-/// Test 4: restarting the daemon under traffic (with --keep-pinned) continues the
+/// Test 4: restarting the daemon under traffic (with --keep-attached) continues the
 /// counters, nothing is attached twice, and no packet goes uncounted: the counted
 /// egress equals the kernel's transmitted packets across the restart.
 #[test]
@@ -146,7 +146,7 @@ fn restart_under_traffic_continues_the_counters_without_a_gap() {
     require_root();
     let bed = Testbed::ens5_ens6(1000, 1024).unwrap();
     let pins = PinDir::new();
-    let args = ["--pin-dir", &pins.arg(), "--keep-pinned"];
+    let args = ["--bpffs-dir", &pins.arg(), "--keep-attached"];
     let launcher = net_launcher(&bed.node);
     let watch = Watch::start(&launcher, &args).unwrap();
     wait_quiet(&bed.node, &["ens5"], 300).unwrap();
@@ -161,7 +161,7 @@ fn restart_under_traffic_continues_the_counters_without_a_gap() {
     assert_eq!(
         pins.links().len(),
         4,
-        "--keep-pinned leaves the links: {:?}",
+        "--keep-attached leaves the links: {:?}",
         pins.links()
     );
     assert_eq!(
@@ -194,9 +194,9 @@ fn restart_under_traffic_continues_the_counters_without_a_gap() {
 
     let (status, _) = watch.stop(Signal::SIGTERM, Duration::from_secs(5)).unwrap();
     assert!(status.success());
-    assert_eq!(routemon_tcx_links().unwrap(), 4, "--keep-pinned again");
+    assert_eq!(routemon_tcx_links().unwrap(), 4, "--keep-attached again");
     // `routemon cleanup` removes everything routemon left.
-    let out = run(None, &["cleanup", "--pin-dir", &pins.arg()])
+    let out = run(None, &["cleanup", "--bpffs-dir", &pins.arg()])
         .unwrap()
         .success();
     assert!(out.stdout.contains("removed"), "{}", out.stdout);
@@ -215,7 +215,7 @@ fn kill_9_then_restart_adopts_without_duplicates() {
     let bed = Testbed::ens5_ens6(1000, 1024).unwrap();
     let pins = PinDir::new();
     let launcher = net_launcher(&bed.node);
-    let args = ["--pin-dir", &pins.arg()];
+    let args = ["--bpffs-dir", &pins.arg()];
     let watch = Watch::start(&launcher, &args).unwrap();
     let (status, _) = watch.stop(Signal::SIGKILL, Duration::from_secs(5)).unwrap();
     assert!(!status.success());
@@ -278,7 +278,7 @@ fn foreign_pinned_map_is_replaced_and_run_time_is_exported() {
     let stats = StatsEnabled::new();
     let mut watch = Watch::start(
         &net_launcher(&bed.node),
-        &["--pin-dir", &pins.arg(), "--log-format", "json"],
+        &["--bpffs-dir", &pins.arg(), "--log-format", "json"],
     )
     .unwrap();
     let started = watch
@@ -364,12 +364,12 @@ fn cleanup_removes_only_routemons_pins() {
         ],
     )
     .unwrap();
-    let args = ["--pin-dir", &pins.arg(), "--keep-pinned"];
+    let args = ["--bpffs-dir", &pins.arg(), "--keep-attached"];
     let watch = Watch::start(&net_launcher(&bed.node), &args).unwrap();
     let (status, _) = watch.stop(Signal::SIGTERM, Duration::from_secs(5)).unwrap();
     assert!(status.success());
     assert_eq!(pins.links().len(), 4);
-    let out = run(None, &["cleanup", "--pin-dir", &pins.arg()])
+    let out = run(None, &["cleanup", "--bpffs-dir", &pins.arg()])
         .unwrap()
         .success();
     println!("{}", out.stdout);

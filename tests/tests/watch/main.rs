@@ -84,7 +84,7 @@ fn two_uplinks_watched(metrics: (u32, u32), args: &[&str]) -> (Testbed, PinDir, 
     require_root();
     let bed = Testbed::ens5_ens6(metrics.0, metrics.1).unwrap();
     let pins = PinDir::new();
-    let mut all = vec!["--pin-dir".to_owned(), pins.arg()];
+    let mut all = vec!["--bpffs-dir".to_owned(), pins.arg()];
     all.extend(args.iter().map(|a| (*a).to_owned()));
     let all: Vec<&str> = all.iter().map(String::as_str).collect();
     let watch = Watch::start(&net_launcher(&bed.node), &all).unwrap();

@@ -23,7 +23,7 @@ fn prometheus_scrapes_rates_and_findings_and_promtool_accepts_the_metrics() {
     let ens6 = eks.attach_eni("ens6").unwrap();
     let ens5 = eks.enis[0].clone();
     let pins = PinDir::new();
-    let mut watch = Watch::start(&eks.launcher(), &["--pin-dir", &pins.arg()]).unwrap();
+    let mut watch = Watch::start(&eks.launcher(), &["--bpffs-dir", &pins.arg()]).unwrap();
     watch
         .wait_for("the tie", EVENT_TIMEOUT, |e| e["event"] == "finding_raised")
         .unwrap();

@@ -95,7 +95,7 @@ fn watch_stays_true_under_churn() {
     let mut watch = Watch::start(
         &net_launcher(&bed.node),
         &[
-            "--pin-dir",
+            "--bpffs-dir",
             &pins.arg(),
             "--interface",
             "ens*",

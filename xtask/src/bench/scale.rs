@@ -83,7 +83,7 @@ pub fn netlink_scale(plan: Plan) -> Result<Vec<Figure>> {
             let started = Instant::now();
             let watch = Watch::start(
                 &net_launcher(&ns),
-                &["--no-pin", "--no-metrics", "-i", "ens5"],
+                &["--ephemeral", "--no-listen", "-i", "ens5"],
             )?;
             daemon_ms.push(started.elapsed().as_secs_f64() * 1e3);
             daemon_rss.push(proc_status_kib(watch.pid(), "VmHWM:")? as f64 / 1024.0);
@@ -151,7 +151,7 @@ pub fn netlink_scale(plan: Plan) -> Result<Vec<Figure>> {
 pub fn detection_latency(plan: Plan) -> Result<Vec<Figure>> {
     let trials = if plan.quick { 20 } else { 100 };
     let bed = Testbed::ens5_ens6(1024, 1000)?;
-    let mut watch = Watch::start(&net_launcher(&bed.node), &["--no-pin", "--no-metrics"])?;
+    let mut watch = Watch::start(&net_launcher(&bed.node), &["--ephemeral", "--no-listen"])?;
     let gateway = bed.uplink("ens6").gw4.to_string();
     let mut latencies = Vec::new();
     for _ in 0..trials {

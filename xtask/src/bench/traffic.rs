@@ -222,7 +222,7 @@ fn install(counting: Counting, bed: &Testbed) -> Result<Installed<'_>> {
         Counting::Routemon => Installed::Routemon {
             _watch: Box::new(Watch::start(
                 &net_launcher(&bed.node),
-                &["--no-pin", "--no-metrics", "-i", "ens5"],
+                &["--ephemeral", "--no-listen", "-i", "ens5"],
             )?),
         },
         Counting::Nftables => {
@@ -347,7 +347,7 @@ fn resolution(stats: &Stats) -> Option<String> {
 pub fn footprint(plan: Plan) -> Result<Vec<Figure>> {
     let bed = Testbed::new(&[UplinkSpec::new("ens5", 1024)], false)?;
     let iperf = Iperf::serve(&bed)?;
-    let watch = Watch::start(&net_launcher(&bed.node), &["--no-pin", "-i", "ens5"])?;
+    let watch = Watch::start(&net_launcher(&bed.node), &["--ephemeral", "-i", "ens5"])?;
     let pid = watch.pid();
     let seconds = if plan.quick { 5 } else { 60 };
     // 100 000 datagrams/s of 64 bytes: 51.2 Mbit/s of payload.
