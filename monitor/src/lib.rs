@@ -26,6 +26,7 @@ pub mod session;
 pub mod signals;
 pub mod top;
 pub mod watch;
+pub mod web_config;
 
 #[cfg(test)]
 mod testutil;
