@@ -10,6 +10,7 @@
 //!   closed after the same time);
 //! - a response write that makes no progress for [`io::WRITE_TIMEOUT`] fails the
 //!   connection (clients that do not read);
+//! - the kernel's send buffer of a connection is [`SEND_BUFFER`];
 //! - connections live at most [`MAX_CONNECTION_AGE`] (then close after their
 //!   current response);
 //! - [`admission`] bounds the connections: [`MAX_PENDING`] without a complete first
@@ -58,7 +59,11 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest life of a connection: it closes after the response in progress.
 pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(300);
 /// Connections that have not yet sent a complete first request head.
-pub const MAX_PENDING: usize = 256;
+pub const MAX_PENDING: usize = 512;
+/// Kernel send buffer of a connection (`SO_SNDBUF`; the kernel doubles it). Without
+/// it loopback autotuning grows it to megabytes: a client that does not read would
+/// hold that much kernel memory and never stall a write.
+pub const SEND_BUFFER: usize = 64 * 1024;
 /// Connections that have, and are served.
 pub const MAX_ACTIVE: usize = 128;
 /// `Retry-After` of a 503, in seconds.
@@ -109,6 +114,9 @@ pub async fn serve(listener: TcpListener, queries: mpsc::Sender<Query>, stats: A
                 continue;
             }
         };
+        if let Err(err) = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER) {
+            tracing::debug!(%peer, "setting SO_SNDBUF: {err}");
+        }
         let pending = shared.admission.arrive();
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
