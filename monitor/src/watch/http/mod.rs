@@ -98,9 +98,20 @@ struct Shared {
 /// Accepts connections until the task is dropped, passing queries to `queries` and
 /// counting into `stats`.
 pub async fn serve(listener: TcpListener, queries: mpsc::Sender<Query>, stats: Arc<HttpStats>) {
+    serve_with_limits(listener, queries, stats, MAX_PENDING, MAX_ACTIVE).await;
+}
+
+/// [`serve`] with other pool sizes (the unit tests' small ones).
+async fn serve_with_limits(
+    listener: TcpListener,
+    queries: mpsc::Sender<Query>,
+    stats: Arc<HttpStats>,
+    max_pending: usize,
+    max_active: usize,
+) {
     let shared = Arc::new(Shared {
         queries,
-        admission: Admission::new(MAX_PENDING, MAX_ACTIVE, Arc::clone(&stats)),
+        admission: Admission::new(max_pending, max_active, Arc::clone(&stats)),
         stats,
     });
     loop {
@@ -374,8 +385,74 @@ fn close(mut response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
 #[cfg(test)]
 pub(crate) fn block_on<F: std::future::Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
-        .enable_time()
+        .enable_all()
         .build()
         .expect("a test runtime")
         .block_on(future)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read as _, Write as _};
+
+    use super::*;
+
+    /// One `GET /metrics` with `Connection: close` from a blocking thread; the
+    /// whole reply.
+    fn get(addr: std::net::SocketAddr) -> tokio::task::JoinHandle<String> {
+        tokio::task::spawn_blocking(move || {
+            let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                .expect("write");
+            let mut reply = String::new();
+            let _ = stream.read_to_string(&mut reply);
+            reply
+        })
+    }
+
+    /// With every active slot busy with a request (the daemon has not answered),
+    /// a new request gets 503 with `Retry-After`, counted as overload; the busy
+    /// ones are then served.
+    #[test]
+    fn a_request_finding_every_slot_busy_gets_503_with_retry_after() {
+        block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("address");
+            let (queries, mut daemon) = mpsc::channel(16);
+            let stats = Arc::new(HttpStats::default());
+            tokio::spawn(serve_with_limits(
+                listener,
+                queries,
+                Arc::clone(&stats),
+                8,
+                2,
+            ));
+            let busy = [get(addr), get(addr)];
+            let mut held = Vec::new();
+            for _ in 0..2 {
+                match daemon.recv().await.expect("a query") {
+                    Query::Metrics { reply, .. } => held.push(reply),
+                    Query::Health(_) => panic!("asked for /metrics"),
+                }
+            }
+            let refused = get(addr).await.expect("client");
+            assert!(refused.starts_with("HTTP/1.1 503 "), "{refused}");
+            assert!(refused.contains("\r\nRetry-After: 1\r\n"), "{refused}");
+            for reply in held {
+                reply.send("up 1\n".to_owned()).expect("answer");
+            }
+            for client in busy {
+                let served = client.await.expect("client");
+                assert!(served.starts_with("HTTP/1.1 200 "), "{served}");
+                assert!(served.ends_with("\r\n\r\nup 1\n"), "{served}");
+            }
+            assert!(stats.shed_counts().contains(&("overload", 1)));
+            assert!(stats.response_counts().contains(&(503, 1)));
+            assert!(stats.response_counts().contains(&(200, 2)));
+        });
+    }
 }
