@@ -38,7 +38,7 @@ use hyper::{
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
-    io::AsyncWriteExt as _,
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
     sync::{mpsc, oneshot},
 };
@@ -72,6 +72,10 @@ pub const RETRY_AFTER_SECONDS: u32 = 1;
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a refusal or a 431 may take to write.
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// After a refusal, how long (and how many bytes of) what the client still sends
+/// is read and dropped: closing with unread data would reset the connection, and
+/// the reset can destroy the refusal before the client reads it.
+const REFUSAL_LINGER: (Duration, usize) = (Duration::from_millis(500), 256 * 1024);
 
 /// A request the daemon's main loop answers.
 #[derive(Debug)]
@@ -232,7 +236,7 @@ async fn connection(
 }
 
 /// Answers a connection that is not served with `status` (431 or 503) and closes
-/// it, bounded in time.
+/// it, bounded in time (see [`REFUSAL_LINGER`]).
 async fn refuse(mut stream: TcpStream, shared: &Shared, status: StatusCode) -> std::io::Result<()> {
     shared.stats.response(status.as_u16());
     let (body, retry) = if status == StatusCode::SERVICE_UNAVAILABLE {
@@ -256,7 +260,20 @@ async fn refuse(mut stream: TcpStream, shared: &Shared, status: StatusCode) -> s
     };
     tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, write)
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "writing a refusal"))?
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "writing a refusal"))??;
+    let (linger, most) = REFUSAL_LINGER;
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        let mut read = 0;
+        while read < most {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(linger, drain).await;
+    Ok(())
 }
 
 /// The response to one request.
