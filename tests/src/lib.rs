@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod eks;
 pub mod frames;
 pub mod host;
+pub mod http;
 pub mod kernel;
 pub mod netns;
 pub mod routemon;

@@ -321,7 +321,7 @@ pub fn scrape(ns: &NetNs) -> Result<String> {
     let (status, body) = http_request(
         ns,
         METRICS_ADDR,
-        "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     )?;
     if status != 200 {
         bail!("/metrics answered {status}: {body}");

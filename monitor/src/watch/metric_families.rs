@@ -309,6 +309,18 @@ pub const FAMILIES: &[MetricFamily] = &[
         help: "Runs of routemon's eBPF program (kernel.bpf_stats_enabled=1 only).",
         labels: &["program"],
     },
+    MetricFamily {
+        name: "routemon_http_connections_shed_total",
+        kind: "counter",
+        help: "Metrics endpoint connections closed or refused before being served normally, by reason: header_timeout (no complete request head within 5 s), write_timeout (the client read nothing for 5 s), evicted_head, evicted_idle, evicted_stalled (closed to make room: no complete head yet, idle keep-alive, response stalled), overload (refused with 503 and Retry-After), oversized_head (head over 8 KiB, answered with 431).",
+        labels: &["reason"],
+    },
+    MetricFamily {
+        name: "routemon_http_requests_total",
+        kind: "counter",
+        help: "Responses of the metrics endpoint, by status code.",
+        labels: &["code"],
+    },
 ];
 
 /// The family called `name`.

@@ -1,5 +1,6 @@
-//! The Prometheus text exposition of `routemon watch` (format 0.0.4), with names
-//! in node_exporter style: `routemon_<subsystem>_<what>_<unit>[_total]`.
+//! The exposition of `routemon watch`, with names in node_exporter style:
+//! `routemon_<subsystem>_<what>_<unit>[_total]`, in the Prometheus text format
+//! 0.0.4 or, when the scraper asks for it, OpenMetrics 1.0.0 ([`Format`]).
 
 use std::{
     collections::BTreeMap,
@@ -9,8 +10,8 @@ use std::{
 use monitor_common::{IfaceCounters, PacketCounters};
 
 use super::{
-    evaluation::RoutingState, events::RouteLabels, metric_families, reconcile::Reconciler,
-    traffic::TrafficFindings,
+    evaluation::RoutingState, events::RouteLabels, http::stats::HttpStats, metric_families,
+    reconcile::Reconciler, traffic::TrafficFindings,
 };
 use crate::{
     ebpf::{EbpfError, Monitor, pinning::PERSISTENT_ROUTE_IDS, usage::TableUsage},
@@ -39,6 +40,29 @@ pub struct DaemonState<'a> {
     pub events: u64,
     /// The kernel tables' usage, when readable.
     pub tables: Option<TableUsage>,
+    /// The metrics endpoint's own counters (`None`: no endpoint).
+    pub http: Option<&'a HttpStats>,
+}
+
+/// An exposition format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Format {
+    /// The Prometheus text format 0.0.4.
+    #[default]
+    Prometheus,
+    /// OpenMetrics 1.0.0 text: counter families are named without `_total`,
+    /// `*_info` gauges (always 1) are info families, and `# EOF` ends it.
+    OpenMetrics,
+}
+
+impl Format {
+    /// The `Content-Type` of an exposition in this format.
+    pub const fn content_type(self) -> &'static str {
+        match self {
+            Self::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+            Self::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
 }
 
 /// What scrapes remember from one to the next.
@@ -261,7 +285,20 @@ pub fn collect<'a>(
             .map(|(map, n)| (*map, *n))
             .collect(),
         process: super::process::ProcessStats::read(),
+        http: state.http.map(|stats| HttpCounts {
+            shed: stats.shed_counts(),
+            responses: stats.response_counts(),
+        }),
     }
+}
+
+/// The metrics endpoint's counters at one scrape.
+#[derive(Debug, Default)]
+pub struct HttpCounts {
+    /// Connections shed, by reason.
+    pub shed: Vec<(&'static str, u64)>,
+    /// Responses, by status code.
+    pub responses: Vec<(u16, u64)>,
 }
 
 /// Everything one scrape shows.
@@ -307,20 +344,39 @@ pub struct MetricsInput<'a> {
     pub read_failures: Vec<(&'static str, u64)>,
     /// The daemon's own footprint (`None` when `/proc` is unreadable).
     pub process: Option<super::process::ProcessStats>,
+    /// The metrics endpoint's counters, when it is served.
+    pub http: Option<HttpCounts>,
 }
 
 /// Builds an exposition: `# HELP`/`# TYPE` once per family, then samples.
 #[derive(Default)]
 struct Exposition {
     out: String,
+    format: Format,
 }
 
 impl Exposition {
     /// `# HELP` and `# TYPE` of a family listed in [`FAMILIES`](super::metric_families::FAMILIES).
+    /// OpenMetrics names a counter family without its samples' `_total` and an
+    /// `_info` gauge as an info family without `_info`, and escapes `"` in help.
     fn family(&mut self, name: &str) {
         let family = metric_families::family(name);
-        let _ = writeln!(self.out, "# HELP {name} {}", family.help);
-        let _ = writeln!(self.out, "# TYPE {name} {}", family.kind);
+        match self.format {
+            Format::Prometheus => {
+                let _ = writeln!(self.out, "# HELP {name} {}", family.help);
+                let _ = writeln!(self.out, "# TYPE {name} {}", family.kind);
+            }
+            Format::OpenMetrics => {
+                let (name, kind) = openmetrics_family(name, family.kind);
+                let help = family
+                    .help
+                    .replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', "\\n");
+                let _ = writeln!(self.out, "# HELP {name} {help}");
+                let _ = writeln!(self.out, "# TYPE {name} {kind}");
+            }
+        }
     }
 
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
@@ -351,6 +407,20 @@ impl Exposition {
             let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
             self.sample(name, &labels, value);
         }
+    }
+}
+
+/// A family's OpenMetrics name and type: counters' samples end in `_total`, info
+/// families' in `_info`, which the family name leaves out.
+fn openmetrics_family<'n>(name: &'n str, kind: &'static str) -> (&'n str, &'static str) {
+    match (
+        kind,
+        name.strip_suffix("_total"),
+        name.strip_suffix("_info"),
+    ) {
+        ("counter", Some(family), _) => (family, "counter"),
+        ("gauge", _, Some(family)) => (family, "info"),
+        _ => (name, kind),
     }
 }
 
@@ -438,9 +508,12 @@ fn finding_labels(finding: &Finding) -> Vec<(&'static str, String)> {
     labels
 }
 
-/// Renders the exposition.
-pub fn render(input: &MetricsInput<'_>) -> String {
-    let mut x = Exposition::default();
+/// Renders the exposition in `format`.
+pub fn render(input: &MetricsInput<'_>, format: Format) -> String {
+    let mut x = Exposition {
+        out: String::new(),
+        format,
+    };
     x.family("routemon_build_info");
     x.sample(
         "routemon_build_info",
@@ -677,6 +750,21 @@ pub fn render(input: &MetricsInput<'_>) -> String {
             |(program, _, runs)| (vec![("program", (*program).to_owned())], runs.to_string()),
         );
     }
+    if let Some(http) = &input.http {
+        x.each(
+            "routemon_http_connections_shed_total",
+            &http.shed,
+            |(reason, n)| (vec![("reason", (*reason).to_owned())], n.to_string()),
+        );
+        x.each(
+            "routemon_http_requests_total",
+            &http.responses,
+            |(code, n)| (vec![("code", code.to_string())], n.to_string()),
+        );
+    }
+    if format == Format::OpenMetrics {
+        x.out.push_str("# EOF\n");
+    }
     x.out
 }
 
@@ -767,6 +855,10 @@ mod tests {
             cilium: vec![(Family::Ipv4, crate::cilium::Outcome::Ok)],
             read_failures: vec![("routes", 1)],
             process: super::super::process::ProcessStats::read(),
+            http: Some(HttpCounts {
+                shed: vec![("overload", 2)],
+                responses: vec![(200, 5)],
+            }),
             ..MetricsInput::default()
         }
     }
@@ -820,7 +912,7 @@ mod tests {
     #[test]
     fn every_rendered_series_is_in_the_family_table() {
         use super::metric_families::FAMILIES;
-        let text = render(&everything());
+        let text = render(&everything(), Format::Prometheus);
         for family in FAMILIES {
             assert!(
                 text.contains(&format!("# HELP {} {}\n", family.name, family.help)),
@@ -857,7 +949,7 @@ mod tests {
             )],
             ..MetricsInput::default()
         };
-        let text = render(&input);
+        let text = render(&input, Format::Prometheus);
         assert!(
             text.contains(
                 "routemon_interface_egress_packets_total{interface=\"we\\\"ird\\\\\"} 3\n"
@@ -877,6 +969,45 @@ mod tests {
             } else if !line.starts_with('#') {
                 let name = line.split(['{', ' ']).next().unwrap();
                 assert!(declared.contains(name), "{name} undeclared");
+            }
+        }
+    }
+
+    /// The OpenMetrics exposition: every sample belongs to a declared family (a
+    /// counter's samples end in `_total`, an info family's in `_info`), help has
+    /// no unescaped quote, and `# EOF` ends it.
+    #[test]
+    fn openmetrics_names_counter_families_without_total_and_ends_with_eof() {
+        let text = render(&everything(), Format::OpenMetrics);
+        assert!(text.ends_with("\n# EOF\n"), "{text}");
+        assert_eq!(text.matches("# EOF").count(), 1);
+        assert!(text.contains("# TYPE routemon_events counter\n"));
+        assert!(text.contains("routemon_events_total 0\n"));
+        assert!(text.contains("# TYPE routemon_build info\n"));
+        assert!(text.contains("# TYPE routemon_findings gauge\n"));
+        let mut families = std::collections::HashMap::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                assert!(!name.ends_with("_total"), "{line}");
+                assert!(
+                    families.insert(name.to_owned(), kind.to_owned()).is_none(),
+                    "{name} declared twice"
+                );
+            } else if let Some(rest) = line.strip_prefix("# HELP ") {
+                let help = rest.split_once(' ').unwrap().1;
+                let unescaped = help.replace("\\\\", "").replace("\\\"", "").contains('"');
+                assert!(!unescaped, "{line}");
+            } else if line != "# EOF" {
+                let name = line.split(['{', ' ']).next().unwrap();
+                let declared = [("_total", "counter"), ("_info", "info"), ("", "gauge")]
+                    .iter()
+                    .any(|(suffix, kind)| {
+                        name.strip_suffix(suffix)
+                            .and_then(|family| families.get(family))
+                            .is_some_and(|k| k == kind)
+                    });
+                assert!(declared, "{name} has no family of its type before it");
             }
         }
     }

@@ -29,6 +29,7 @@ pub mod traffic;
 use std::{
     net::SocketAddr,
     path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -39,7 +40,7 @@ use self::{
     evaluation::RoutingState,
     events::{Event, EventSink},
     guard::Guard,
-    http::Query,
+    http::{Query, stats::HttpStats},
     kernel::Kernel,
     reconcile::Reconciler,
     route_ids::RouteIds,
@@ -178,6 +179,8 @@ pub async fn run(options: WatchOptions) -> anyhow::Result<()> {
         tracing::info!("{err}; routemon_drops_total is not exported");
     }
     let mut watcher = Watcher::new(monitor, model, &options)?;
+    let http_stats = listener.as_ref().map(|_| Arc::new(HttpStats::default()));
+    watcher.http = http_stats.clone();
     let started = Instant::now();
     watcher.reconcile(&netlink, started).await;
     watcher.events.emit(Event::Started {
@@ -188,8 +191,8 @@ pub async fn run(options: WatchOptions) -> anyhow::Result<()> {
     });
 
     let (query_tx, mut queries) = mpsc::channel::<Query>(16);
-    if let Some(listener) = listener {
-        tokio::spawn(http::serve(listener, query_tx));
+    if let (Some(listener), Some(stats)) = (listener, http_stats) {
+        tokio::spawn(http::serve(listener, query_tx, stats));
     }
     let mut traffic_tick = tokio::time::interval(options.interval);
     traffic_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -301,6 +304,8 @@ struct Watcher {
     notifications: u64,
     /// The kernel tables' usage as last read, and when (see [`TABLE_USAGE_MAX_AGE`]).
     table_usage: Option<(Instant, TableUsage)>,
+    /// The metrics endpoint's counters, when it is served.
+    http: Option<Arc<HttpStats>>,
 }
 
 /// How long a reading of the kernel tables' usage serves scrapes: counting the
@@ -349,6 +354,7 @@ impl Watcher {
             resyncs: 0,
             notifications: 0,
             table_usage: None,
+            http: None,
         })
     }
 
@@ -552,8 +558,8 @@ impl Watcher {
             Query::Health(reply) => {
                 let _ = reply.send(());
             }
-            Query::Metrics(reply) => {
-                let text = self.render_metrics();
+            Query::Metrics { format, reply } => {
+                let text = self.render_metrics(format);
                 let _ = reply.send(text);
             }
         }
@@ -574,7 +580,7 @@ impl Watcher {
         self.table_usage.map(|(_, usage)| usage)
     }
 
-    fn render_metrics(&mut self) -> String {
+    fn render_metrics(&mut self, format: metrics::Format) -> String {
         let tables = self.table_usage();
         let state = metrics::DaemonState {
             model: &self.model,
@@ -586,8 +592,9 @@ impl Watcher {
             guard_repins: self.guard.as_ref().map_or(0, Guard::repins),
             events: self.events.written(),
             tables,
+            http: self.http.as_deref(),
         };
         let input = metrics::collect(&state, &self.monitor, &mut self.scrapes);
-        metrics::render(&input)
+        metrics::render(&input, format)
     }
 }

@@ -7,6 +7,9 @@
 //! - [`findings`]: how promptly an equal-metric tie is reported;
 //! - [`metrics`]: a real Prometheus server and promtool, and the metrics endpoint
 //!   under slow and malformed clients;
+//! - [`http`]: the metrics endpoint's HTTP (keep-alive, HEAD, gzip, OpenMetrics,
+//!   431, 405) and its connection policy under slowloris, non-reading and
+//!   numerous clients on the scraper's own address;
 //! - [`guard`]: the pin guard re-pinning, and backing off;
 //! - [`churn`]: route churn, netlink storms, interface churn, more interfaces than
 //!   routemon has counters for;
@@ -15,6 +18,7 @@
 mod churn;
 mod findings;
 mod guard;
+mod http;
 mod lifecycle;
 mod metrics;
 mod soak;
