@@ -494,6 +494,17 @@ pub struct WatchArgs {
     #[arg(long, alias = "no-metrics")]
     pub no_listen: bool,
 
+    /// TLS (certificate, key, client CA for mTLS) and basic-auth users (bcrypt
+    /// hashes) for --listen, in the Prometheus exporter toolkit's web configuration
+    /// format, as node_exporter's --web.config.file reads it.
+    #[arg(
+        long,
+        alias = "web.config.file",
+        value_name = "FILE",
+        conflicts_with = "no_listen"
+    )]
+    pub web_config_file: Option<PathBuf>,
+
     /// Events on stdout: json (one object per line) or none.
     #[arg(long, value_enum, default_value_t = EventFormat::Json)]
     pub events: EventFormat,

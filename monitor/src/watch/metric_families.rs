@@ -312,7 +312,7 @@ pub const FAMILIES: &[MetricFamily] = &[
     MetricFamily {
         name: "routemon_http_connections_shed_total",
         kind: "counter",
-        help: "Metrics endpoint connections closed or refused before being served normally, by reason: header_timeout (no complete request head within 5 s), write_timeout (the client read nothing for 5 s), evicted_head, evicted_idle, evicted_stalled (closed to make room: no complete head yet, idle keep-alive, response stalled), overload (refused with 503 and Retry-After), oversized_head (head over 8 KiB, answered with 431).",
+        help: "Metrics endpoint connections closed or refused before being served normally, by reason: header_timeout (no complete request head within 5 s), write_timeout (the client read nothing for 5 s), evicted_head, evicted_idle, evicted_stalled (closed to make room: no complete head yet, idle keep-alive, response stalled), overload (refused with 503 and Retry-After), oversized_head (head over 8 KiB, answered with 431), tls_handshake (a failed TLS handshake), unauthorized (no valid basic-auth credentials, answered with 401).",
         labels: &["reason"],
     },
     MetricFamily {

@@ -34,7 +34,8 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tokio::sync::mpsc;
+use hyper::body::Bytes;
+use tokio::sync::{mpsc, oneshot};
 
 use self::{
     evaluation::RoutingState,
@@ -72,6 +73,9 @@ const MAX_BATCH: usize = 100_000;
 pub const RESYNC_MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// How often sampled packets are read from the kernel's ring buffer.
 const SAMPLE_DRAIN_INTERVAL: Duration = Duration::from_millis(250);
+/// Least time between two renders of the exposition: a scrape storm costs the
+/// loop at most one render (a few milliseconds) per interval.
+const MIN_RENDER_INTERVAL: Duration = Duration::from_millis(50);
 /// Time allowed for detaching at shutdown.
 const SHUTDOWN_BUDGET: Duration = Duration::from_millis(1500);
 
@@ -100,6 +104,8 @@ pub struct WatchOptions {
     pub netlink_buffer: usize,
     /// The address families the Cilium agent uses.
     pub cilium_family: crate::cilium::CiliumFamilies,
+    /// TLS and basic authentication of the metrics endpoint.
+    pub web: Option<Arc<crate::web_config::WebConfig>>,
 }
 
 /// Loads the programs, with their maps pinned under `pin_dir` (taking over what a
@@ -192,13 +198,15 @@ pub async fn run(options: WatchOptions) -> anyhow::Result<()> {
 
     let (query_tx, mut queries) = mpsc::channel::<Query>(16);
     if let (Some(listener), Some(stats)) = (listener, http_stats) {
-        tokio::spawn(http::serve(listener, query_tx, stats));
+        http::spawn(listener, query_tx, stats, options.web.clone())
+            .context("starting the metrics server's thread")?;
     }
     let mut traffic_tick = tokio::time::interval(options.interval);
     traffic_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sample_tick = tokio::time::interval(SAMPLE_DRAIN_INTERVAL);
     let signal = loop {
         let wake = watcher.wake_at();
+        let render_at = watcher.render_due();
         tokio::select! {
             signal = shutdown.recv() => break signal,
             notification = subscription.next() => {
@@ -215,6 +223,7 @@ pub async fn run(options: WatchOptions) -> anyhow::Result<()> {
                 watcher.reconcile(&netlink, arrived).await;
             }
             Some(query) = queries.recv() => watcher.answer(query),
+            () = sleep_until(render_at) => watcher.answer_scrapes(),
             () = self_checks.recv() => {
                 // What the kernel announced before the request is applied first, and
                 // lost notifications are re-read now: the check compares a settled
@@ -306,6 +315,10 @@ struct Watcher {
     table_usage: Option<(Instant, TableUsage)>,
     /// The metrics endpoint's counters, when it is served.
     http: Option<Arc<HttpStats>>,
+    /// Scrapes waiting for the next render, with the format each asked for.
+    scrapes_waiting: Vec<(metrics::Format, oneshot::Sender<Bytes>)>,
+    /// When the exposition was last rendered.
+    last_render: Option<Instant>,
 }
 
 /// How long a reading of the kernel tables' usage serves scrapes: counting the
@@ -355,6 +368,8 @@ impl Watcher {
             notifications: 0,
             table_usage: None,
             http: None,
+            scrapes_waiting: Vec::new(),
+            last_render: None,
         })
     }
 
@@ -559,8 +574,10 @@ impl Watcher {
                 let _ = reply.send(());
             }
             Query::Metrics { format, reply } => {
-                let text = self.render_metrics(format);
-                let _ = reply.send(text);
+                self.scrapes_waiting.push((format, reply));
+                if self.render_due().is_some_and(|at| at <= Instant::now()) {
+                    self.answer_scrapes();
+                }
             }
         }
     }
@@ -580,7 +597,44 @@ impl Watcher {
         self.table_usage.map(|(_, usage)| usage)
     }
 
-    fn render_metrics(&mut self, format: metrics::Format) -> String {
+    /// When the waiting scrapes are answered: at once, or [`MIN_RENDER_INTERVAL`]
+    /// after the last render. `None` when none waits.
+    fn render_due(&self) -> Option<Instant> {
+        if self.scrapes_waiting.is_empty() {
+            return None;
+        }
+        Some(
+            self.last_render
+                .map_or_else(Instant::now, |at| at + MIN_RENDER_INTERVAL),
+        )
+    }
+
+    /// Answers every waiting scrape with one reading of the counters, rendered
+    /// once per format asked for: every answer is read after its request arrived,
+    /// and a storm of scrapes costs the loop at most one render per
+    /// [`MIN_RENDER_INTERVAL`].
+    fn answer_scrapes(&mut self) {
+        let waiting = std::mem::take(&mut self.scrapes_waiting);
+        if waiting.is_empty() {
+            return;
+        }
+        self.last_render = Some(Instant::now());
+        let input_text = self.render_metrics(&waiting);
+        for (format, reply) in waiting {
+            let text = input_text
+                .iter()
+                .find(|(f, _)| *f == format)
+                .map(|(_, text)| text.clone())
+                .unwrap_or_default();
+            let _ = reply.send(text);
+        }
+    }
+
+    /// Reads the counters once and renders them in every format `waiting` asks for.
+    fn render_metrics(
+        &mut self,
+        waiting: &[(metrics::Format, oneshot::Sender<Bytes>)],
+    ) -> Vec<(metrics::Format, Bytes)> {
         let tables = self.table_usage();
         let state = metrics::DaemonState {
             model: &self.model,
@@ -595,6 +649,12 @@ impl Watcher {
             http: self.http.as_deref(),
         };
         let input = metrics::collect(&state, &self.monitor, &mut self.scrapes);
-        metrics::render(&input, format)
+        let mut rendered: Vec<(metrics::Format, Bytes)> = Vec::new();
+        for (format, _) in waiting {
+            if !rendered.iter().any(|(f, _)| f == format) {
+                rendered.push((*format, Bytes::from(metrics::render(&input, *format))));
+            }
+        }
+        rendered
     }
 }

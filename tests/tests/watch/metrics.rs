@@ -4,9 +4,10 @@
 use std::time::{Duration, Instant};
 
 use routemon_testbed::{
-    Testbed,
+    Testbed, UplinkSpec,
     cmd::require_root,
     eks::{EksNode, Eni, wait_until},
+    netns::NetNs,
     traffic::send_udp,
     watch::{PinDir, Watch, sample, scrape},
 };
@@ -40,7 +41,7 @@ fn prometheus_scrapes_rates_and_findings_and_promtool_accepts_the_metrics() {
     check_the_table_fill(&eks);
     let finding = prometheus
         .query(
-            &eks,
+            &eks.node,
             "routemon_finding{kind=\"equal_metric_default_routes\"}",
         )
         .unwrap();
@@ -87,7 +88,10 @@ fn send_steady_traffic(eks: &EksNode, ens5: &Eni, ens6: &Eni) {
 /// PromQL's egress rate of each ENI reflects the traffic sent.
 fn check_egress_rates(prometheus: &Prometheus, eks: &EksNode) {
     let rates = prometheus
-        .query(eks, "rate(routemon_interface_egress_packets_total[5s])")
+        .query(
+            &eks.node,
+            "rate(routemon_interface_egress_packets_total[5s])",
+        )
         .unwrap();
     let rate_of = |interface: &str| {
         rates
@@ -125,6 +129,135 @@ fn check_the_table_fill(eks: &EksNode) {
     );
 }
 
+/// A real Prometheus scrapes `watch` over HTTPS with basic authentication, as the
+/// exporter toolkit's web configuration asks: the right password gets the metrics,
+/// a wrong one and plain HTTP get nothing, and routemon counts both refusals.
+#[test]
+fn prometheus_scrapes_over_tls_with_basic_auth() {
+    require_root();
+    let bed = Testbed::new(&[UplinkSpec::new("ens5", 1000)], false).unwrap();
+    let pki = Pki::new();
+    let dir = tempdir::Dir(std::env::temp_dir().join(format!("{}-web", bed.node.name())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    std::fs::write(dir.0.join("server.crt"), &pki.server_cert).unwrap();
+    std::fs::write(dir.0.join("server.key"), &pki.server_key).unwrap();
+    let hash = bcrypt::hash("s3cret", 6).unwrap();
+    let web = dir.0.join("web.yml");
+    std::fs::write(
+        &web,
+        format!(
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n\
+             basic_auth_users:\n  prometheus: {hash}\n"
+        ),
+    )
+    .unwrap();
+    let pins = PinDir::new();
+    let watch = Watch::start(
+        &routemon_testbed::watch::net_launcher(&bed.node),
+        &[
+            "--bpffs-dir",
+            &pins.arg(),
+            "--web-config-file",
+            web.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let job = |name: &str, password: &str| {
+        [
+            format!("  - job_name: {name}"),
+            "    scheme: https".to_owned(),
+            "    tls_config:".to_owned(),
+            "      ca_file: $DIR/ca.crt".to_owned(),
+            "      server_name: localhost".to_owned(),
+            "    basic_auth:".to_owned(),
+            "      username: prometheus".to_owned(),
+            format!("      password: {password}"),
+            "    static_configs:".to_owned(),
+            "      - targets: ['127.0.0.1:9987']\n".to_owned(),
+        ]
+        .join("\n")
+    };
+    let plain = "  - job_name: plain\n    static_configs:\n      - targets: ['127.0.0.1:9987']\n";
+    let prometheus = Prometheus::start_with(
+        &bed.node,
+        &format!("{}{}{plain}", job("tls", "s3cret"), job("wrong", "guess")),
+        &[("ca.crt", pki.ca_cert.as_bytes())],
+    )
+    .unwrap();
+    let up = |job: &str| -> Option<String> {
+        let result = prometheus
+            .query(&bed.node, &format!("up{{job=\"{job}\"}}"))
+            .ok()?;
+        result.first()?["value"][1].as_str().map(str::to_owned)
+    };
+    wait_until(Duration::from_secs(30), "every job scraped once", || {
+        ["tls", "wrong", "plain"].iter().all(|j| up(j).is_some())
+    })
+    .unwrap();
+    assert_eq!(
+        up("tls").as_deref(),
+        Some("1"),
+        "the right password over TLS"
+    );
+    assert_eq!(up("wrong").as_deref(), Some("0"), "a wrong password");
+    assert_eq!(up("plain").as_deref(), Some("0"), "plain HTTP");
+    let build = prometheus
+        .query(&bed.node, "routemon_build_info{job=\"tls\"}")
+        .unwrap();
+    assert_eq!(build.len(), 1, "{build:?}");
+    // routemon counts both refusals; a later scrape of the tls job shows them.
+    for reason in ["unauthorized", "tls_handshake"] {
+        let promql =
+            format!("routemon_http_connections_shed_total{{job=\"tls\",reason=\"{reason}\"}}");
+        wait_until(
+            Duration::from_secs(15),
+            &format!("{reason} counted"),
+            || {
+                prometheus
+                    .query(&bed.node, &promql)
+                    .ok()
+                    .and_then(|r| r.first()?["value"][1].as_str()?.parse::<f64>().ok())
+                    .is_some_and(|v| v >= 1.0)
+            },
+        )
+        .unwrap();
+    }
+    drop(prometheus);
+    watch.stop_cleanly().unwrap();
+}
+
+/// A certificate authority and a server certificate it signed, for `localhost`
+/// and 127.0.0.1, in PEM.
+struct Pki {
+    ca_cert: String,
+    server_cert: String,
+    server_key: String,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "routemon test CA");
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let server_key = rcgen::KeyPair::generate().unwrap();
+        let mut server =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .unwrap();
+        server
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "localhost");
+        let server_cert = server.signed_by(&server_key, &ca_cert, &ca_key).unwrap();
+        Self {
+            ca_cert: ca_cert.pem(),
+            server_cert: server_cert.pem(),
+            server_key: server_key.serialize_pem(),
+        }
+    }
+}
+
 /// A Prometheus server inside the node's network namespace, scraping routemon
 /// every second; stopped on drop.
 struct Prometheus {
@@ -146,13 +279,33 @@ impl Prometheus {
     const ADDR: &str = "127.0.0.1:9090";
 
     fn start(eks: &EksNode) -> anyhow::Result<Self> {
-        let dir = std::env::temp_dir().join(format!("{}-prometheus", eks.node.name()));
+        Self::start_with(
+            &eks.node,
+            "  - job_name: routemon\n    static_configs:\n      - targets: ['127.0.0.1:9987']\n",
+            &[],
+        )
+    }
+
+    /// Starts Prometheus in `node` with these `scrape_configs` entries and these
+    /// files (name, content) next to its configuration.
+    fn start_with(
+        node: &NetNs,
+        scrape_configs: &str,
+        files: &[(&str, &[u8])],
+    ) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("{}-prometheus", node.name()));
         std::fs::create_dir_all(dir.join("data"))?;
+        for (name, content) in files {
+            std::fs::write(dir.join(name), content)?;
+        }
         let config = dir.join("prometheus.yml");
         std::fs::write(
             &config,
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n  - job_name: routemon\n    static_configs:\n      - targets: ['127.0.0.1:9987']\n",
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+                 scrape_configs:\n{}",
+                scrape_configs.replace("$DIR", &dir.display().to_string())
+            ),
         )?;
         let daemon = routemon_testbed::daemon::Daemon::spawn(
             "prometheus",
@@ -160,7 +313,7 @@ impl Prometheus {
             &[
                 "netns",
                 "exec",
-                eks.node.name(),
+                node.name(),
                 "prometheus",
                 &format!("--config.file={}", config.display()),
                 &format!("--storage.tsdb.path={}", dir.join("data").display()),
@@ -174,18 +327,14 @@ impl Prometheus {
             _dir: tempdir::Dir(dir),
         };
         wait_until(Duration::from_secs(30), "Prometheus to be ready", || {
-            routemon_testbed::watch::http_request(
-                &eks.node,
-                Self::ADDR,
-                "GET /-/ready HTTP/1.0\r\n\r\n",
-            )
-            .is_ok_and(|(status, _)| status == 200)
+            routemon_testbed::watch::http_request(node, Self::ADDR, "GET /-/ready HTTP/1.0\r\n\r\n")
+                .is_ok_and(|(status, _)| status == 200)
         })?;
         Ok(prometheus)
     }
 
     /// Runs an instant PromQL query and returns `data.result`.
-    fn query(&self, eks: &EksNode, promql: &str) -> anyhow::Result<Vec<Value>> {
+    fn query(&self, node: &NetNs, promql: &str) -> anyhow::Result<Vec<Value>> {
         let encoded: String = promql
             .bytes()
             .map(|b| match b {
@@ -194,7 +343,7 @@ impl Prometheus {
             })
             .collect();
         let (status, body) = routemon_testbed::watch::http_request(
-            &eks.node,
+            node,
             Self::ADDR,
             &format!("GET /api/v1/query?query={encoded} HTTP/1.0\r\n\r\n"),
         )?;

@@ -38,7 +38,7 @@ use hyper::{
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
     sync::{mpsc, oneshot},
 };
@@ -48,7 +48,9 @@ use self::{
     io::{ConnIo, FirstHead},
     stats::{HttpStats, ShedReason},
 };
-use crate::watch::metrics::Format;
+use tokio_rustls::TlsAcceptor;
+
+use crate::{watch::metrics::Format, web_config::WebConfig};
 
 /// Largest request head (request line and headers) served: 8 KiB; larger heads
 /// are answered with 431.
@@ -85,7 +87,7 @@ pub enum Query {
         /// The negotiated format.
         format: Format,
         /// Where the exposition goes.
-        reply: oneshot::Sender<String>,
+        reply: oneshot::Sender<Bytes>,
     },
     /// Reply to show the loop is alive.
     Health(oneshot::Sender<()>),
@@ -97,12 +99,56 @@ struct Shared {
     queries: mpsc::Sender<Query>,
     stats: Arc<HttpStats>,
     admission: Arc<Admission>,
+    /// TLS and basic authentication (`--web-config-file`).
+    web: Option<Arc<WebConfig>>,
+    /// One bcrypt check at a time: an attacker's guesses cost at most one core's
+    /// share of the blocking pool, and never the server's thread.
+    bcrypt: Arc<tokio::sync::Semaphore>,
+}
+
+/// Runs [`serve`] on a thread of its own, with a runtime of its own: reading
+/// requests, TLS, authentication and gzip never run on the daemon's loop, which
+/// only renders the exposition (at most once per its render interval).
+pub fn spawn(
+    listener: TcpListener,
+    queries: mpsc::Sender<Query>,
+    stats: Arc<HttpStats>,
+    web: Option<Arc<WebConfig>>,
+) -> std::io::Result<()> {
+    // A tokio listener belongs to the runtime that made it: hand over the socket.
+    let listener = listener.into_std()?;
+    std::thread::Builder::new()
+        .name("routemon-http".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    tracing::error!("the metrics server's runtime did not start: {err}");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(listener) => serve(listener, queries, stats, web).await,
+                    Err(err) => tracing::error!("the metrics listener: {err}"),
+                }
+            });
+        })?;
+    Ok(())
 }
 
 /// Accepts connections until the task is dropped, passing queries to `queries` and
 /// counting into `stats`.
-pub async fn serve(listener: TcpListener, queries: mpsc::Sender<Query>, stats: Arc<HttpStats>) {
-    serve_with_limits(listener, queries, stats, MAX_PENDING, MAX_ACTIVE).await;
+pub async fn serve(
+    listener: TcpListener,
+    queries: mpsc::Sender<Query>,
+    stats: Arc<HttpStats>,
+    web: Option<Arc<WebConfig>>,
+) {
+    serve_with_limits(listener, queries, stats, web, MAX_PENDING, MAX_ACTIVE).await;
 }
 
 /// [`serve`] with other pool sizes (the unit tests' small ones).
@@ -110,6 +156,7 @@ async fn serve_with_limits(
     listener: TcpListener,
     queries: mpsc::Sender<Query>,
     stats: Arc<HttpStats>,
+    web: Option<Arc<WebConfig>>,
     max_pending: usize,
     max_active: usize,
 ) {
@@ -117,6 +164,8 @@ async fn serve_with_limits(
         queries,
         admission: Admission::new(max_pending, max_active, Arc::clone(&stats)),
         stats,
+        web,
+        bcrypt: Arc::new(tokio::sync::Semaphore::new(1)),
     });
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -142,12 +191,45 @@ async fn serve_with_limits(
     }
 }
 
-/// Serves one connection: its first head, its admission, then hyper.
+/// Serves one connection: the TLS handshake when configured (within
+/// [`HEADER_TIMEOUT`], shed like a slow head), then [`serve_stream`].
 async fn connection(
-    mut stream: TcpStream,
+    stream: TcpStream,
     pending: admission::Pending,
     shared: &Shared,
 ) -> std::io::Result<()> {
+    let Some(tls) = shared.web.as_ref().and_then(|web| web.tls.clone()) else {
+        return serve_stream(stream, pending, shared).await;
+    };
+    let tls = TlsAcceptor::from(tls);
+    let handshake = tokio::select! {
+        // Already counted by the admission policy.
+        () = pending.shed() => return Ok(()),
+        handshake = tokio::time::timeout(HEADER_TIMEOUT, tls.accept(stream)) => handshake,
+    };
+    match handshake {
+        Ok(Ok(stream)) => serve_stream(stream, pending, shared).await,
+        Ok(Err(err)) => {
+            shared.stats.shed(ShedReason::TlsHandshake);
+            tracing::debug!("TLS handshake failed: {err}");
+            Ok(())
+        }
+        Err(_) => {
+            shared.stats.shed(ShedReason::HeaderTimeout);
+            Ok(())
+        }
+    }
+}
+
+/// Serves one connection's stream: its first head, its admission, then hyper.
+async fn serve_stream<S>(
+    mut stream: S,
+    pending: admission::Pending,
+    shared: &Shared,
+) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let first = tokio::select! {
         // Already counted by the admission policy.
         () = pending.shed() => return Ok(()),
@@ -237,7 +319,10 @@ async fn connection(
 
 /// Answers a connection that is not served with `status` (431 or 503) and closes
 /// it, bounded in time (see [`REFUSAL_LINGER`]).
-async fn refuse(mut stream: TcpStream, shared: &Shared, status: StatusCode) -> std::io::Result<()> {
+async fn refuse<S>(mut stream: S, shared: &Shared, status: StatusCode) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     shared.stats.response(status.as_u16());
     let (body, retry) = if status == StatusCode::SERVICE_UNAVAILABLE {
         (
@@ -278,6 +363,15 @@ async fn refuse(mut stream: TcpStream, shared: &Shared, status: StatusCode) -> s
 
 /// The response to one request.
 async fn respond(request: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    if !authorized(request, shared).await {
+        shared.stats.shed(ShedReason::Unauthorized);
+        let mut response = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"routemon\""),
+        );
+        return response;
+    }
     let method = request.method();
     if method != Method::GET && method != Method::HEAD {
         let mut response = text(
@@ -317,6 +411,30 @@ async fn respond(request: &Request<Incoming>, shared: &Shared) -> Response<Full<
     }
 }
 
+/// Whether the request's credentials satisfy the web configuration's users (every
+/// path is protected, as the exporter toolkit does). Credentials not checked
+/// before are checked with bcrypt on the blocking pool, one at a time.
+async fn authorized(request: &Request<Incoming>, shared: &Shared) -> bool {
+    let Some(web) = &shared.web else {
+        return true;
+    };
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if let Some(known) = web.knows(header.as_deref()) {
+        return known;
+    }
+    let Ok(_permit) = Arc::clone(&shared.bcrypt).acquire_owned().await else {
+        return false;
+    };
+    let web = Arc::clone(web);
+    tokio::task::spawn_blocking(move || web.authorize(header.as_deref()))
+        .await
+        .unwrap_or(false)
+}
+
 /// `/metrics`: the exposition in the negotiated format, gzip-coded when accepted.
 async fn metrics(request: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
     let header = |name| {
@@ -332,17 +450,17 @@ async fn metrics(request: &Request<Incoming>, shared: &Shared) -> Response<Full<
         return unavailable("routemon is busy or stopping\n");
     };
     let (body, coded) = if gzip {
-        match negotiate::gzip(text.as_bytes()) {
-            Ok(coded) => (coded, true),
+        match negotiate::gzip(&text) {
+            Ok(coded) => (Bytes::from(coded), true),
             Err(err) => {
                 tracing::warn!("gzip-coding the exposition failed: {err}; sending it plain");
-                (text.into_bytes(), false)
+                (text, false)
             }
         }
     } else {
-        (text.into_bytes(), false)
+        (text, false)
     };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let mut response = Response::new(Full::new(body));
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -445,6 +563,7 @@ mod tests {
                 listener,
                 queries,
                 Arc::clone(&stats),
+                None,
                 8,
                 2,
             ));
@@ -460,7 +579,7 @@ mod tests {
             assert!(refused.starts_with("HTTP/1.1 503 "), "{refused}");
             assert!(refused.contains("\r\nRetry-After: 1\r\n"), "{refused}");
             for reply in held {
-                reply.send("up 1\n".to_owned()).expect("answer");
+                reply.send(Bytes::from_static(b"up 1\n")).expect("answer");
             }
             for client in busy {
                 let served = client.await.expect("client");

@@ -28,11 +28,15 @@ pub enum ShedReason {
     Overload,
     /// A request head over the size limit, answered with 431.
     OversizedHead,
+    /// A TLS handshake that failed (no certificate, a wrong one, not TLS).
+    TlsHandshake,
+    /// A request without valid basic-auth credentials, answered with 401.
+    Unauthorized,
 }
 
 impl ShedReason {
     /// Every reason, in the order the exposition lists them.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 9] = [
         Self::HeaderTimeout,
         Self::WriteTimeout,
         Self::EvictedHead,
@@ -40,6 +44,8 @@ impl ShedReason {
         Self::EvictedStalled,
         Self::Overload,
         Self::OversizedHead,
+        Self::TlsHandshake,
+        Self::Unauthorized,
     ];
 
     /// The `reason` label value.
@@ -52,13 +58,15 @@ impl ShedReason {
             Self::EvictedStalled => "evicted_stalled",
             Self::Overload => "overload",
             Self::OversizedHead => "oversized_head",
+            Self::TlsHandshake => "tls_handshake",
+            Self::Unauthorized => "unauthorized",
         }
     }
 }
 
 /// Status codes counted per response: every status the server sends (400 and 431
 /// are hyper's answers to a head it cannot parse or that is too large).
-pub const CODES: [u16; 6] = [200, 400, 404, 405, 431, 503];
+pub const CODES: [u16; 7] = [200, 400, 401, 404, 405, 431, 503];
 
 /// Least time between two "shedding connections" log lines.
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
