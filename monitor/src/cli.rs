@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
     cilium::CiliumFamilies,
+    condition::Condition,
     ebpf::AttachMode,
     pin::{
         networkd::UnmanageMatch,
@@ -37,7 +38,7 @@ report carries Cilium's verdict per family, computed with Cilium's own rules \
 `snapshot` also attaches eBPF counters (TC, egress and ingress) for a while and reports packets \
 and bytes per interface and per route; it needs root (CAP_BPF and CAP_NET_ADMIN).\n\n\
 Exit status: 0 success, 1 runtime failure, 2 bad usage (unknown interface, bad value), \
-77 missing privileges."
+77 missing privileges; `doctor` and `check` exit with their verdict instead."
 )]
 pub struct Cli {
     /// More log output on stderr (-v info, -vv debug). RUST_LOG and --log-level
@@ -169,7 +170,26 @@ filters on every interface. Safe to run when nothing is left: it reports what it
     /// configuration before they fail; exit 0 healthy, 1 warnings, 2 errors.
     #[command(long_about = DOCTOR_ABOUT)]
     Doctor(DoctorArgs),
+    /// One node condition for node-problem-detector's custom plugin monitor: exit 0
+    /// ok, 1 problem, 2 unknown, and one line of at most 80 characters.
+    #[command(long_about = CHECK_ABOUT)]
+    Check(CheckArgs),
 }
+
+const CHECK_ABOUT: &str = "Judge one node condition from netlink only (no eBPF, no \
+privileges needed) and answer as a node-problem-detector custom plugin: exit status 0 when \
+the condition is ok, 1 when the problem is present, 2 when routemon cannot tell (a netlink \
+error, an unknown --primary or interface pattern), and exactly one line on stdout of at most \
+80 characters (NPD's default max_output_length), which becomes the condition's message. \
+Details of an error go to stderr.\n\n\
+--condition equal-metric (NPD condition MultipleDefaultRoutes): the best default routes of \
+a table that traffic uses share a metric (the critical equal_metric_default_routes \
+finding), e.g. `equal-metric default routes: ens5,ens6 (ipv4 main metric 1024)`.\n\n\
+--condition cilium (NPD condition CiliumDefaultRouteConflict): Cilium's default-route \
+lookup fails or has no usable device for a family of --cilium-family (the \
+cilium_default_route finding), or with --cilium-family dual the families' default routes \
+leave by different links (cilium_dual_stack_links).\n\n\
+This is the one subcommand besides `doctor` whose exit status is its verdict.";
 
 const DOCTOR_ABOUT: &str = "Check a node's configuration before it fails, on the node or on \
 files in CI. Exit code: 0 healthy, 1 warnings, 2 errors.\n\n\
@@ -346,6 +366,14 @@ pub struct SelectionArgs {
     #[arg(long)]
     pub all_tables: bool,
 
+    /// Which families the Cilium agent uses.
+    #[command(flatten)]
+    pub cilium: CiliumArgs,
+}
+
+/// `--cilium-family` (shared by `routes`, `snapshot` and `check`).
+#[derive(Debug, Args, Clone, Copy, Default)]
+pub struct CiliumArgs {
     /// The address families the Cilium agent uses (its enable-ipv4/enable-ipv6
     /// settings, which routemon cannot see). Cilium's default-route verdict is
     /// reported for both families; its findings only for these.
@@ -359,7 +387,7 @@ impl SelectionArgs {
         crate::session::Selection {
             interfaces: self.interfaces.interfaces.clone(),
             primary: self.interfaces.primary.clone(),
-            cilium_family: self.cilium_family,
+            cilium_family: self.cilium.cilium_family,
         }
     }
 }
@@ -504,6 +532,23 @@ pub struct DoctorArgs {
     /// networkd directory).
     #[arg(long, value_name = "DIR")]
     pub fix: Option<PathBuf>,
+}
+
+/// `routemon check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The condition to judge: equal-metric (MultipleDefaultRoutes) or cilium
+    /// (CiliumDefaultRouteConflict).
+    #[arg(long, value_enum)]
+    pub condition: Condition,
+
+    /// Which interfaces, and the primary.
+    #[command(flatten)]
+    pub interfaces: InterfaceArgs,
+
+    /// Which families the Cilium agent uses.
+    #[command(flatten)]
+    pub cilium: CiliumArgs,
 }
 
 /// `routemon cleanup`.
