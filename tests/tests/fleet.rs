@@ -922,6 +922,20 @@ fn check_reports_a_tie_as_a_problem_and_distinct_metrics_as_ok() {
         );
         assert_eq!(code, 1, "{line}");
         assert!(line.contains("ipv6 no_default_route"), "{line}");
+        // No privileges needed: as nobody, the same answer (NPD may run it so).
+        let mut nobody = in_ns(&bed.node);
+        nobody.extend(
+            [
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+            ]
+            .map(str::to_owned),
+        );
+        let (code, line, _) = check_with(&nobody, &["check", "--condition", "equal-metric"]);
+        assert_eq!(code, 1, "{line}");
+        assert!(line.contains("ens5,ens6"), "{line}");
     }
     let bed = Testbed::ens5_ens6(1000, 1024).unwrap();
     for condition in ["equal-metric", "cilium"] {
