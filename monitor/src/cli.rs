@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
     cilium::CiliumFamilies,
+    condition::Condition,
     ebpf::AttachMode,
     findings::Severity,
     pin::{
@@ -37,8 +38,9 @@ report carries Cilium's verdict per family, computed with Cilium's own rules \
 (--cilium-family says which families the agent uses).\n\n`routes` reads the kernel's routing state over netlink (no privileges needed). \
 `snapshot` also attaches eBPF counters (TC, egress and ingress) for a while and reports packets \
 and bytes per interface and per route; it needs root (CAP_BPF and CAP_NET_ADMIN).\n\n\
-Exit status: 0 success, 1 runtime failure, 2 bad usage (unknown interface, bad value), \
-77 missing privileges."
+Exit status: 0 success, 1 findings at or above --fail-on, 2 bad usage (unknown interface, \
+bad value), 70 runtime failure, 77 missing privileges; `check` follows node-problem-detector's \
+plugin contract instead (0 ok, 1 problem, 2 unknown)."
 )]
 pub struct Cli {
     /// More log output on stderr (-v info, -vv debug). RUST_LOG and --log-level
@@ -171,10 +173,30 @@ filters on every interface. Safe to run when nothing is left: it reports what it
     /// configuration before they fail; exit 1 when a check warns or fails (--fail-on).
     #[command(long_about = DOCTOR_ABOUT)]
     Doctor(DoctorArgs),
+    /// One node condition for node-problem-detector's custom plugin monitor: exit 0
+    /// ok, 1 problem, 2 unknown, and one line of at most 80 characters.
+    #[command(long_about = CHECK_ABOUT)]
+    Check(CheckArgs),
 }
 
+const CHECK_ABOUT: &str = "Judge one node condition from netlink only (no eBPF, no \
+privileges needed) and answer as a node-problem-detector custom plugin: exit status 0 when \
+the condition is ok, 1 when the problem is present, 2 when routemon cannot tell (a netlink \
+error, an unknown --primary or interface pattern), and exactly one line on stdout of at most \
+80 characters (NPD's default max_output_length), which becomes the condition's message. \
+Details of an error go to stderr.\n\n\
+--condition equal-metric (NPD condition MultipleDefaultRoutes): the best default routes of \
+a table that traffic uses share a metric (the critical equal_metric_default_routes \
+finding), e.g. `equal-metric default routes: ens5,ens6 (ipv4 main metric 1024)`.\n\n\
+--condition cilium (NPD condition CiliumDefaultRouteConflict): Cilium's default-route \
+lookup fails or has no usable device for a family of --cilium-family (the \
+cilium_default_route finding), or with --cilium-family dual the families' default routes \
+leave by different links (cilium_dual_stack_links).\n\n\
+This is the one subcommand whose exit status is not routemon's table (docs/commands.md, \
+\"Exit status\"): node-problem-detector reads it.";
+
 const DOCTOR_ABOUT: &str = "Check a node's configuration before it fails, on the node or on \
-files in CI. Exit code: 0 healthy, 1 warnings, 2 errors.\n\n\
+files in CI. Exit status 1 when a check warns or fails (--fail-on), else 0.\n\n\
 --user-data: the EC2 user data nodeadm reads — a NodeConfig YAML document, a MIME multipart \
 message whose application/node.eks.aws parts hold NodeConfig (other parts, such as shell \
 scripts, are reported and skipped), or base64 of either. Checked: apiVersion \
@@ -216,7 +238,7 @@ to write a file another would shadow. networkd picks the file up at its next res
 systemd-networkd re-acquires the DHCP lease of a link whose .network file changes, which \
 briefly removes that link's address and routes; that is why --reload is not the default.\n\n\
 `routemon unpin --apply` restores the previous routes and files. Exit status: 0 done or \
-nothing to do, 1 failure (rolled back), 2 refused plan or bad input (nothing changed), 77 \
+nothing to do, 70 failure (rolled back), 2 refused plan or bad input (nothing changed), 77 \
 missing privileges.";
 
 /// Where `pin` keeps what `unpin` restores.
@@ -348,17 +370,25 @@ pub struct SelectionArgs {
     #[arg(long)]
     pub all_tables: bool,
 
-    /// The address families the Cilium agent uses (its enable-ipv4/enable-ipv6
-    /// settings, which routemon cannot see). Cilium's default-route verdict is
-    /// reported for both families; its findings only for these.
-    #[arg(long, value_enum, value_name = "FAMILIES", default_value_t = CiliumFamilies::Ipv4)]
-    pub cilium_family: CiliumFamilies,
+    /// Which families the Cilium agent uses.
+    #[command(flatten)]
+    pub cilium: CiliumArgs,
 
     /// Exit with status 1 when a finding of this severity or a worse one is
     /// reported (never: findings do not change the exit status). The report is
     /// printed either way.
     #[arg(long, value_enum, value_name = "SEVERITY", default_value_t = FailOn::Never)]
     pub fail_on: FailOn,
+}
+
+/// `--cilium-family` (shared by `routes`, `snapshot` and `check`).
+#[derive(Debug, Args, Clone, Copy, Default)]
+pub struct CiliumArgs {
+    /// The address families the Cilium agent uses (its enable-ipv4/enable-ipv6
+    /// settings, which routemon cannot see). Cilium's default-route verdict is
+    /// reported for both families; its findings only for these.
+    #[arg(long, value_enum, value_name = "FAMILIES", default_value_t = CiliumFamilies::Ipv4)]
+    pub cilium_family: CiliumFamilies,
 }
 
 /// `--fail-on` of `routes` and `snapshot`: the least severity that makes the exit
@@ -428,7 +458,7 @@ impl SelectionArgs {
         crate::session::Selection {
             interfaces: self.interfaces.interfaces.clone(),
             primary: self.interfaces.primary.clone(),
-            cilium_family: self.cilium_family,
+            cilium_family: self.cilium.cilium_family,
         }
     }
 }
@@ -591,6 +621,23 @@ pub struct DoctorArgs {
     /// only errors of routemon itself change the exit status).
     #[arg(long, value_enum, value_name = "STATUS", default_value_t = DoctorFailOn::Warning)]
     pub fail_on: DoctorFailOn,
+}
+
+/// `routemon check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The condition to judge: equal-metric (MultipleDefaultRoutes) or cilium
+    /// (CiliumDefaultRouteConflict).
+    #[arg(long, value_enum)]
+    pub condition: Condition,
+
+    /// Which interfaces, and the primary.
+    #[command(flatten)]
+    pub interfaces: InterfaceArgs,
+
+    /// Which families the Cilium agent uses.
+    #[command(flatten)]
+    pub cilium: CiliumArgs,
 }
 
 /// `routemon cleanup`.

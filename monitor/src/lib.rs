@@ -10,6 +10,7 @@ pub mod attribution;
 pub mod cilium;
 pub mod cli;
 pub mod commands;
+pub mod condition;
 pub mod doctor;
 pub mod ebpf;
 pub mod findings;

@@ -64,6 +64,11 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("routemon: cannot start the async runtime: {err}");
+            if let Command::Check(_) = cli.command {
+                return ExitCode::from(commands::check::cannot_start(&format!(
+                    "cannot start the async runtime: {err}"
+                )));
+            }
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
@@ -77,6 +82,8 @@ fn main() -> ExitCode {
             Command::Watch(args) => commands::watch::run(args).await.map(|()| 0),
             Command::Cleanup(args) => commands::cleanup::run(args).await.map(|()| 0),
             Command::Doctor(args) => commands::doctor::run(args).await,
+            // Its exit code is NPD's plugin status; errors are an answer too.
+            Command::Check(args) => Ok(commands::check::run(args).await),
         }
     });
     match result {

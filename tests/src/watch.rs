@@ -292,6 +292,19 @@ pub fn net_launcher(ns: &NetNs) -> Vec<String> {
     ]
 }
 
+/// `launcher` followed by `setpriv`, so that what it runs has only `caps` (lower
+/// case, without `cap_`) in its bounding set, as under a systemd unit's
+/// `CapabilityBoundingSet` or a container's `capabilities.add`.
+pub fn limited_to(mut launcher: Vec<String>, caps: &[&str]) -> Vec<String> {
+    let bounding = caps.iter().map(|c| format!(",+{c}")).collect::<String>();
+    launcher.extend([
+        "setpriv".to_owned(),
+        format!("--bounding-set=-all{bounding}"),
+        "--inh-caps=-all".to_owned(),
+    ]);
+    launcher
+}
+
 /// `GET path` on `addr` inside `ns`: (status code, body).
 pub fn http_request(ns: &NetNs, addr: &str, request: &str) -> Result<(u16, String)> {
     let addr: SocketAddr = addr.parse().context("address")?;

@@ -11,7 +11,7 @@ use routemon_testbed::{
     Testbed,
     cmd::require_root,
     routemon::binary,
-    watch::{PinDir, Watch, net_launcher},
+    watch::{PinDir, Watch, limited_to, net_launcher},
 };
 
 routemon_testbed::new_machine_view!();
@@ -72,18 +72,6 @@ fn systemd_unit_passes_systemd_analyze_verify() {
     ] {
         assert!(unit().contains(hardening), "{hardening} missing");
     }
-}
-
-/// `launcher` followed by `setpriv`, so that what it runs has only `caps` (lower
-/// case, without `cap_`) in its bounding set, as under the unit.
-fn limited_to(mut launcher: Vec<String>, caps: &[&str]) -> Vec<String> {
-    let bounding = caps.iter().map(|c| format!(",+{c}")).collect::<String>();
-    launcher.extend([
-        "setpriv".to_owned(),
-        format!("--bounding-set=-all{bounding}"),
-        "--inh-caps=-all".to_owned(),
-    ]);
-    launcher
 }
 
 /// routemon runs with exactly the unit's capabilities (as root, like the unit),
@@ -180,7 +168,7 @@ fn kubernetes_manifests_validate_against_the_api_schemas() {
         "{} missing: run `cargo xtask setup`",
         validator.display()
     );
-    let manifest = repo().join("deploy/kubernetes/routemon.yaml");
+    let manifest = repo().join("deploy/kustomize/base/routemon.yaml");
     let (ok, report) = tool(Command::new(&validator).arg("--strict").arg(&manifest));
     assert!(ok, "{report}");
     assert!(

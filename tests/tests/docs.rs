@@ -11,8 +11,8 @@ use std::{
 
 routemon_testbed::new_machine_view!();
 
-const SUBCOMMANDS: [&str; 8] = [
-    "routes", "snapshot", "top", "pin", "unpin", "watch", "cleanup", "doctor",
+const SUBCOMMANDS: [&str; 9] = [
+    "routes", "snapshot", "top", "pin", "unpin", "watch", "cleanup", "doctor", "check",
 ];
 
 fn help(args: &[&str]) -> String {

@@ -77,7 +77,7 @@ const PACKAGES: &[(&str, &str)] = &[
 /// Python tools, installed into `target/tools/venv` (never into the system).
 const PYTHON_TOOLS: &[(&str, &str)] = &[(
     "kubernetes-validate==1.37.0",
-    "kubernetes-validate: checks deploy/kubernetes against the Kubernetes API schemas",
+    "kubernetes-validate: checks deploy/kustomize against the Kubernetes API schemas",
 )];
 
 /// Where [`PYTHON_TOOLS`] are installed, relative to the workspace root.

@@ -1,5 +1,6 @@
 //! The subcommands.
 
+pub mod check;
 pub mod cleanup;
 pub mod doctor;
 pub mod pin;
