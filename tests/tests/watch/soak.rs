@@ -317,7 +317,9 @@ impl Churn {
             self.last_flip = elapsed;
             return Step::FlipTie;
         }
-        if elapsed >= self.last_rp_filter_flip + RP_FILTER_PERIOD {
+        // Only while ens6 has its own, non-tied default route: then strict mode on
+        // it is the strict_rp_filter finding and loose mode is none.
+        if elapsed >= self.last_rp_filter_flip + RP_FILTER_PERIOD && !self.tie() {
             self.last_rp_filter_flip = elapsed;
             return Step::FlipRpFilter;
         }
