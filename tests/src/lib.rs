@@ -15,6 +15,7 @@ pub mod frames;
 pub mod host;
 pub mod http;
 pub mod kernel;
+pub mod markdown;
 pub mod netns;
 pub mod routemon;
 pub mod topology;

@@ -4,10 +4,11 @@
 //! link of the Markdown documentation reaches a file and, with an anchor, a heading.
 
 use std::{
-    collections::BTreeSet,
     fs,
     path::{Path, PathBuf},
 };
+
+use routemon_testbed::markdown::{anchors, prose_lines};
 
 routemon_testbed::new_machine_view!();
 
@@ -93,20 +94,6 @@ fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// GitHub's anchor for a heading.
-fn slug(heading: &str) -> String {
-    heading
-        .trim()
-        .to_lowercase()
-        .chars()
-        .filter_map(|c| match c {
-            ' ' => Some('-'),
-            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
-            _ => None,
-        })
-        .collect()
-}
-
 /// The Markdown files whose links are checked.
 fn markdown_files() -> Vec<PathBuf> {
     let root = repo_root();
@@ -124,40 +111,6 @@ fn markdown_files() -> Vec<PathBuf> {
     }
     files.sort();
     files
-}
-
-/// Lines outside fenced code blocks.
-fn prose_lines(text: &str) -> Vec<&str> {
-    let mut in_code = false;
-    let mut lines = Vec::new();
-    for line in text.lines() {
-        if line.trim_start().starts_with("```") {
-            in_code = !in_code;
-        } else if !in_code {
-            lines.push(line);
-        }
-    }
-    lines
-}
-
-/// The anchors of a Markdown file's headings, as GitHub numbers repeated ones.
-fn anchors(text: &str) -> BTreeSet<String> {
-    let mut anchors = BTreeSet::new();
-    for line in prose_lines(text) {
-        let level = line.chars().take_while(|c| *c == '#').count();
-        if !(1..=6).contains(&level) || !line[level..].starts_with(' ') {
-            continue;
-        }
-        let base = slug(&line[level..]);
-        let mut anchor = base.clone();
-        let mut n = 0;
-        while anchors.contains(&anchor) {
-            n += 1;
-            anchor = format!("{base}-{n}");
-        }
-        anchors.insert(anchor);
-    }
-    anchors
 }
 
 /// The targets of inline links `[text](target)` outside code.

@@ -348,7 +348,7 @@ fn every_alert_has_severity_annotations_and_a_runbook() {
         .map(|v| v.trim_matches('"').to_owned())
         .expect("Cargo.toml has a repository");
     let base = format!("{repository}/blob/main/docs/runbooks.md#");
-    let anchors = markdown_anchors(&read("docs/runbooks.md"));
+    let anchors = routemon_testbed::markdown::anchors(&read("docs/runbooks.md"));
     let all = alerts();
     assert!(all.len() >= 15, "{}", all.len());
     for alert in all {
@@ -383,35 +383,6 @@ fn every_alert_has_severity_annotations_and_a_runbook() {
             "{name}: docs/runbooks.md has no heading #{anchor}"
         );
     }
-}
-
-/// GitHub's anchors of a Markdown file's headings (as tests/tests/docs.rs).
-fn markdown_anchors(text: &str) -> BTreeSet<String> {
-    let mut in_code = false;
-    let mut anchors = BTreeSet::new();
-    for line in text.lines() {
-        if line.trim_start().starts_with("```") {
-            in_code = !in_code;
-            continue;
-        }
-        let level = line.chars().take_while(|c| *c == '#').count();
-        if in_code || !(1..=6).contains(&level) || !line[level..].starts_with(' ') {
-            continue;
-        }
-        anchors.insert(
-            line[level..]
-                .trim()
-                .to_lowercase()
-                .chars()
-                .filter_map(|c| match c {
-                    ' ' => Some('-'),
-                    c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
-                    _ => None,
-                })
-                .collect(),
-        );
-    }
-    anchors
 }
 
 #[test]
