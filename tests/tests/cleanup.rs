@@ -219,12 +219,23 @@ fn orphaned_clsact_programs_are_reported_and_cleanup_removes_only_them() {
     args.extend(["-i", "ens6"]);
     let live = Running::start(&bed.node, &args).unwrap();
     assert_eq!(routemon_filters(&bed, "ens6"), 4);
-    let out = run(Some(&bed.node), &["cleanup"]).unwrap().success();
-    assert!(
-        out.stdout.contains("4 clsact filter(s)"),
-        "the four orphans only: {}",
-        out.stdout
-    );
+    let out = run(Some(&bed.node), &["cleanup", "--json"])
+        .unwrap()
+        .success();
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let filters = report["filters"].as_array().unwrap();
+    assert_eq!(filters.len(), 4, "the four orphans only: {report:#}");
+    for dev in ["ens5", "ens6"] {
+        let directions: Vec<&str> = filters
+            .iter()
+            .filter(|f| f["interface"] == dev)
+            .map(|f| f["direction"].as_str().unwrap())
+            .collect();
+        assert_eq!(directions.len(), 2, "{dev}: {report:#}");
+    }
+    assert!(filters.iter().all(|f| f["program_id"].as_u64() > Some(0)));
+    assert_eq!(report["qdiscs"], serde_json::json!([]), "both still in use");
+    assert_eq!(report["failures"], serde_json::json!([]));
     assert_eq!(routemon_filters(&bed, "ens5"), 0);
     assert_eq!(
         routemon_filters(&bed, "ens6"),
