@@ -185,6 +185,46 @@ fn lookups_are_skipped_only_while_they_cannot_find_anything() {
     assert_eq!(flags(&monitor), 0);
 }
 
+/// The route counters read in one `BPF_MAP_LOOKUP_BATCH` call are exactly those
+/// read entry by entry: 64 routes, each with its own number of packets.
+#[test]
+fn route_counters_read_in_one_batch_equal_those_read_one_by_one() {
+    require_root();
+    let mut monitor = Monitor::load_long_running(None).expect("the verifier accepts the programs");
+    monitor.register_interface(1).unwrap();
+    let routes: Vec<(TrieKey, Option<u32>)> = (0..64u32)
+        .map(|i| {
+            (
+                TrieKey {
+                    ifindex: 1,
+                    table_slot: 0,
+                    prefix: format!("10.{i}.0.0/16").parse().unwrap(),
+                },
+                Some(i),
+            )
+        })
+        .collect();
+    monitor.update_route_entries(&routes).unwrap();
+    for i in 0..64u8 {
+        let frame = ethernet(
+            0x0800,
+            &ipv4(5, 17, 0, [192, 0, 2, 1], [10, i, 0, 1], &udp(4000, 53, 20)),
+        );
+        monitor
+            .test_run("routemon_tx", &frame, u32::from(i) + 1)
+            .unwrap();
+    }
+    let ids = routemon::ebpf::pinning::PERSISTENT_ROUTE_IDS as usize;
+    let batch = monitor.route_counters(ids).unwrap();
+    let one_by_one = monitor.route_counters_one_by_one(ids).unwrap();
+    assert_eq!(batch.len(), ids);
+    assert_eq!(batch, one_by_one);
+    for (i, counters) in batch.iter().enumerate().take(64) {
+        assert_eq!(counters.packets, i as u64 + 1, "route id {i}");
+    }
+    assert!(batch[64..].iter().all(|c| c.packets == 0));
+}
+
 /// The bench's reference programs (the floor routemon is measured against) are
 /// real: the verifier accepts them, they hand every frame back unchanged, and they
 /// count exactly — the empty one nothing, the interface counter every frame, the flow table one entry

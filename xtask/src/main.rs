@@ -60,7 +60,7 @@ enum Task {
         #[arg(long)]
         quick: bool,
         /// Only this section (repeatable): program, kernel, throughput, footprint,
-        /// scale, latency.
+        /// scale, latency, scrapes.
         #[arg(long = "section", value_name = "NAME")]
         sections: Vec<String>,
     },

@@ -506,8 +506,23 @@ pub fn key_count<K: aya::Pod, V: aya::Pod>(
     Ok(count as u64)
 }
 
-/// Reads the counters of route ids `0..count`, summed over CPUs.
+/// Reads the counters of route ids `0..count`, summed over CPUs: in one batch
+/// (`BPF_MAP_LOOKUP_BATCH`), or entry by entry where the kernel cannot batch.
 pub fn route_counters(ebpf: &Ebpf, count: usize) -> Result<Vec<PacketCounters>, EbpfError> {
+    if let aya::maps::Map::PerCpuArray(data) = map(ebpf, ROUTE_COUNTERS_MAP)? {
+        match super::batch::per_cpu_array_sums(data, count, PacketCounters::accumulate) {
+            Ok(sums) => return Ok(sums),
+            Err(err) => tracing::debug!("batch read of the route counters: {err}; one by one"),
+        }
+    }
+    route_counters_one_by_one(ebpf, count)
+}
+
+/// [`route_counters`] entry by entry, one `bpf(2)` call each.
+pub fn route_counters_one_by_one(
+    ebpf: &Ebpf,
+    count: usize,
+) -> Result<Vec<PacketCounters>, EbpfError> {
     let counters: PerCpuArray<&MapData, PacketCounters> =
         PerCpuArray::try_from(map(ebpf, ROUTE_COUNTERS_MAP)?)
             .map_err(map_error(ROUTE_COUNTERS_MAP))?;

@@ -2,6 +2,7 @@
 //! and reading the counters back.
 
 mod attach;
+mod batch;
 pub mod btf;
 #[cfg(feature = "debug-log")]
 mod debug_log;
@@ -428,9 +429,19 @@ impl Monitor {
         self.slots.counters(&self.ebpf)
     }
 
-    /// Counters of every route id, summed over CPUs; index = route id.
+    /// Counters of every route id, summed over CPUs; index = route id. Read in one
+    /// batch where the kernel can (5.6+).
     pub fn route_counters(&self, count: usize) -> Result<Vec<PacketCounters>, EbpfError> {
         maps::route_counters(&self.ebpf, count)
+    }
+
+    /// [`Self::route_counters`] read entry by entry: what older kernels get, and
+    /// what the batch read is checked against.
+    pub fn route_counters_one_by_one(
+        &self,
+        count: usize,
+    ) -> Result<Vec<PacketCounters>, EbpfError> {
+        maps::route_counters_one_by_one(&self.ebpf, count)
     }
 
     /// Keeps the address → owner map current: `Some(ifindex)` when an address is

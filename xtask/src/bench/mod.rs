@@ -13,6 +13,7 @@ mod measure;
 mod program;
 mod report;
 mod scale;
+mod scrapes;
 mod traffic;
 
 use anyhow::Result;
@@ -48,7 +49,7 @@ impl Plan {
 type Section = (&'static str, &'static str, fn(Plan) -> Result<Vec<Figure>>);
 
 /// Every section, in the order they run.
-const SECTIONS: [Section; 6] = [
+const SECTIONS: [Section; 7] = [
     (
         "program",
         "program cost alone (BPF_PROG_TEST_RUN, next to an empty program)",
@@ -71,6 +72,11 @@ const SECTIONS: [Section; 6] = [
     ),
     ("scale", "netlink scale", scale::netlink_scale),
     ("latency", "detection latency", scale::detection_latency),
+    (
+        "scrapes",
+        "the metrics endpoint under 1, 50 and 200 scrapers; detection under a scrape storm",
+        scrapes::under_load,
+    ),
 ];
 
 /// Builds the testbed's example `name` (release) and returns its path.
