@@ -53,6 +53,7 @@ pub fn route(dst: &str, ifindex: u32, gateway: Option<&str>, metric: u32, table:
         pref_src: None,
         flags: 0,
         realm: 0,
+        nexthop_id: None,
         multipath: false,
         order: 0,
     }

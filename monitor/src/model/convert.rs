@@ -168,6 +168,7 @@ pub fn route(msg: &RouteMessage, order: usize) -> Option<Route> {
         flags: 0,
     };
     let mut realm = 0;
+    let mut nexthop_id = None;
     let mut multipath = NextHops::new();
     for attr in &msg.attributes {
         match attr {
@@ -178,6 +179,7 @@ pub fn route(msg: &RouteMessage, order: usize) -> Option<Route> {
             RouteAttribute::Gateway(addr) => single.gateway = route_ip(addr),
             RouteAttribute::Via(via) => single.gateway = via_ip(via),
             RouteAttribute::Oif(index) => single.ifindex = Some(*index),
+            RouteAttribute::NhId(id) => nexthop_id = Some(*id),
             RouteAttribute::Realm(r) => {
                 realm = (u32::from(r.source) << 16) | u32::from(r.destination)
             }
@@ -224,6 +226,7 @@ pub fn route(msg: &RouteMessage, order: usize) -> Option<Route> {
         pref_src,
         flags: msg.header.flags.bits(),
         realm,
+        nexthop_id,
         multipath: is_multipath,
         order,
     })

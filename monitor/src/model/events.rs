@@ -13,7 +13,11 @@ use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::{Handle, MulticastGroup, new_multicast_connection};
 
-use super::{Address, Link, Route, convert, dump::DumpError};
+use super::{
+    Address, Link, Route, convert,
+    dump::DumpError,
+    nexthops::{NexthopChange, NexthopSocket},
+};
 
 /// Receive buffer asked for by default: room for tens of thousands of route
 /// notifications between two reads.
@@ -68,6 +72,11 @@ pub enum Notification {
     RouteRemoved(Route),
     /// A policy rule was added or deleted.
     RulesChanged,
+    /// A nexthop object was created or changed (replaced, or a group's members).
+    NexthopChanged(u32),
+    /// A nexthop object was deleted: the kernel removed the IPv4 routes that used
+    /// it without announcing them (see [`super::nexthops`]).
+    NexthopRemoved(u32),
     /// Notifications were lost (`ENOBUFS`): what the subscriber keeps is stale.
     Overrun,
 }
@@ -78,6 +87,11 @@ pub struct Subscription {
     /// Requests on the subscription's own socket (see [`Self::barrier`]).
     handle: Handle,
     receive_buffer: usize,
+    /// Nexthop-object notifications (with [`Groups::Everything`]), on a socket of
+    /// their own; `None` on kernels without nexthop objects.
+    nexthops: Option<NexthopSocket>,
+    /// Notifications decoded but not yet returned.
+    pending: std::collections::VecDeque<Notification>,
 }
 
 impl Subscription {
@@ -95,10 +109,23 @@ impl Subscription {
         let fd = connection.socket_mut().as_raw_fd();
         let receive_buffer = set_receive_buffer(fd, bytes);
         tokio::spawn(connection);
+        let nexthops = match groups {
+            Groups::Addresses => None,
+            Groups::Everything => NexthopSocket::subscribe()
+                .inspect_err(|err| {
+                    tracing::info!(
+                        "no nexthop-object notifications ({err}): routes removed with a \
+                         deleted nexthop object are seen at the next re-read"
+                    );
+                })
+                .ok(),
+        };
         Ok(Self {
             messages,
             handle,
             receive_buffer,
+            nexthops,
+            pending: std::collections::VecDeque::new(),
         })
     }
 
@@ -110,9 +137,24 @@ impl Subscription {
     /// The next notification; `None` when the subscription ended.
     pub async fn next(&mut self) -> Option<Notification> {
         loop {
-            let (message, _) = self.messages.next().await?;
-            if let Some(notification) = decode(message) {
+            if let Some(notification) = self.pending.pop_front() {
                 return Some(notification);
+            }
+            let nexthops = async {
+                match &mut self.nexthops {
+                    Some(socket) => socket.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                changes = nexthops => self.pending.extend(changes.into_iter().map(from_nexthop)),
+                message = self.messages.next() => {
+                    let (message, _) = message?;
+                    if let Some(notification) = decode(message) {
+                        return Some(notification);
+                    }
+                }
             }
         }
     }
@@ -120,7 +162,9 @@ impl Subscription {
     /// Waits until every notification the kernel queued on the socket before this
     /// call has reached the subscription's queue, so that [`Self::try_next`] then
     /// returns all of them: it asks the kernel for the loopback link on the same
-    /// socket, and the answer is queued behind them.
+    /// socket, and the answer is queued behind them. (The nexthop socket needs no
+    /// barrier: its messages are in its queue when the kernel call that caused them
+    /// returns, and [`Self::try_next`] drains that queue first.)
     pub async fn barrier(&self) -> Result<(), DumpError> {
         use futures::TryStreamExt as _;
         /// The loopback device's index in every namespace.
@@ -140,12 +184,29 @@ impl Subscription {
 
     /// The next notification if one is already queued, without waiting.
     pub fn try_next(&mut self) -> Option<Notification> {
+        if let Some(socket) = &mut self.nexthops {
+            while let Some(changes) = socket.try_next() {
+                self.pending.extend(changes.into_iter().map(from_nexthop));
+            }
+        }
+        if let Some(notification) = self.pending.pop_front() {
+            return Some(notification);
+        }
         loop {
             let (message, _) = self.messages.next().now_or_never()??;
             if let Some(notification) = decode(message) {
                 return Some(notification);
             }
         }
+    }
+}
+
+/// A nexthop-object change as a notification.
+fn from_nexthop(change: NexthopChange) -> Notification {
+    match change {
+        NexthopChange::Changed(id) => Notification::NexthopChanged(id),
+        NexthopChange::Removed(id) => Notification::NexthopRemoved(id),
+        NexthopChange::Overrun => Notification::Overrun,
     }
 }
 

@@ -18,7 +18,8 @@
 //! `RTM_NEWLINK` before `NETDEV_DOWN`; `inet_del_ifa` sends `RTM_DELADDR` before
 //! `inetaddr_chain`), and route dumps do not wait for the flush, so a re-read at
 //! that moment can see half of it. Those routes are therefore removed here with
-//! the kernel's rules, not re-read.
+//! the kernel's rules, not re-read. The same holds for the IPv4 routes that use a
+//! deleted nexthop object ([`super::nexthops`]).
 
 use super::{Family, NetworkModel, Route, dump::DumpError, dump::Netlink, events::Notification};
 
@@ -141,6 +142,20 @@ pub fn apply(model: &mut NetworkModel, notification: Notification) -> Stale {
         }
         Notification::RulesChanged => {
             stale.rules = true;
+        }
+        Notification::NexthopRemoved(id) => {
+            // `__remove_nexthop_fib`: the IPv4 routes go with `fib_flush`, silently;
+            // the IPv6 ones are announced one by one.
+            model
+                .routes
+                .retain(|r| r.family != Family::Ipv4 || r.nexthop_id != Some(id));
+        }
+        Notification::NexthopChanged(id) => {
+            // A replaced object or a group that lost a member: the routes using
+            // it now have other next hops. The change is complete when announced.
+            for route in model.routes.iter().filter(|r| r.nexthop_id == Some(id)) {
+                stale.routes(route.family);
+            }
         }
         Notification::Overrun => stale = Stale::ALL,
     }
@@ -354,6 +369,43 @@ mod tests {
             Notification::AddressRemoved(address("10.0.3.10/24")),
         );
         assert!(model.routes.is_empty());
+    }
+
+    #[test]
+    fn a_deleted_nexthop_object_takes_its_ipv4_routes_like_the_kernel() {
+        let mut model = model_with_links(&["lo", "ens5"]);
+        let with_id = |dst, id| {
+            let mut r = route(dst, 2, Some("10.0.1.1"), 0, 254);
+            r.nexthop_id = id;
+            r
+        };
+        let mut ipv6 = route("fd00:1::/64", 2, None, 1024, 254);
+        ipv6.nexthop_id = Some(7);
+        crate::testutil::push_routes(
+            &mut model,
+            [
+                with_id("10.7.0.0/16", Some(7)),
+                with_id("10.8.0.0/16", Some(8)),
+                with_id("10.9.0.0/16", None),
+                ipv6.clone(),
+            ],
+        );
+        let stale = apply(&mut model, Notification::NexthopRemoved(7));
+        assert!(!stale.any());
+        let left: Vec<_> = model.routes.iter().map(|r| r.dst.to_string()).collect();
+        // The IPv6 route is announced by the kernel itself (RTM_DELROUTE).
+        assert_eq!(left, ["10.8.0.0/16", "10.9.0.0/16", "fd00:1::/64"]);
+
+        // A changed object: the routes that use it are re-read, in their family.
+        assert_eq!(
+            apply(&mut model, Notification::NexthopChanged(8)),
+            Stale {
+                ipv4_routes: true,
+                ..Stale::default()
+            }
+        );
+        assert!(!apply(&mut model, Notification::NexthopChanged(99)).any());
+        assert!(apply(&mut model, Notification::NexthopChanged(7)).ipv6_routes);
     }
 
     #[test]

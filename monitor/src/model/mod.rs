@@ -10,6 +10,7 @@ pub mod dump;
 pub mod events;
 pub mod live;
 mod names;
+pub mod nexthops;
 pub mod sysctl;
 
 use std::{collections::BTreeMap, fmt, net::IpAddr};
@@ -235,6 +236,9 @@ pub struct Route {
     pub flags: u32,
     /// `RTA_FLOW`: the route's realms (destination in the low 16 bits), 0 when absent.
     pub realm: u32,
+    /// The nexthop object the route uses (`RTA_NH_ID`, `ip route … nhid N`); the
+    /// kernel also sends that object's next hops, which are in `nexthops`.
+    pub nexthop_id: Option<u32>,
     /// Whether the kernel sent the next hops as `RTA_MULTIPATH`: an IPv4
     /// `nexthop … nexthop …` route, IPv6 routes the kernel merged, or a nexthop
     /// group. Such a route has no `RTA_OIF` of its own.

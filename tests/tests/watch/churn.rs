@@ -135,12 +135,14 @@ fn model_ens5_destinations(metrics: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// IPv4 routes in the kernel, every table, as `ip` lists them.
+/// IPv4 routes in the kernel, every table, as `ip` lists them (a multipath route's
+/// indented next-hop lines are part of its route).
 fn kernel_v4_routes(bed: &Testbed) -> usize {
     bed.node
         .ip(&["-4", "route", "show", "table", "all"])
         .unwrap()
         .lines()
+        .filter(|l| !l.starts_with(' ') && !l.starts_with('\t'))
         .count()
 }
 
@@ -395,37 +397,64 @@ fn link_down_flushes_the_models_ipv4_routes_like_the_kernel() {
     std::fs::write(&batch, commands).unwrap();
     bed.node.ip(&["-batch", batch.to_str().unwrap()]).unwrap();
     let _ = std::fs::remove_file(&batch);
-    let kernel_v4 = |bed: &routemon_testbed::Testbed| -> f64 {
-        bed.node
-            .ip(&["-4", "route", "show", "table", "all"])
-            .unwrap()
-            .lines()
-            .filter(|l| !l.starts_with(' ') && !l.starts_with('\t'))
-            .count() as f64
-    };
-    let model_v4 = |bed: &routemon_testbed::Testbed| {
-        sample(
-            &scrape(&bed.node).unwrap(),
-            "routemon_model_routes",
-            &[("family", "ipv4")],
-        )
-    };
     wait_until(EVENT_TIMEOUT, "the model to hold the new routes", || {
-        model_v4(&bed) == Some(kernel_v4(&bed))
+        model_v4_routes(&bed) == Some(kernel_v4_routes(&bed) as f64)
     })
     .unwrap();
 
     bed.node.ip(&["link", "set", "ens6", "down"]).unwrap();
-    let kernel = kernel_v4(&bed);
-    assert!(kernel < 100.0, "the kernel flushed ens6's routes: {kernel}");
+    expect_silent_flush_followed(&bed, watch);
+}
+
+/// Deleting a nexthop object removes the IPv4 routes that use it with no
+/// `RTM_DELROUTE` (only an `RTM_DELNEXTHOP`, on a group of its own): the model must
+/// follow, and the tie those routes made must clear.
+#[test]
+fn deleted_nexthop_object_flushes_the_models_ipv4_routes_like_the_kernel() {
+    let (bed, _pins, mut watch) = two_uplinks_watched((1024, 1024), &[]);
+    let gateway = bed.uplinks[1].gw4.to_string();
+    let node = &bed.node;
+    node.ip(&["nexthop", "add", "id", "61", "via", &gateway, "dev", "ens6"])
+        .unwrap();
+    // ens6's default through the nexthop object, still tied with ens5's.
+    node.ip(&["route", "del", "default", "dev", "ens6"])
+        .unwrap();
+    node.ip(&["route", "append", "default", "nhid", "61", "metric", "1024"])
+        .unwrap();
+    let batch = std::env::temp_dir().join(format!("{}-nhid-routes", node.name()));
+    let commands: String = (0..500u32)
+        .map(|i| format!("route add 10.{}.{}.0/24 nhid 61\n", 140 + i / 256, i % 256))
+        .collect();
+    std::fs::write(&batch, commands).unwrap();
+    node.ip(&["-batch", batch.to_str().unwrap()]).unwrap();
+    let _ = std::fs::remove_file(&batch);
+    watch
+        .wait_for("the tie", EVENT_TIMEOUT, |e| {
+            e["event"] == "finding_raised" && e["finding"]["kind"] == "equal_metric_default_routes"
+        })
+        .unwrap();
+    wait_until(EVENT_TIMEOUT, "the model to hold the new routes", || {
+        model_v4_routes(&bed) == Some(kernel_v4_routes(&bed) as f64)
+    })
+    .unwrap();
+
+    node.ip(&["nexthop", "del", "id", "61"]).unwrap();
+    expect_silent_flush_followed(&bed, watch);
+}
+
+/// After the kernel flushed ens6's IPv4 routes without notifications: the model
+/// ends equal to the kernel, the tie clears, and no finding series is left.
+fn expect_silent_flush_followed(bed: &Testbed, mut watch: Watch) {
+    let kernel = kernel_v4_routes(bed);
+    assert!(kernel < 100, "the kernel flushed ens6's routes: {kernel}");
     let flushed = wait_until(EVENT_TIMEOUT, "the model to equal the kernel", || {
-        model_v4(&bed) == Some(kernel_v4(&bed))
+        model_v4_routes(bed) == Some(kernel_v4_routes(bed) as f64)
     });
     assert!(
         flushed.is_ok(),
         "model {:?} IPv4 routes, kernel {}; events: {:?}",
-        model_v4(&bed),
-        kernel_v4(&bed),
+        model_v4_routes(bed),
+        kernel_v4_routes(bed),
         watch.events().iter().rev().take(5).collect::<Vec<_>>()
     );
     watch
@@ -444,4 +473,13 @@ fn link_down_flushes_the_models_ipv4_routes_like_the_kernel() {
         "{metrics}"
     );
     watch.stop_cleanly().unwrap();
+}
+
+/// The IPv4 routes in the daemon's model (`routemon_model_routes`).
+fn model_v4_routes(bed: &Testbed) -> Option<f64> {
+    sample(
+        &scrape(&bed.node).unwrap(),
+        "routemon_model_routes",
+        &[("family", "ipv4")],
+    )
 }
