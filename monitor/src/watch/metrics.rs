@@ -150,11 +150,11 @@ fn read<T>(
 }
 
 /// Assembles one scrape from the daemon's state and the kernel's counters.
-pub fn collect<'a>(
-    state: &DaemonState<'a>,
+pub fn collect(
+    state: &DaemonState<'_>,
     monitor: &Monitor,
     memory: &mut ScrapeMemory,
-) -> MetricsInput<'a> {
+) -> MetricsInput {
     memory.routes.begin();
     memory.drops.begin();
     let failures = &mut memory.read_failures;
@@ -241,11 +241,12 @@ pub fn collect<'a>(
     } else {
         Vec::new()
     };
-    let findings: Vec<&Finding> = state
+    let findings: Vec<Finding> = state
         .routing
         .findings
         .values()
         .chain(state.traffic.active())
+        .cloned()
         .collect();
     let v4 = model
         .routes
@@ -301,9 +302,10 @@ pub struct HttpCounts {
     pub responses: Vec<(u16, u64)>,
 }
 
-/// Everything one scrape shows.
+/// Everything one scrape shows: owned, so that it can be rendered away from the
+/// daemon's loop (see [`Reading`]).
 #[derive(Debug, Default)]
-pub struct MetricsInput<'a> {
+pub struct MetricsInput {
     /// Per interface (by name): counters, and whether it is attached now.
     pub interfaces: Vec<(String, IfaceCounters, bool)>,
     /// Counted routes and their egress counters.
@@ -311,7 +313,7 @@ pub struct MetricsInput<'a> {
     /// Default routes and whether the kernel prefers each.
     pub default_routes: Vec<(RouteLabels, bool)>,
     /// Active findings.
-    pub findings: Vec<&'a Finding>,
+    pub findings: Vec<Finding>,
     /// Cross-ENI egress: (egress interface, source interface, counters).
     pub cross_eni: Vec<(String, String, PacketCounters)>,
     /// Asymmetric egress: (ingress interface, egress interface, counters).
@@ -346,6 +348,37 @@ pub struct MetricsInput<'a> {
     pub process: Option<super::process::ProcessStats>,
     /// The metrics endpoint's counters, when it is served.
     pub http: Option<HttpCounts>,
+}
+
+/// One reading of the counters, rendered at most once per format, by whoever asks
+/// first: the metrics server's thread, so the daemon's loop only reads the kernel's
+/// counters and copies its state.
+#[derive(Debug)]
+pub struct Reading {
+    input: MetricsInput,
+    prometheus: std::sync::OnceLock<hyper::body::Bytes>,
+    openmetrics: std::sync::OnceLock<hyper::body::Bytes>,
+}
+
+impl Reading {
+    /// A reading not rendered yet.
+    pub fn new(input: MetricsInput) -> Self {
+        Self {
+            input,
+            prometheus: std::sync::OnceLock::new(),
+            openmetrics: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The exposition in `format`, rendered on the first call for that format.
+    pub fn text(&self, format: Format) -> hyper::body::Bytes {
+        let cell = match format {
+            Format::Prometheus => &self.prometheus,
+            Format::OpenMetrics => &self.openmetrics,
+        };
+        cell.get_or_init(|| hyper::body::Bytes::from(render(&self.input, format)))
+            .clone()
+    }
 }
 
 /// Builds an exposition: `# HELP`/`# TYPE` once per family, then samples.
@@ -509,7 +542,7 @@ fn finding_labels(finding: &Finding) -> Vec<(&'static str, String)> {
 }
 
 /// Renders the exposition in `format`.
-pub fn render(input: &MetricsInput<'_>, format: Format) -> String {
+pub fn render(input: &MetricsInput, format: Format) -> String {
     let mut x = Exposition {
         out: String::new(),
         format,
@@ -831,7 +864,7 @@ mod tests {
     use super::*;
 
     /// An input with every section filled, so every family renders.
-    fn everything() -> MetricsInput<'static> {
+    fn everything() -> MetricsInput {
         let route = RouteLabels {
             family: "ipv4".into(),
             table: "main".into(),
@@ -840,12 +873,11 @@ mod tests {
             interface: "ens5".into(),
             metric: 1024,
         };
-        let findings: &'static [Finding] = Box::leak(Box::new(everything_findings()));
         MetricsInput {
             interfaces: vec![("ens5".into(), IfaceCounters::default(), true)],
             routes: vec![(route.clone(), PacketCounters::default())],
             default_routes: vec![(route, true)],
-            findings: findings.iter().collect(),
+            findings: everything_findings(),
             cross_eni: vec![("ens5".into(), "ens6".into(), PacketCounters::default())],
             asymmetric: vec![("ens6".into(), "ens5".into(), PacketCounters::default())],
             program_stats: vec![("routemon_tx", 10, 1)],

@@ -34,7 +34,6 @@ use std::{
 };
 
 use anyhow::Context as _;
-use hyper::body::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use self::{
@@ -316,7 +315,7 @@ struct Watcher {
     /// The metrics endpoint's counters, when it is served.
     http: Option<Arc<HttpStats>>,
     /// Scrapes waiting for the next render, with the format each asked for.
-    scrapes_waiting: Vec<(metrics::Format, oneshot::Sender<Bytes>)>,
+    scrapes_waiting: Vec<oneshot::Sender<http::Exposition>>,
     /// When the exposition was last rendered.
     last_render: Option<Instant>,
 }
@@ -573,8 +572,8 @@ impl Watcher {
             Query::Health(reply) => {
                 let _ = reply.send(());
             }
-            Query::Metrics { format, reply } => {
-                self.scrapes_waiting.push((format, reply));
+            Query::Metrics(reply) => {
+                self.scrapes_waiting.push(reply);
                 if self.render_due().is_some_and(|at| at <= Instant::now()) {
                     self.answer_scrapes();
                 }
@@ -609,32 +608,25 @@ impl Watcher {
         )
     }
 
-    /// Answers every waiting scrape with one reading of the counters, rendered
-    /// once per format asked for: every answer is read after its request arrived,
-    /// and a storm of scrapes costs the loop at most one render per
-    /// [`MIN_RENDER_INTERVAL`].
+    /// Answers every waiting scrape with one reading of the counters: every answer
+    /// is read after its request arrived, a storm of scrapes costs the loop at most
+    /// one reading per [`MIN_RENDER_INTERVAL`], and the text is rendered on the
+    /// server's thread ([`metrics::Reading`]), once per format.
     fn answer_scrapes(&mut self) {
         let waiting = std::mem::take(&mut self.scrapes_waiting);
         if waiting.is_empty() {
             return;
         }
         self.last_render = Some(Instant::now());
-        let input_text = self.render_metrics(&waiting);
-        for (format, reply) in waiting {
-            let text = input_text
-                .iter()
-                .find(|(f, _)| *f == format)
-                .map(|(_, text)| text.clone())
-                .unwrap_or_default();
-            let _ = reply.send(text);
+        let reading = Arc::new(metrics::Reading::new(self.read_metrics()));
+        let exposition: http::Exposition = Arc::new(move |format| reading.text(format));
+        for reply in waiting {
+            let _ = reply.send(Arc::clone(&exposition));
         }
     }
 
-    /// Reads the counters once and renders them in every format `waiting` asks for.
-    fn render_metrics(
-        &mut self,
-        waiting: &[(metrics::Format, oneshot::Sender<Bytes>)],
-    ) -> Vec<(metrics::Format, Bytes)> {
+    /// Reads the counters and copies the state one scrape shows.
+    fn read_metrics(&mut self) -> metrics::MetricsInput {
         let tables = self.table_usage();
         let state = metrics::DaemonState {
             model: &self.model,
@@ -648,13 +640,6 @@ impl Watcher {
             tables,
             http: self.http.as_deref(),
         };
-        let input = metrics::collect(&state, &self.monitor, &mut self.scrapes);
-        let mut rendered: Vec<(metrics::Format, Bytes)> = Vec::new();
-        for (format, _) in waiting {
-            if !rendered.iter().any(|(f, _)| f == format) {
-                rendered.push((*format, Bytes::from(metrics::render(&input, *format))));
-            }
-        }
-        rendered
+        metrics::collect(&state, &self.monitor, &mut self.scrapes)
     }
 }

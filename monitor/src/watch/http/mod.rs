@@ -80,18 +80,26 @@ const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 const REFUSAL_LINGER: (Duration, usize) = (Duration::from_millis(500), 256 * 1024);
 
 /// A request the daemon's main loop answers.
-#[derive(Debug)]
 pub enum Query {
-    /// Render the exposition in `format`.
-    Metrics {
-        /// The negotiated format.
-        format: Format,
-        /// Where the exposition goes.
-        reply: oneshot::Sender<Bytes>,
-    },
+    /// A reading of the counters for `/metrics`: the reply renders it.
+    Metrics(oneshot::Sender<Exposition>),
     /// Reply to show the loop is alive.
     Health(oneshot::Sender<()>),
 }
+
+impl std::fmt::Debug for Query {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Metrics(_) => "Query::Metrics",
+            Self::Health(_) => "Query::Health",
+        })
+    }
+}
+
+/// The daemon's answer to a scrape: it renders the exposition in a format, and runs
+/// on the server's thread, so the daemon's loop only reads the counters (one
+/// answer is shared by every scrape it serves, and renders once per format).
+pub type Exposition = Arc<dyn Fn(Format) -> Bytes + Send + Sync>;
 
 /// What every connection task shares.
 #[derive(Debug)]
@@ -120,6 +128,7 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("routemon-http".into())
         .spawn(move || {
+            yield_to_the_daemon_loop();
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -138,6 +147,32 @@ pub fn spawn(
             });
         })?;
     Ok(())
+}
+
+/// How much nicer than the daemon's loop the server's thread runs.
+const SERVER_NICENESS: libc::c_int = 10;
+
+/// Lowers the calling thread's scheduling priority by [`SERVER_NICENESS`] (Linux
+/// applies `setpriority(PRIO_PROCESS, 0, …)` to the calling thread only, and no
+/// capability is needed to lower it): under a scrape storm the CPU goes to the
+/// loop that follows netlink first, and the scrapes wait.
+fn yield_to_the_daemon_loop() {
+    // SAFETY: getpriority/setpriority on the calling thread; errno is reset first
+    // because -1 is also a valid priority.
+    unsafe {
+        *libc::__errno_location() = 0;
+        let current = libc::getpriority(libc::PRIO_PROCESS, 0);
+        if current == -1 && *libc::__errno_location() != 0 {
+            return;
+        }
+        let nicer = (current + SERVER_NICENESS).min(19);
+        if libc::setpriority(libc::PRIO_PROCESS, 0, nicer) != 0 {
+            tracing::debug!(
+                "the metrics server's thread keeps its priority: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
 }
 
 /// Accepts connections until the task is dropped, passing queries to `queries` and
@@ -446,9 +481,10 @@ async fn metrics(request: &Request<Incoming>, shared: &Shared) -> Response<Full<
     let format = negotiate::format(header(header::ACCEPT));
     let gzip = negotiate::accepts_gzip(header(header::ACCEPT_ENCODING));
     let (reply, answer) = oneshot::channel();
-    let Some(text) = ask(&shared.queries, Query::Metrics { format, reply }, answer).await else {
+    let Some(exposition) = ask(&shared.queries, Query::Metrics(reply), answer).await else {
         return unavailable("routemon is busy or stopping\n");
     };
+    let text = exposition(format);
     let (body, coded) = if gzip {
         match negotiate::gzip(&text) {
             Ok(coded) => (Bytes::from(coded), true),
@@ -571,7 +607,7 @@ mod tests {
             let mut held = Vec::new();
             for _ in 0..2 {
                 match daemon.recv().await.expect("a query") {
-                    Query::Metrics { reply, .. } => held.push(reply),
+                    Query::Metrics(reply) => held.push(reply),
                     Query::Health(_) => panic!("asked for /metrics"),
                 }
             }
@@ -579,7 +615,8 @@ mod tests {
             assert!(refused.starts_with("HTTP/1.1 503 "), "{refused}");
             assert!(refused.contains("\r\nRetry-After: 1\r\n"), "{refused}");
             for reply in held {
-                reply.send(Bytes::from_static(b"up 1\n")).expect("answer");
+                let exposition: Exposition = Arc::new(|_| Bytes::from_static(b"up 1\n"));
+                assert!(reply.send(exposition).is_ok(), "answer");
             }
             for client in busy {
                 let served = client.await.expect("client");
