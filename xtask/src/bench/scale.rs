@@ -3,7 +3,7 @@
 
 use std::{
     process::{Command, Stdio},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
@@ -146,30 +146,13 @@ pub fn netlink_scale(plan: Plan) -> Result<Vec<Figure>> {
     Ok(figures)
 }
 
-/// From the `ip route` change that creates equal-metric defaults to the
-/// `finding_raised` event's timestamp.
+/// From the netlink route change that creates equal-metric defaults to the
+/// `finding_raised` event's timestamp (see [`super::scrapes::detection`]).
 pub fn detection_latency(plan: Plan) -> Result<Vec<Figure>> {
     let trials = if plan.quick { 20 } else { 100 };
     let bed = Testbed::ens5_ens6(1024, 1000)?;
     let mut watch = Watch::start(&net_launcher(&bed.node), &["--ephemeral", "--no-listen"])?;
-    let gateway = bed.uplink("ens6").gw4.to_string();
-    let mut latencies = Vec::new();
-    for _ in 0..trials {
-        watch.forget();
-        bed.delete_default("ens6", &gateway, 1000)?;
-        let changed = SystemTime::now();
-        bed.set_default("ens6", &gateway, 1024)?;
-        let raised = watch.wait_for("the tie", Duration::from_secs(10), |e| {
-            e["event"] == "finding_raised"
-        })?;
-        let at = humantime::parse_rfc3339(raised["ts"].as_str().context("ts")?)?;
-        latencies.push(at.duration_since(changed).unwrap_or_default().as_secs_f64() * 1e3);
-        bed.delete_default("ens6", &gateway, 1024)?;
-        bed.set_default("ens6", &gateway, 1000)?;
-        watch.wait_for("the tie to clear", Duration::from_secs(10), |e| {
-            e["event"] == "finding_cleared"
-        })?;
-    }
+    let latencies = super::scrapes::detection(&bed, &mut watch, trials)?;
     watch.stop_cleanly()?;
     Ok(vec![
         Figure::new(

@@ -85,7 +85,7 @@ fn collect(handles: Vec<Scraper>) -> Result<(Vec<f64>, usize)> {
 /// at the `send` (the kernel applies it and notifies inside that call): an `ip`
 /// process would add its own start-up, which under 200 scraper threads on two
 /// cores is milliseconds of the bench's, not routemon's.
-fn detection(bed: &Testbed, watch: &mut Watch, trials: usize) -> Result<Vec<f64>> {
+pub(super) fn detection(bed: &Testbed, watch: &mut Watch, trials: usize) -> Result<Vec<f64>> {
     let gateway = bed.uplink("ens6").gw4;
     let ifindex = u32::try_from(routemon_testbed::kernel::ifindex(&bed.node, "ens6")?)?;
     let netlink = bed
