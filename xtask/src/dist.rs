@@ -1,7 +1,10 @@
 //! `cargo xtask dist`: routemon as a package installs it — the binary, shell
-//! completions and man pages, generated from routemon's clap definitions — laid
-//! out under a prefix (`target/dist` by default) that `cp -r` or a package
-//! builder puts under `/usr/local` or `/usr`.
+//! completions and man pages — laid out under a prefix (`target/dist` by default)
+//! that `cp -r` or a package builder puts under `/usr/local` or `/usr`.
+//!
+//! The completions and man pages come from routemon's clap definitions through
+//! its `dist` example: xtask itself does not link routemon, whose build needs the
+//! eBPF toolchain that `cargo xtask setup` installs.
 
 use std::{
     fs,
@@ -9,98 +12,33 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use clap::CommandFactory as _;
-use clap_complete::Shell;
 
-/// Where each file goes under the prefix.
-const BIN: &str = "bin";
-const MAN1: &str = "share/man/man1";
-const BASH: &str = "share/bash-completion/completions";
-const ZSH: &str = "share/zsh/site-functions";
-const FISH: &str = "share/fish/vendor_completions.d";
+use crate::util;
 
-/// Writes completions and man pages for routemon under `prefix` (and copies the
-/// binary when `binary` is given); returns the files written.
-pub fn write(prefix: &Path, binary: Option<&Path>) -> Result<Vec<PathBuf>> {
-    let mut written = Vec::new();
-    if let Some(binary) = binary {
-        let dir = prefix.join(BIN);
-        fs::create_dir_all(&dir)?;
-        let target = dir.join("routemon");
-        fs::copy(binary, &target)
-            .with_context(|| format!("copying {} to {}", binary.display(), target.display()))?;
-        written.push(target);
-    }
-    for (shell, dir, name) in [
-        (Shell::Bash, BASH, "routemon"),
-        (Shell::Zsh, ZSH, "_routemon"),
-        (Shell::Fish, FISH, "routemon.fish"),
-    ] {
-        let dir = prefix.join(dir);
-        fs::create_dir_all(&dir)?;
-        let path = dir.join(name);
-        let mut file =
-            fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        clap_complete::generate(
-            shell,
-            &mut routemon::cli::Cli::command(),
+/// Copies the release binary to `<prefix>/bin/routemon` and writes completions and
+/// man pages under `prefix`; returns the files written.
+pub fn write(prefix: &Path, binary: &Path) -> Result<Vec<PathBuf>> {
+    let dir = prefix.join("bin");
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let target = dir.join("routemon");
+    fs::copy(binary, &target)
+        .with_context(|| format!("copying {} to {}", binary.display(), target.display()))?;
+    let mut written = vec![target];
+    let prefix = prefix.to_str().context("the prefix is not UTF-8")?;
+    let listed = util::output(&mut util::cargo_command(
+        &[
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
             "routemon",
-            &mut file,
-        );
-        written.push(path);
-    }
-    let man = prefix.join(MAN1);
-    fs::create_dir_all(&man)?;
-    // routemon.1 and one page per subcommand (routemon-watch.1, …), as git does.
-    clap_mangen::generate_to(routemon::cli::Cli::command(), &man)
-        .with_context(|| format!("writing man pages to {}", man.display()))?;
-    for entry in fs::read_dir(&man)? {
-        written.push(entry?.path());
-    }
-    written.sort();
+            "--example",
+            "dist",
+            "--",
+            prefix,
+        ],
+        &[],
+    ))?;
+    written.extend(listed.lines().map(PathBuf::from));
     Ok(written)
-}
-
-#[cfg(test)]
-mod tests {
-    use std::process::Command;
-
-    use super::*;
-
-    #[test]
-    fn completions_and_man_pages_cover_every_subcommand_and_are_valid() {
-        let prefix = std::env::temp_dir().join(format!("routemon-dist-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&prefix);
-        let written = write(&prefix, None).unwrap();
-        let subcommands: Vec<String> = routemon::cli::Cli::command()
-            .get_subcommands()
-            .map(|c| c.get_name().to_owned())
-            .filter(|name| name != "help")
-            .collect();
-        assert!(subcommands.contains(&"watch".to_owned()));
-        let bash = fs::read_to_string(prefix.join(BASH).join("routemon")).unwrap();
-        for sub in &subcommands {
-            assert!(
-                prefix.join(MAN1).join(format!("routemon-{sub}.1")).exists(),
-                "no man page for {sub}"
-            );
-            assert!(bash.contains(sub.as_str()), "bash completion lacks {sub}");
-        }
-        assert!(bash.contains("--bpffs-dir"), "options are completed");
-        // The shells and man parse what was generated.
-        let bash_ok = Command::new("bash")
-            .arg("-n")
-            .arg(prefix.join(BASH).join("routemon"))
-            .status()
-            .unwrap();
-        assert!(bash_ok.success(), "bash -n rejects the completion script");
-        let page = fs::read_to_string(prefix.join(MAN1).join("routemon-watch.1")).unwrap();
-        assert!(page.starts_with(".ie") || page.contains(".TH"), "{page}");
-        assert!(
-            page.contains("keep\\-attached"),
-            "the watch page lists its options"
-        );
-        assert_eq!(written.len(), 3 + 1 + subcommands.len());
-        let _ = fs::remove_dir_all(&prefix);
-    }
 }

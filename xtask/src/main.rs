@@ -118,7 +118,7 @@ fn main() -> ExitCode {
             .and_then(|()| {
                 let binary = util::workspace_root().join("target/release/routemon");
                 let out_dir = util::workspace_root().join(out_dir);
-                for path in dist::write(&out_dir, Some(&binary))? {
+                for path in dist::write(&out_dir, &binary)? {
                     println!("{}", path.display());
                 }
                 Ok(())

@@ -295,3 +295,93 @@ fn python_tools() -> Result<()> {
     fs::write(&stamp, format!("{}\n", wanted.join(" ")))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use serde_json::Value;
+
+    use crate::util::{cargo_command, output};
+
+    /// The packages `xtask` links, following normal dependencies (not dev or build
+    /// dependencies) through cargo's resolved graph.
+    fn linked_by_xtask() -> BTreeSet<String> {
+        // This machine's packages only: others' (Windows crates) may not be downloaded.
+        let rustc = output(std::process::Command::new("rustc").arg("-vV")).expect("rustc -vV");
+        let host = rustc
+            .lines()
+            .find_map(|l| l.strip_prefix("host: "))
+            .expect("rustc -vV names the host");
+        let metadata: Value = serde_json::from_str(
+            &output(&mut cargo_command(
+                &[
+                    "metadata",
+                    "--format-version",
+                    "1",
+                    "--offline",
+                    "--filter-platform",
+                    host,
+                ],
+                &[],
+            ))
+            .expect("cargo metadata"),
+        )
+        .expect("cargo metadata prints JSON");
+        let nodes: BTreeMap<&str, &Value> = metadata["resolve"]["nodes"]
+            .as_array()
+            .expect("resolve.nodes")
+            .iter()
+            .map(|n| (n["id"].as_str().expect("node id"), n))
+            .collect();
+        let name_of = |id: &str| {
+            metadata["packages"]
+                .as_array()
+                .expect("packages")
+                .iter()
+                .find(|p| p["id"] == id)
+                .and_then(|p| p["name"].as_str())
+                .expect("package of a node")
+                .to_owned()
+        };
+        let xtask = nodes
+            .keys()
+            .find(|id| name_of(id) == "xtask")
+            .expect("xtask in the graph");
+        let mut seen = BTreeSet::new();
+        let mut todo = vec![*xtask];
+        while let Some(id) = todo.pop() {
+            for dep in nodes[id]["deps"].as_array().into_iter().flatten() {
+                let normal = dep["dep_kinds"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|k| k["kind"].is_null());
+                let dep_id = dep["pkg"].as_str().expect("dep pkg");
+                if normal && seen.insert(dep_id.to_owned()) {
+                    todo.push(dep_id);
+                }
+            }
+        }
+        seen.iter().map(|id| name_of(id)).collect()
+    }
+
+    /// `cargo xtask setup` is what installs the nightly `rust-src` and bpf-linker
+    /// that routemon's build script needs to build the eBPF programs, so xtask must
+    /// build without them: on a new machine a link to routemon (or to anything that
+    /// builds the eBPF crate) makes every `cargo xtask …` fail before setup runs.
+    #[test]
+    fn xtask_builds_without_the_ebpf_toolchain_it_installs() {
+        let linked = linked_by_xtask();
+        assert!(
+            linked.contains("routemon-testbed"),
+            "the graph was read: {linked:?}"
+        );
+        for package in ["routemon", "monitor-ebpf", "aya-build"] {
+            assert!(
+                !linked.contains(package),
+                "xtask links {package}, which needs the eBPF toolchain that `cargo xtask setup` installs"
+            );
+        }
+    }
+}

@@ -6,13 +6,15 @@
 //! [`plan`] decides metrics, replacements and files; [`transition`] replaces live
 //! routes add-before-delete with read-back and rollback; [`networkd`] and
 //! [`files`] produce and write the configuration; [`state`] remembers what to
-//! restore; [`reload`] makes networkd pick the files up.
+//! restore; [`reload`] makes networkd pick the files up; [`report`] is what
+//! the commands print.
 
 pub mod files;
 pub mod kernel_route;
 pub mod networkd;
 pub mod plan;
 pub mod reload;
+pub mod report;
 pub mod state;
 pub mod transition;
 
